@@ -1,0 +1,5 @@
+import sys
+
+from dreampose.cli import main
+
+sys.exit(main())

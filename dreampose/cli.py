@@ -1,0 +1,111 @@
+"""``dreampose <stage>``: parse, load ``params.yaml``, call one function in ``dreampose.stages``.
+
+Failures print one line ``dreampose: error: <reason>`` and exit non-zero (2 for bad
+configuration or input, 1 for anything else). ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dreampose.config import PARAMS_FILE, ConfigError, load_params
+
+# name -> (function in dreampose.stages, help text, takes --subject)
+STAGES: dict[str, tuple[str, str, bool]] = {
+    "download": ("download", "fetch the raw videos: synthetic (default, no network) or UBC Fashion lists", False),
+    "frames": ("frames", "decode videos into resized, center-cropped JPEG frames + index.parquet", False),
+}
+
+PRESETS_DIR = Path("presets")
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def _config_use(args: argparse.Namespace) -> int:
+    src = Path(args.root) / PRESETS_DIR / f"{args.preset}.yaml"
+    if not src.is_file():
+        choices = sorted(p.stem for p in (Path(args.root) / PRESETS_DIR).glob("*.yaml"))
+        raise UserError(f"no preset {args.preset!r}; choose one of {choices}")
+    load_params(src)  # validate before overwriting anything
+    dst = Path(args.root) / PARAMS_FILE
+    shutil.copyfile(src, dst)
+    print(f"{dst} <- {src}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    load_params(Path(args.root) / args.params)
+    print(f"{args.params}: ok")
+    return 0
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from dreampose import stages
+
+    fn_name, _, takes_subject = STAGES[args.command]
+    params = load_params(Path(args.root) / args.params)
+    fn: Callable = getattr(stages, fn_name)
+    kwargs = {"subject": args.subject} if takes_subject else {}
+    summary = fn(params, Path(args.root), **kwargs)
+    if summary is not None:
+        print(stages.dump_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dreampose",
+        description="DreamPose pipeline: one command per DVC stage, reading params.yaml.",
+    )
+    p.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
+    p.add_argument("--root", default=".", help="workspace root holding data/, models/ (default: .)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
+    for name, (_, help_text, takes_subject) in STAGES.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if takes_subject:
+            sp.add_argument("--subject", required=True, help="evaluation subject id (params.yaml: eval.subjects)")
+        sp.set_defaults(func=_run_stage)
+
+    cfg = sub.add_parser("config", help="validate params.yaml or switch presets (demo | paper)")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="<action>")
+    use = cfg_sub.add_parser("use", help="copy presets/<preset>.yaml over params.yaml (validated first)")
+    use.add_argument("preset", help="demo or paper")
+    use.set_defaults(func=_config_use)
+    chk = cfg_sub.add_parser("check", help="validate the params file")
+    chk.set_defaults(func=_config_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UserError, FileNotFoundError, ValueError) as err:
+        if args.verbose:
+            raise
+        print(f"dreampose: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dreampose: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's contract is one line + non-zero exit
+        if args.verbose:
+            raise
+        print(f"dreampose: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Typed, strict configuration mirroring ``params.yaml``.
+
+One pydantic model per component. Unknown keys and bad values are errors that name the
+key and the file. Defaults live here only; ``params.yaml`` (the demo preset) and
+``presets/paper.yaml`` override them. The library never reads this file by itself: the CLI
+loads it and passes the relevant section down as an argument.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticConfig(_Strict):
+    """Procedural mannequin videos that stand in for UBC Fashion (no network needed)."""
+
+    num_train_subjects: int = Field(30, ge=1)
+    num_test_subjects: int = Field(4, ge=1)
+    frames_per_video: int = Field(48, ge=8)
+    fps: int = Field(16, ge=1)
+    height: int = Field(64, ge=16)
+    width: int = Field(48, ge=16)
+
+
+class UBCConfig(_Strict):
+    """UBC Fashion download: list files hold one video URL per line."""
+
+    train_list: str = "https://vision.cs.ubc.ca/datasets/fashion/resources/fashion_dataset/fashion_train.txt"
+    test_list: str = "https://vision.cs.ubc.ca/datasets/fashion/resources/fashion_dataset/fashion_test.txt"
+    workers: int = Field(4, ge=1, le=64)
+    retries: int = Field(4, ge=0, le=20)
+    backoff_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    min_success_fraction: float = Field(0.9, ge=0, le=1)
+    max_bytes: int = Field(2_000_000_000, gt=0)
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "ubc"] = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    ubc: UBCConfig = UBCConfig()
+
+
+class FramesConfig(_Strict):
+    """Frame extraction: resize (aspect kept) then center-crop to height x width."""
+
+    height: int = Field(64, ge=16)
+    width: int = Field(48, ge=16)
+    stride: int = Field(1, ge=1)
+    max_frames: int | None = Field(None, ge=1)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _multiple_of_8(self) -> FramesConfig:
+        for key in ("height", "width"):
+            if getattr(self, key) % 8:
+                raise ValueError(f"frames.{key} must be a multiple of 8 (the VAE downsamples by 8 at most)")
+        return self
+
+
+class DensePoseConfig(_Strict):
+    backend: Literal["synthetic", "torchscript", "detectron2"] = "synthetic"
+    weights: str = "models/densepose/densepose_rcnn_R_50_FPN_s1x.pt"
+    detectron2_config: str = "configs/densepose_rcnn_R_50_FPN_s1x.yaml"
+    batch_size: int = Field(8, ge=1)
+    min_score: float = Field(0.5, ge=0, le=1)
+    device: str = "auto"
+
+
+class ManifestConfig(_Strict):
+    """Pair sampling. ``test_*`` follow the paper's protocol (50 targets, >= 50 frames away)."""
+
+    pairs_per_video: int = Field(64, ge=1)
+    pose_window: int = Field(5, ge=1)
+    test_num_targets: int = Field(50, ge=1)
+    test_min_gap: int = Field(50, ge=0)
+    test_input_frame: int = Field(0, ge=0)
+    subject_frames: int = Field(1, ge=1)
+    seed: int = 0
+
+    @field_validator("pose_window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("pose_window must be odd (centered on the target frame)")
+        return v
+
+
+class PretrainedModelConfig(_Strict):
+    """Local Stable Diffusion v1.x (diffusers layout) + CLIP vision model, or hub ids."""
+
+    sd_path: str = "CompVis/stable-diffusion-v1-4"
+    clip_path: str = "openai/clip-vit-base-patch32"
+
+
+class TinyModelConfig(_Strict):
+    """The embedded stand-in for Stable Diffusion, built and pre-trained here on the demo frames."""
+
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    cross_attention_dim: int = 64
+    clip_hidden: int = 64
+    clip_layers: int = 2
+    clip_patch: int = 8
+    vae_pretrain_steps: int = Field(600, ge=0)
+    vae_batch_size: int = Field(8, ge=1)
+    vae_lr: float = Field(1e-3, gt=0)
+
+
+class ModelConfig(_Strict):
+    source: Literal["tiny", "pretrained"] = "tiny"
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    pose_channels: int = Field(10, ge=2)
+    pretrained: PretrainedModelConfig = PretrainedModelConfig()
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class DropoutConfig(_Strict):
+    """Per-sample conditioning dropout (paper: 5 % / 5 % / 5 %)."""
+
+    pose: float = Field(0.05, ge=0, le=1)
+    image: float = Field(0.05, ge=0, le=1)
+    both: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum(self) -> DropoutConfig:
+        if self.pose + self.image + self.both > 1:
+            raise ValueError("dropout.pose + dropout.image + dropout.both must be <= 1")
+        return self
+
+
+class TrainConfig(_Strict):
+    """One training loop, two uses (base finetune, subject phase 1)."""
+
+    max_steps: int = Field(400, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    train_image_encoder: bool = True
+    dropout: DropoutConfig = DropoutConfig()
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class SubjectConfig(_Strict):
+    """Per-subject finetune: phase 1 UNet + adapter, phase 2 VAE decoder."""
+
+    unet: TrainConfig = TrainConfig(max_steps=50, batch_size=8, lr=3e-4, checkpoint_every=25)
+    decoder_steps: int = Field(50, ge=0)
+    decoder_lr: float = Field(5e-4, gt=0)
+    decoder_batch_size: int = Field(4, ge=1)
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    lora_rank: int = Field(0, ge=0, description="0 = full phase-1 finetune; >0 = LoRA of that rank (peft)")
+
+
+class RenderConfig(_Strict):
+    scheduler: Literal["pndm", "ddim", "dpmsolver++"] = "ddim"
+    num_inference_steps: int = Field(10, ge=1)
+    image_guidance_scale: float = Field(1.0, ge=0)
+    pose_guidance_scale: float = Field(2.0, ge=0)
+    frame_batch_size: int = Field(8, ge=1)
+    fps: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class ScoreConfig(_Strict):
+    """Metric backbones come from local paths; an absent file makes that metric 'unavailable'."""
+
+    lpips_weights: str = "models/metrics/lpips_alex.pth"
+    vgg_weights: str = "models/metrics/vgg16.pth"
+    inception_weights: str = "models/metrics/pt_inception-2015-12-05.pth"
+    i3d_weights: str = "models/metrics/i3d_torchscript.pt"
+    aed_weights: str = "models/metrics/reid.pt"
+    fvd_clip_len: int = Field(16, ge=2)
+
+
+class EvalConfig(_Strict):
+    subjects: tuple[str, ...] = ()
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "dreampose"
+    registered_model: str = "dreampose-subject"
+
+
+class Params(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    frames: FramesConfig = FramesConfig()
+    densepose: DensePoseConfig = DensePoseConfig()
+    manifest: ManifestConfig = ManifestConfig()
+    model: ModelConfig = ModelConfig()
+    train_base: TrainConfig = TrainConfig()
+    train_subject: SubjectConfig = SubjectConfig()
+    render: RenderConfig = RenderConfig()
+    score: ScoreConfig = ScoreConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _format_errors(err: ValidationError, path: Path) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{path}: {key}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_params(raw: object, path: str | Path = PARAMS_FILE) -> Params:
+    """Validate a parsed YAML mapping; errors name the file and the dotted key."""
+    path = Path(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, path)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, path)

@@ -1,0 +1,1 @@
+"""Data acquisition and preparation: sources, frames, DensePose, manifests, datasets."""
