@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dreampose: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the CLI's contract is one line + non-zero exit
+    except Exception as err:  # the contract is one line + non-zero exit
         if args.verbose:
             raise
         print(f"dreampose: error: {type(err).__name__}: {err}", file=sys.stderr)

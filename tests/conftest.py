@@ -1,0 +1,40 @@
+"""Shared test setup: seeded, offline, MLflow pointed at a per-test sqlite store."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_isolate(monkeypatch, tmp_path):
+    """Every test: fixed seeds, and an MLflow store of its own (never the repo's mlruns.db)."""
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.delenv("DREAMPOSE_PARENT_RUN_ID", raising=False)
+    yield
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
