@@ -19,6 +19,9 @@ from dreampose.config import PARAMS_FILE, ConfigError, load_params
 STAGES: dict[str, tuple[str, str, bool]] = {
     "download": ("download", "fetch the raw videos: synthetic (default, no network) or UBC Fashion lists", False),
     "frames": ("frames", "decode videos into resized, center-cropped JPEG frames + index.parquet", False),
+    "densepose": ("densepose", "per-frame DensePose IUV aligned with the frames (backend: densepose.backend)", False),
+    "manifest": ("manifest", "train / subject / test pair manifests (Parquet) from frame + DensePose indexes", False),
+    "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
 }
 
 PRESETS_DIR = Path("presets")
@@ -43,6 +46,38 @@ def _config_use(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     load_params(Path(args.root) / args.params)
     print(f"{args.params}: ok")
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    import json
+
+    from dreampose import registry, tracking
+
+    params = load_params(Path(args.root) / args.params)
+    tracking.configure(params.tracking.experiment, Path(args.root))
+    if args.review_command == "list":
+        found = registry.list_pending(args.model or params.tracking.registered_model)
+        print(json.dumps([registry.describe(v) for v in found], indent=2))
+        return 0
+    if args.review_command == "approve":
+        info = registry.approve(args.model, args.version)
+    else:
+        info = registry.reject(args.model, args.version, args.reason)
+    print(json.dumps(registry.describe(info), indent=2))
+    return 0
+
+
+def _catalog_item(args: argparse.Namespace) -> int:
+    import json
+
+    from dreampose.catalog import run_catalog_item
+
+    params = load_params(Path(args.root) / args.params)
+    result = run_catalog_item(
+        params, Path(args.root), args.photo, args.poses, item_id=args.item_id, ground_truth=args.ground_truth
+    )
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -81,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     use.set_defaults(func=_config_use)
     chk = cfg_sub.add_parser("check", help="validate the params file")
     chk.set_defaults(func=_config_check)
+
+    rev = sub.add_parser("review", help="review catalog items' registered models: list | approve | reject")
+    rev_sub = rev.add_subparsers(dest="review_command", required=True, metavar="<action>")
+    rl = rev_sub.add_parser("list", help="versions waiting for review, with video, poster and metrics links")
+    rl.add_argument("--model", help="registered model (default: params.yaml tracking.registered_model)")
+    for action, text in (("approve", "set alias 'approved' + tag review=approved"), ("reject", "tag review=rejected")):
+        ra = rev_sub.add_parser(action, help=text)
+        ra.add_argument("model", help="registered model name")
+        ra.add_argument("version", help="model version number")
+        if action == "reject":
+            ra.add_argument("--reason", required=True, help="why (stored as tag review_reason)")
+    rev.set_defaults(func=_review)
+
+    cat = sub.add_parser("catalog-item", help="one photo + poses -> subject model, video, review=pending version")
+    cat.add_argument("--photo", required=True, help="product photo: a path or an http(s) URL")
+    cat.add_argument("--poses", required=True, help="a test video id, a directory of IUV .npz/.png, or a video")
+    cat.add_argument("--item-id", default=None, help="catalog item id (default: from the photo's file name)")
+    cat.add_argument("--ground-truth", default=None, help="optional: ground-truth video id or frames for full metrics")
+    cat.set_defaults(func=_catalog_item)
     return p
 
 
