@@ -69,5 +69,45 @@ def frames(params: Params, root: Path) -> dict[str, Any]:
     return summary
 
 
+def densepose(params: Params, root: Path) -> dict[str, Any]:
+    """``data/densepose``: per-video uint8 IUV archives aligned with the frames, and ``index.parquet``."""
+    from dreampose.data.densepose import run_densepose
+
+    cfg = params.densepose
+    # Weight/config paths in params.yaml are relative to the workspace root, not the working directory.
+    cfg = cfg.model_copy(
+        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
+    )
+    with tracking.stage_run(
+        "densepose", params.densepose.model_dump(), params.tracking.experiment, inputs={"frames": root / FRAMES}
+    ):
+        summary = run_densepose(cfg, root / FRAMES, root / RAW, root / DENSEPOSE)
+        _log_summary(summary)
+    return summary
+
+
+def manifest(params: Params, root: Path) -> dict[str, Any]:
+    """``data/manifests``: train / subject / test pair manifests (Parquet)."""
+    from dreampose.data.manifest import build_manifests
+
+    inputs = {"frames_index": root / FRAMES / "index.parquet", "densepose_index": root / DENSEPOSE / "index.parquet"}
+    with tracking.stage_run("manifest", params.manifest.model_dump(), params.tracking.experiment, inputs=inputs):
+        summary = build_manifests(
+            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, list(params.eval.subjects)
+        )
+        _log_summary(summary)
+    return summary
+
+
+def inspect(params: Params, root: Path) -> dict[str, Any]:
+    """Manifest counts and schemas, and ``data/inspect/preview.png`` (a frame with its IUV overlaid).
+
+    Not a DVC stage: the preview lives outside the stage outputs so looking never makes them stale.
+    """
+    from dreampose.data.manifest import inspect_manifests
+
+    return inspect_manifests(root / MANIFESTS, root, root / "data" / "inspect" / "preview.png")
+
+
 def dump_summary(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=True, default=str)

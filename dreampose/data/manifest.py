@@ -1,0 +1,233 @@
+"""Parquet pair manifests: which input frame conditions which target frame, with its pose window.
+
+- ``train.parquet``: train split, ``pairs_per_video`` seeded (input, target) pairs per video;
+- ``subject.parquet``: per evaluation subject, the frames its subject finetune sees (input = target);
+- ``test.parquet``: test split, the paper's protocol: one input frame, ``test_num_targets`` targets each at
+  least ``test_min_gap`` frames away, spread evenly over the allowed range.
+
+Frames without a person (``data/densepose/index.parquet``) are never used as input or target. Frame
+numbers index the video's rows of the frames index and so its DensePose archive. Paths are relative to
+the workspace root (the directory holding ``data/``). Columns are documented in ``data/README.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dreampose.config import ManifestConfig
+from dreampose.data.densepose.iuv import pose_window_indices
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("subject_id", pa.string()),
+        ("video", pa.string()),
+        ("split", pa.string()),
+        ("input_frame", pa.int32()),
+        ("target_frame", pa.int32()),
+        ("input_path", pa.string()),
+        ("target_path", pa.string()),
+        ("densepose_path", pa.string()),
+        ("pose_frames", pa.list_(pa.int32())),
+    ]
+)
+MANIFESTS = ("train", "subject", "test")
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def spread_targets(allowed: Sequence[int], num: int) -> list[int]:
+    """``num`` distinct entries of ``allowed`` (sorted) spread evenly from its first to its last."""
+    allowed = sorted(allowed)
+    if num > len(allowed):
+        raise ValueError(f"cannot pick {num} targets from {len(allowed)} allowed frames")
+    if num == 1:
+        return [allowed[len(allowed) // 2]]
+    # Evenly spaced positions with step >= 1 after rounding, so the picks are distinct.
+    pos = np.floor(np.arange(num) * (len(allowed) - 1) / (num - 1) + 0.5).astype(int)
+    return [allowed[p] for p in pos]
+
+
+def _video_seed(seed: int, video: str) -> np.random.Generator:
+    # crc32, not hash(): stable across processes, so pairs do not change between runs.
+    return np.random.default_rng([seed, zlib.crc32(video.encode())])
+
+
+def _load_indexes(frames_dir: Path, densepose_dir: Path) -> pd.DataFrame:
+    fpath, dpath = Path(frames_dir) / "index.parquet", Path(densepose_dir) / "index.parquet"
+    for p, stage in ((fpath, "frames"), (dpath, "densepose")):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing (run `dreampose {stage}` first)")
+    frames = pd.read_parquet(fpath, columns=["video", "split", "frame", "path"])
+    dp = pd.read_parquet(dpath, columns=["video", "split", "frame", "person_found"])
+    df = frames.merge(dp, on=["video", "split", "frame"], how="left", validate="one_to_one")
+    lost = df["person_found"].isna()
+    if lost.any():
+        r = df[lost].iloc[0]
+        raise ValueError(
+            f"{dpath}: {int(lost.sum())} frames of the frames index have no DensePose row "
+            f"(first: {r.split}/{r.video} frame {r.frame}); re-run `dreampose densepose`"
+        )
+    df["person_found"] = df["person_found"].astype(bool)
+    df = df.sort_values(["split", "video", "frame"], kind="stable").reset_index(drop=True)
+    for (split, video), g in df.groupby(["split", "video"], sort=False):
+        if g["frame"].tolist() != list(range(len(g))):
+            raise ValueError(f"{fpath}: frames of {split}/{video} are not numbered 0..{len(g) - 1}")
+    return df
+
+
+def _rows(
+    g: pd.DataFrame, pairs: Sequence[tuple[int, int]], dp_rel: str, window: int, split: str, video: str
+) -> list[dict[str, Any]]:
+    paths = g["path"].tolist()
+    n = len(g)
+    return [
+        dict(
+            subject_id=video,
+            video=video,
+            split=split,
+            input_frame=i,
+            target_frame=t,
+            input_path=paths[i],
+            target_path=paths[t],
+            densepose_path=dp_rel,
+            pose_frames=pose_window_indices(t, n, window),
+        )
+        for i, t in pairs
+    ]
+
+
+def build_manifests(
+    cfg: ManifestConfig,
+    frames_dir: Path,
+    densepose_dir: Path,
+    out_dir: Path,
+    eval_subjects: Sequence[str],
+) -> dict[str, Any]:
+    """Write ``train``/``subject``/``test`` ``.parquet`` under ``out_dir``; returns counts.
+
+    ``frames_dir`` is ``<root>/data/frames``; densepose paths are written relative to that ``<root>``.
+    """
+    frames_dir, densepose_dir, out_dir = Path(frames_dir), Path(densepose_dir), Path(out_dir)
+    root = frames_dir.resolve().parents[1]
+    df = _load_indexes(frames_dir, densepose_dir)
+    known = set(df["video"])
+    missing = [s for s in eval_subjects if s not in known]
+    if missing:
+        raise ValueError(f"eval.subjects {missing} are not videos of the frames index ({len(known)} videos)")
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in MANIFESTS}
+    skipped = int((~df["person_found"]).sum())
+    for (split, video), g in df.groupby(["split", "video"], sort=True):
+        dp_rel = os.path.relpath((densepose_dir / split / f"{video}.npz").resolve(), root)
+        ok = np.flatnonzero(g["person_found"].to_numpy())
+        n = len(g)
+        if split == "train":
+            if len(ok) == 0:
+                log.warning("manifest: %s/%s has no frame with a person; no training pairs", split, video)
+                continue
+            rng = _video_seed(cfg.seed, video)
+            inp = rng.choice(ok, cfg.pairs_per_video)
+            tgt = rng.choice(ok, cfg.pairs_per_video)
+            pairs = [(int(a), int(b)) for a, b in zip(inp, tgt, strict=True)]
+            rows["train"] += _rows(g, pairs, dp_rel, cfg.pose_window, split, video)
+        if video in eval_subjects:
+            first = cfg.test_input_frame
+            frames = [f for f in range(first, min(first + cfg.subject_frames, n)) if g["person_found"].iat[f]]
+            if not frames:
+                raise ValueError(
+                    f"subject {video}: no usable finetune frame in {first}..{first + cfg.subject_frames - 1} "
+                    f"({n} frames; frames without a person are skipped)"
+                )
+            rows["subject"] += _rows(g, [(f, f) for f in frames], dp_rel, cfg.pose_window, split, video)
+        if split == "test":
+            inp = cfg.test_input_frame
+            if inp >= n or not g["person_found"].iat[inp]:
+                why = f"it has {n} frames" if inp >= n else "no person was found in it"
+                raise ValueError(f"test video {video}: input frame {inp} unusable ({why})")
+            allowed = [int(f) for f in ok if abs(int(f) - inp) >= max(cfg.test_min_gap, 1)]
+            if len(allowed) < cfg.test_num_targets:
+                raise ValueError(
+                    f"test video {video}: {n} frames leave {len(allowed)} targets with a person at least "
+                    f"{cfg.test_min_gap} frames from input frame {inp}; manifest.test_num_targets is "
+                    f"{cfg.test_num_targets}"
+                )
+            targets = spread_targets(allowed, cfg.test_num_targets)
+            rows["test"] += _rows(g, [(inp, t) for t in targets], dp_rel, cfg.pose_window, split, video)
+    counts: dict[str, Any] = {}
+    for name in MANIFESTS:
+        table = pa.Table.from_pylist(rows[name], schema=SCHEMA)
+        write_parquet_atomic(table, out_dir / f"{name}.parquet")
+        counts[f"{name}_rows"] = table.num_rows
+        counts[f"{name}_videos"] = len({r["video"] for r in rows[name]})
+    counts["frames_skipped_no_person"] = skipped
+    if skipped:
+        log.info("manifest: skipped %d frames without a person", skipped)
+    return counts
+
+
+def overlay_iuv(frame: np.ndarray, iuv: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """RGB uint8 frame with the body parts of ``iuv`` blended in: hue by part index, brightness by U."""
+    import colorsys
+
+    palette = np.array([(0, 0, 0)] + [colorsys.hsv_to_rgb(i / 24, 0.9, 1.0) for i in range(24)], np.float32) * 255
+    part = iuv[..., 0].astype(int).clip(0, 24)
+    colour = palette[part] * (0.4 + 0.6 * iuv[..., 1:2] / 255.0)
+    body = (part > 0)[..., None]
+    out = np.where(body, (1 - alpha) * frame + alpha * colour, frame)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> dict[str, Any]:
+    """Row counts and schemas of the manifests, and a PNG of the first target frame with its IUV overlaid."""
+    from PIL import Image
+
+    from dreampose.data.densepose.synthetic import load_iuv_npz
+
+    manifests_dir, root = Path(manifests_dir), Path(root)
+    info: dict[str, Any] = {}
+    first = None
+    for name in MANIFESTS:
+        path = manifests_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (run `dreampose manifest` first)")
+        pf = pq.ParquetFile(path)
+        info[f"{name}_rows"] = pf.metadata.num_rows
+        info[f"{name}_schema"] = {f.name: str(f.type) for f in pf.schema_arrow}
+        if first is None and pf.metadata.num_rows:
+            first = pf.read_row_group(0).slice(0, 1).to_pylist()[0]
+    if first is None:
+        raise ValueError(f"{manifests_dir}: every manifest is empty; nothing to preview")
+    with Image.open(root / first["target_path"]) as im:
+        frame = np.asarray(im.convert("RGB"))
+    iuv = load_iuv_npz(root / first["densepose_path"])[first["target_frame"]]
+    if iuv.shape[:2] != frame.shape[:2]:
+        raise ValueError(f"{first['densepose_path']}: IUV size {iuv.shape[:2]} != frame size {frame.shape[:2]}")
+    preview = np.concatenate([frame, overlay_iuv(frame, iuv), overlay_iuv(np.zeros_like(frame), iuv, 1.0)], axis=1)
+    preview_path = Path(preview_path)
+    preview_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = preview_path.with_name(f".{preview_path.name}.tmp-{os.getpid()}.png")
+    Image.fromarray(preview).save(tmp)
+    tmp.replace(preview_path)
+    info["preview"] = str(preview_path)
+    info["preview_of"] = f"{first['video']} frame {first['target_frame']}"
+    return info
