@@ -176,6 +176,11 @@ class SubjectConfig(_Strict):
 
 
 class RenderConfig(_Strict):
+    """Sampling for renders: dual classifier-free guidance with s_I (image) and s_p (pose), paper eq. 4.
+
+    Frame noise is seeded per (seed, frame), so resumed and batched renders are reproducible.
+    """
+
     scheduler: Literal["pndm", "ddim", "dpmsolver++"] = "ddim"
     num_inference_steps: int = Field(10, ge=1)
     image_guidance_scale: float = Field(1.0, ge=0)
@@ -194,6 +199,7 @@ class ScoreConfig(_Strict):
     i3d_weights: str = "models/metrics/i3d_torchscript.pt"
     aed_weights: str = "models/metrics/reid.pt"
     fvd_clip_len: int = Field(16, ge=2)
+    baselines: bool = Field(True, description="also render and score copy-input, pose-zeroed, image-swapped, base")
 
 
 class EvalConfig(_Strict):
