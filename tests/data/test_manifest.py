@@ -1,0 +1,91 @@
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from dreampose.config import DensePoseConfig, ManifestConfig
+from dreampose.data.densepose import run_densepose
+from dreampose.data.manifest import SCHEMA, build_manifests, inspect_manifests, spread_targets
+from tests.data.test_densepose import make_workspace
+
+
+def _prepared(tmp_path, videos, empty=frozenset()):
+    ws = make_workspace(tmp_path, videos, empty=empty)
+    run_densepose(DensePoseConfig(), ws / "data/frames", ws / "data/raw", ws / "data/densepose")
+    return ws
+
+
+def _build(ws, cfg, subjects=("t0",)):
+    return build_manifests(cfg, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", subjects)
+
+
+CFG = ManifestConfig(pairs_per_video=10, test_num_targets=4, test_min_gap=8, test_input_frame=0, subject_frames=2)
+
+
+def test_spread_targets_is_even_and_distinct():
+    assert spread_targets(range(8, 48), 8) == [8, 14, 19, 25, 30, 36, 41, 47]
+    assert spread_targets([3, 5, 9], 3) == [3, 5, 9]
+    assert spread_targets([3, 5, 9], 1) == [5]
+    with pytest.raises(ValueError, match="cannot pick 4"):
+        spread_targets([1, 2, 3], 4)
+
+
+def test_manifests_schema_protocol_and_skipped_frames(tmp_path):
+    ws = _prepared(
+        tmp_path,
+        {"train": {"a": 12, "b": 12}, "test": {"t0": 20}},
+        empty=frozenset({("a", 3), ("a", 4), ("t0", 19)}),
+    )
+    counts = _build(ws, CFG)
+    assert counts == {
+        "train_rows": 20,
+        "train_videos": 2,
+        "subject_rows": 2,
+        "subject_videos": 1,
+        "test_rows": 4,
+        "test_videos": 1,
+        "frames_skipped_no_person": 3,
+    }
+    for name in ("train", "subject", "test"):
+        assert pq.read_schema(ws / f"data/manifests/{name}.parquet").equals(SCHEMA, check_metadata=False)
+    train = pd.read_parquet(ws / "data/manifests/train.parquet")
+    a = train[train.video == "a"]
+    assert not set(a.input_frame) & {3, 4} and not set(a.target_frame) & {3, 4}
+    assert (train.subject_id == train.video).all() and (train.split == "train").all()
+    r = train.iloc[0]
+    assert r.target_path == f"data/frames/train/{r.video}/{r.target_frame:05d}.jpg"
+    assert r.densepose_path == f"data/densepose/train/{r.video}.npz"
+    assert list(r.pose_frames) == [min(max(f, 0), 11) for f in range(r.target_frame - 2, r.target_frame + 3)]
+    test = pd.read_parquet(ws / "data/manifests/test.parquet")
+    assert (test.input_frame == 0).all()
+    assert (test.target_frame - test.input_frame >= 8).all()  # the min gap
+    assert test.target_frame.tolist() == [8, 11, 15, 18]  # spread over 8..18 (frame 19 has no person)
+    subject = pd.read_parquet(ws / "data/manifests/subject.parquet")
+    assert subject.input_frame.tolist() == [0, 1] and (subject.input_frame == subject.target_frame).all()
+    # seeded: the same pairs again; a different seed gives different pairs
+    _build(ws, CFG)
+    pd.testing.assert_frame_equal(train, pd.read_parquet(ws / "data/manifests/train.parquet"))
+    _build(ws, CFG.model_copy(update={"seed": 1}))
+    assert not train.equals(pd.read_parquet(ws / "data/manifests/train.parquet"))
+
+
+def test_too_short_test_video_and_unknown_subject_are_clear_errors(tmp_path):
+    ws = _prepared(tmp_path, {"train": {"a": 4}, "test": {"t0": 10}})
+    with pytest.raises(ValueError, match=r"test video t0: 10 frames leave 2 targets .* at least 8 .* is 4"):
+        _build(ws, CFG)
+    with pytest.raises(ValueError, match="nobody"):
+        _build(ws, CFG, subjects=("nobody",))
+    assert not (ws / "data/manifests/train.parquet").exists()  # nothing half-written
+
+
+def test_inspect_prints_counts_and_writes_preview(tmp_path):
+    ws = _prepared(tmp_path, {"train": {"a": 12}, "test": {"t0": 20}})
+    _build(ws, CFG)
+    info = inspect_manifests(ws / "data/manifests", ws, ws / "data/inspect/preview.png")
+    assert info["train_rows"] == 10 and info["test_schema"]["pose_frames"] == "list<element: int32>"
+    from PIL import Image
+
+    with Image.open(info["preview"]) as im:
+        assert im.size == (3 * 12, 16)
+        arr = np.asarray(im)
+    assert arr[:, 24:].any()  # the IUV panel shows the body
