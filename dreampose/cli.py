@@ -22,6 +22,9 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "densepose": ("densepose", "per-frame DensePose IUV aligned with the frames (backend: densepose.backend)", False),
     "manifest": ("manifest", "train / subject / test pair manifests (Parquet) from frame + DensePose indexes", False),
     "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
+    "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
+    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/scores.json", False),
+    "report": ("report", "print our scores next to the paper's published Table 1", False),
 }
 
 PRESETS_DIR = Path("presets")

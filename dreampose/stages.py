@@ -109,5 +109,75 @@ def inspect(params: Params, root: Path) -> dict[str, Any]:
     return inspect_manifests(root / MANIFESTS, root, root / "data" / "inspect" / "preview.png")
 
 
+def _log_files(paths: list[Path], artifact_dir: str) -> None:
+    if not tracking.tracking_enabled():
+        return
+    import mlflow
+
+    for p in paths:
+        if p.is_file():
+            mlflow.log_artifact(str(p), artifact_dir)
+
+
+def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
+    """``renders/<subject>``: the subject model animated along its test pose windows."""
+    from dreampose.render import render_subject
+
+    out = root / RENDERS / subject
+    inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
+    with tracking.stage_run(
+        "render", params.render.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
+    ):
+        summary = render_subject(
+            params.render, root / SUBJECTS / subject, root / MANIFESTS / "test.parquet", subject, root, out
+        )
+        _log_summary({k: v for k, v in summary.items() if k != "frames"})
+        _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
+    return summary
+
+
+def score(params: Params, root: Path) -> dict[str, Any]:
+    """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
+    from dreampose.metrics.score import is_finite, score_renders
+
+    dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
+    run_params = {"score": params.score.model_dump(), "render": params.render.model_dump()}
+    inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}
+    with tracking.stage_run("score", run_params, params.tracking.experiment, inputs=inputs):
+        result = score_renders(
+            params.score,
+            params.render,
+            root / MANIFESTS / "test.parquet",
+            root / RENDERS,
+            root,
+            list(params.eval.subjects),
+            root / METRICS,
+            root / PLOTS,
+            subjects_model_dir=root / SUBJECTS,
+            base_model_dir=root / BASE,
+            dataset=dataset,
+        )
+        table = result.pop("table")
+        print(table)
+        if tracking.tracking_enabled():
+            import mlflow
+
+            flat = tracking.flatten({"ours": result["ours"], "baselines": result["baselines"]})
+            mlflow.log_metrics({k: float(v) for k, v in flat.items() if is_finite(v)})
+            mlflow.log_text(table, "scores_table.txt")
+        files = [root / METRICS / "scores.json", root / METRICS / "per_video.parquet", root / PLOTS / "per_frame.csv"]
+        _log_files(files, "scores")
+        for subject in params.eval.subjects:
+            _log_files([root / RENDERS / subject / n for n in ("video.mp4", "side_by_side.mp4")], f"videos/{subject}")
+    return result
+
+
+def report(params: Params, root: Path) -> None:
+    """Print our scores beside the paper's Table 1 (published figures, UBC Fashion)."""
+    from dreampose.report import report as build_report
+
+    print(build_report(root / METRICS / "scores.json"))
+
+
 def dump_summary(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=True, default=str)

@@ -301,7 +301,6 @@ def score_renders(
     subjects_model_dir: Path | None = None,
     base_model_dir: Path | None = None,
     backbones: Backbones | None = None,
-    baselines: bool = True,
     load_pipe: Callable[[Path], Any] = load_pipeline,
     dataset: str = "synthetic demo",
 ) -> dict[str, Any]:
@@ -321,7 +320,7 @@ def score_renders(
 
     generated = {"ours": ours_frames}
     reasons: dict[str, str] = {}
-    if baselines:
+    if cfg.baselines:
         more, reasons = render_baselines(
             df, data, test_manifest, root, render_cfg, out_dir, subjects_model_dir, base_model_dir, load_pipe
         )

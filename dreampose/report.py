@@ -1,0 +1,91 @@
+"""``dreampose report``: our scores next to the paper's Table 1.
+
+The published rows are Karras et al. 2023 (DreamPose), Table 1: the UBC Fashion test set at 256 px
+(100 videos, 50 targets each). They are quoted for orientation only; our row is measured on the
+dataset named beside it (the synthetic demo unless ``data.source`` is ``ubc``), so the numbers are
+comparable only when that dataset is UBC Fashion at the same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("L1", "SSIM", "VGG", "LPIPS", "FID", "FVD-16", "AED")
+OUR_KEYS = {"L1": "l1", "SSIM": "ssim", "VGG": "vgg", "LPIPS": "lpips", "FID": "fid", "FVD-16": "fvd", "AED": "aed"}
+PAPER_SOURCE = "Karras et al. 2023, DreamPose, Table 1 (UBC Fashion test set, 256 px)"
+PAPER_TABLE1: dict[str, tuple[float, ...]] = {
+    "MRAA": (0.0857, 0.749, 0.534, 0.212, 23.42, 253.65, 0.0139),
+    "TPSMM": (0.0858, 0.746, 0.547, 0.213, 22.87, 247.55, 0.0137),
+    "PIDM": (0.1098, 0.713, 0.629, 0.288, 30.279, 1197.39, 0.0155),
+    "DreamPose": (0.0256, 0.885, 0.235, 0.068, 13.04, 238.75, 0.0110),
+}
+
+
+def load_scores(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scores yet (run `dreampose score` first)")
+    try:
+        scores = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(scores, dict) or not isinstance(scores.get("ours"), dict):
+        raise ValueError(f"{path}: no 'ours' section; not a scores.json written by `dreampose score`")
+    return scores
+
+
+def _cell(value: Any) -> tuple[str, str | None]:
+    """Display text and, for an unavailable metric, its reason."""
+    if isinstance(value, dict) and value.get("status") == "unavailable":
+        return "unavailable", str(value.get("reason", "unknown reason"))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4f}", None
+    if value is None:
+        return "unavailable", "not computed"
+    return str(value), None
+
+
+def report_rows(scores: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Table rows (label, cells) and numbered footnotes for unavailable metrics."""
+    rows = [(f"{name} (published)", [f"{v:g}" for v in vals]) for name, vals in PAPER_TABLE1.items()]
+    notes: list[str] = []
+    reasons: dict[str, int] = {}
+    cells = []
+    for col in COLUMNS:
+        text, reason = _cell(scores["ours"].get(OUR_KEYS[col]))
+        if reason is not None:
+            if reason not in reasons:
+                notes.append(reason)
+                reasons[reason] = len(notes)
+            text = f"unavailable [{reasons[reason]}]"
+        cells.append(text)
+    dataset = scores.get("dataset", "unknown dataset")
+    rows.append((f"ours ({dataset}, {scores.get('num_frames', '?')} frames)", cells))
+    return rows, notes
+
+
+def format_report(scores: dict[str, Any]) -> str:
+    rows, notes = report_rows(scores)
+    label_w = max(len(r[0]) for r in rows)
+    widths = [max(len(c), *(len(r[1][i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+
+    def line(label: str, cells: list[str]) -> str:
+        return "  ".join([label.ljust(label_w), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))])
+
+    out = [
+        "Table 1 — published rows: " + PAPER_SOURCE + "; a different dataset from ours unless ours says UBC.",
+        line("method", list(COLUMNS)),
+        line("-" * label_w, ["-" * w for w in widths]),
+    ]
+    out += [line(label, cells) for label, cells in rows]
+    extra = {k: scores["ours"].get(k) for k in ("psnr", "color_dist")}
+    out.append("ours, not in Table 1: " + ", ".join(f"{k} {_cell(v)[0]}" for k, v in extra.items()))
+    out += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(out)
+
+
+def report(scores_path: Path) -> str:
+    """The printable Table-1 comparison for ``metrics/scores.json``."""
+    return format_report(load_scores(scores_path))
