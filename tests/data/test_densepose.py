@@ -18,7 +18,7 @@ def synthetic_iuv(t: int, height: int = H, width: int = W, person: bool = True) 
     iuv = np.zeros((height, width, 3), np.uint8)
     if not person:
         return iuv
-    x0 = 1 + t % 4
+    x0 = 1 + t % 5
     ys, xs = np.mgrid[2 : height - 2, x0 : x0 + width // 2]
     iuv[ys, xs, 0] = 1 + t % 24
     iuv[ys, xs, 1] = (xs * 255 // (width - 1)).astype(np.uint8)
@@ -135,7 +135,7 @@ def test_torchscript_backend_batched_and_single_agree(tmp_path):
 
 
 def synthetic_iuv_box(t):
-    x0 = 1 + t % 4
+    x0 = 1 + t % 5
     return (x0, 2, x0 + W // 2, H - 2)
 
 

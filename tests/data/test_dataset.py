@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dreampose.config import DensePoseConfig, FramesConfig, ManifestConfig, SyntheticConfig
+from dreampose.data.dataset import PairDataset, load_pose_sequence
+from dreampose.data.densepose import run_densepose
+from dreampose.data.densepose.iuv import pose_window
+from dreampose.data.manifest import build_manifests
+from tests.data.test_densepose import H, W, make_workspace
+
+CFG = ManifestConfig(pairs_per_video=16, test_num_targets=2, test_min_gap=4, subject_frames=1)
+
+
+def _workspace(tmp_path, ext="jpg"):
+    ws = make_workspace(tmp_path, {"train": {"a": 12}, "test": {"t0": 8}}, ext=ext)
+    run_densepose(DensePoseConfig(), ws / "data/frames", ws / "data/raw", ws / "data/densepose")
+    build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ["t0"])
+    return ws
+
+
+def test_items_and_five_different_poses_for_a_moving_subject(tmp_path):
+    ws = _workspace(tmp_path)
+    ds = PairDataset(ws / "data/manifests/train.parquet", ws, H, W)
+    rows = pd.read_parquet(ws / "data/manifests/train.parquet")
+    i = int(np.flatnonzero(rows.target_frame.between(2, 9))[0])
+    item = ds[i]
+    assert item["input_pixels"].shape == item["target_pixels"].shape == (3, H, W)
+    assert item["input_pixels"].dtype == torch.float32
+    assert item["target_pixels"].min() >= -1 and item["target_pixels"].max() <= 1
+    assert item["poses"].shape == (10, H, W) and item["subject_id"] == "a"
+    poses = item["poses"].view(5, 2, H, W)
+    for p in range(5):
+        for q in range(p + 1, 5):
+            assert not torch.equal(poses[p], poses[q]), (p, q)
+    with np.load(ws / "data/densepose/train/a.npz") as z:
+        torch.testing.assert_close(item["poses"], pose_window(z["iuv"], int(rows.target_frame[i])))
+
+
+def test_crop_augmentation_keeps_image_and_pose_aligned(tmp_path):
+    # Lossless frames whose green channel is U: after the crop the pose must still predict the pixels.
+    ws = _workspace(tmp_path, ext="png")
+    ds = PairDataset(ws / "data/manifests/train.parquet", ws, H, W, augment=(0.5, 0.7), seed=3)
+    plain = PairDataset(ws / "data/manifests/train.parquet", ws, H, W)
+    checked = 0
+    for i in range(8):
+        item, ref = ds[i], plain[i]
+        assert not torch.equal(item["target_pixels"], ref["target_pixels"])  # it did crop
+        g = (item["target_pixels"][1] + 1) / 2  # u in [0, 1] on the body
+        red = (item["target_pixels"][0] + 1) / 2 * 255  # part * 10 on the body
+        u_pose = item["poses"][4]  # u of the target frame (window centre)
+        body_img, body_pose = red > 5, u_pose > 0
+        # the masks agree up to bilinear blending at the border
+        assert (body_img ^ body_pose).float().mean() < 0.15
+        inner = body_img & body_pose
+        # away from the silhouette border, where bilinear (image) and nearest (pose) resampling differ
+        core = F.max_pool2d((~inner).float()[None, None], 3, 1, 1)[0, 0] == 0
+        assert core.sum() > 20
+        err = (g - (u_pose - 0.1) / 0.9).abs()
+        assert err[core].mean() < 0.05
+        # control: the uncropped pose against the cropped image is far off
+        err_ref = (g - (ref["poses"][4] - 0.1) / 0.9).abs()
+        assert err_ref[core].mean() > 3 * err[core].mean() + 0.05
+        checked += 1
+    assert checked == 8
+
+
+def test_load_pose_sequence_and_bad_inputs(tmp_path):
+    ws = _workspace(tmp_path)
+    seq = load_pose_sequence(ws / "data/densepose/test/t0.npz", [0, 3, 7])
+    assert seq.shape == (3, 10, H, W)
+    with np.load(ws / "data/densepose/test/t0.npz") as z:
+        torch.testing.assert_close(seq[1], pose_window(z["iuv"], 3))
+    with pytest.raises(FileNotFoundError, match="dreampose manifest"):
+        PairDataset(ws / "data/manifests/none.parquet", ws, H, W)
+    (ws / "data/frames/train/a/00000.jpg").unlink()
+    ds = PairDataset(ws / "data/manifests/train.parquet", ws, H, W)
+    rows = pd.read_parquet(ws / "data/manifests/train.parquet")
+    bad = int(np.flatnonzero((rows.target_frame == 0) | (rows.input_frame == 0))[0])
+    with pytest.raises(FileNotFoundError, match=r"00000\.jpg"):
+        ds[bad]
+
+
+@pytest.mark.slow
+def test_integration_with_generator_and_frames_stage(tmp_path):
+    """Real synthetic videos -> frames (another geometry) -> densepose -> manifests -> dataset."""
+    from dreampose.data.frames import extract_frames
+    from dreampose.data.synthetic import generate_dataset
+
+    syn = SyntheticConfig(num_train_subjects=1, num_test_subjects=1, frames_per_video=12, height=40, width=32)
+    generate_dataset(syn, tmp_path / "data/raw", seed=0)
+    extract_frames(FramesConfig(height=24, width=16, workers=1), tmp_path / "data/raw/videos", tmp_path / "data/frames")
+    summary = run_densepose(
+        DensePoseConfig(), tmp_path / "data/frames", tmp_path / "data/raw", tmp_path / "data/densepose"
+    )
+    assert summary["frames"] == 24 and summary["frames_with_person"] > 0
+    cfg = ManifestConfig(pairs_per_video=4, test_num_targets=2, test_min_gap=4)
+    counts = build_manifests(
+        cfg, tmp_path / "data/frames", tmp_path / "data/densepose", tmp_path / "data/manifests", ["syn_test_000"]
+    )
+    assert counts["train_rows"] == 4 and counts["test_rows"] == 2
+    ds = PairDataset(tmp_path / "data/manifests/train.parquet", tmp_path, 24, 16)
+    item = ds[0]
+    assert item["poses"].shape == (10, 24, 16)
+    # The IUV body mask marks the pixels that differ from the background (pixel alignment after resize+crop).
+    img = (item["target_pixels"] + 1) / 2
+    body = item["poses"][4] > 0
+    bg = img[:, ~body].median(dim=1).values[:, None, None]
+    dev = (img - bg).abs().sum(0)
+    shifted = torch.roll(body, shifts=4, dims=1)
+    assert dev[body].mean() > dev[~body].mean() + 0.05
+    assert dev[body].mean() > dev[shifted & ~body].mean()
