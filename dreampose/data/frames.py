@@ -1,0 +1,221 @@
+"""Frame extraction: decode each raw video (decord), resize + center-crop, write JPEGs and an index.
+
+Geometry policy (``fit_geometry``): scale the source so it *covers* the target (aspect ratio
+kept, no padding, no distortion), then crop the centre. A portrait UBC video (940 × 720)
+going to 640 × 512 loses a few rows top and bottom; a landscape one loses its sides.
+The DensePose stage reuses ``resize_center_crop(..., nearest=True)`` so IUV maps line up
+with the frames pixel for pixel.
+
+Decoding runs on the calling thread while a pool of ``cfg.workers`` threads encodes and writes
+the JPEGs (PIL releases the GIL while encoding), so the stage runs close to the bare decode rate.
+Unreadable videos are quarantined (``quarantine.json``), not fatal, unless none is readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from dreampose.config import FramesConfig
+from dreampose.video import iter_video, probe_video
+
+VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
+INDEX_SCHEMA = pa.schema(
+    [
+        ("video", pa.string()),
+        ("split", pa.string()),
+        ("frame", pa.int32()),
+        ("source_frame", pa.int32()),
+        ("timestamp", pa.float64()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+_MAX_PENDING = 64  # encoded-but-unwritten frames held in memory at most
+
+
+def fit_geometry(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)``: resize ``src`` to ``new_h × new_w`` (covers ``dst``, aspect kept),
+    then crop ``dst_h × dst_w`` at ``(top, left)`` (centred; an odd surplus leaves the extra pixel
+    at the bottom/right)."""
+    if min(src_h, src_w, dst_h, dst_w) <= 0:
+        raise ValueError(f"sizes must be positive, got source {src_h}x{src_w}, target {dst_h}x{dst_w}")
+    scale = max(dst_h / src_h, dst_w / src_w)
+    new_h = max(dst_h, round(src_h * scale))
+    new_w = max(dst_w, round(src_w * scale))
+    return new_h, new_w, (new_h - dst_h) // 2, (new_w - dst_w) // 2
+
+
+def _nearest_index(src: int, new: int, start: int, count: int) -> np.ndarray:
+    """Source indices of nearest-neighbour resampling ``src -> new``, for outputs ``start..start+count``."""
+    centers = (np.arange(start, start + count) + 0.5) * (src / new)
+    return np.clip(np.floor(centers).astype(np.int64), 0, src - 1)
+
+
+def resize_center_crop(img: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize (aspect kept, covering) and center-crop a uint8 ``(H, W, C)`` image to ``(height, width, C)``.
+
+    ``nearest=True`` never mixes values (for label maps such as IUV, where a blended part index
+    would be meaningless); otherwise PIL's antialiased bilinear filter is used.
+    """
+    if img.ndim != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 (H, W, C), got {img.dtype} {img.shape}")
+    src_h, src_w, channels = img.shape
+    new_h, new_w, top, left = fit_geometry(src_h, src_w, height, width)
+    if (new_h, new_w) == (src_h, src_w):
+        return np.ascontiguousarray(img[top : top + height, left : left + width])
+    if nearest:
+        rows = _nearest_index(src_h, new_h, top, height)
+        cols = _nearest_index(src_w, new_w, left, width)
+        return np.ascontiguousarray(img[rows[:, None], cols[None, :]])
+    box = (left, top, left + width, top + height)
+    if channels in (3, 4):
+        out = Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
+        return np.asarray(out)
+    planes = [
+        np.asarray(Image.fromarray(img[..., c]).resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box))
+        for c in range(channels)
+    ]
+    return np.stack(planes, axis=-1)
+
+
+def frame_indices(num_frames: int, stride: int, max_frames: int | None) -> list[int]:
+    """Source frames kept: every ``stride``-th from 0, at most ``max_frames`` of them."""
+    idx = list(range(0, num_frames, stride))
+    return idx if max_frames is None else idx[:max_frames]
+
+
+def list_videos(videos_dir: Path) -> list[tuple[str, Path]]:
+    """``(split, path)`` for every video under ``videos_dir/<split>/``, sorted; hidden and ``.part`` files skipped."""
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"{videos_dir}: no videos directory (run `dreampose download` first)")
+    out = []
+    for split_dir in sorted(p for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(split_dir.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTS:
+                out.append((split_dir.name, path))
+    return out
+
+
+def _save_jpeg(frame: np.ndarray, path: Path, quality: int) -> None:
+    # 4:4:4 chroma: at demo sizes (64 × 48) 4:2:0 visibly smears garment colours across edges
+    Image.fromarray(frame).save(path, format="JPEG", quality=quality, subsampling=0)
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _swap_dir(tmp: Path, out_dir: Path) -> None:
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _extract_video(
+    cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, pool: ThreadPoolExecutor
+) -> list[dict[str, Any]]:
+    """Frames of one video into ``video_dir``; raises ``ValueError`` if it cannot be decoded."""
+    info = probe_video(path)
+    wanted = frame_indices(info.num_frames, cfg.stride, cfg.max_frames)
+    video_dir.mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    pending: deque[Future] = deque()
+    try:
+        for k, (src_idx, frame) in enumerate(iter_video(path, wanted)):
+            out = resize_center_crop(frame, cfg.height, cfg.width)
+            name = f"{k:05d}.jpg"
+            pending.append(pool.submit(_save_jpeg, out, video_dir / name, cfg.jpeg_quality))
+            if len(pending) >= _MAX_PENDING:
+                pending.popleft().result()
+            rows.append(
+                {
+                    "video": path.stem,
+                    "split": split,
+                    "frame": k,
+                    "source_frame": src_idx,
+                    "timestamp": src_idx / info.fps if info.fps > 0 else 0.0,
+                    "path": f"{rel_dir}/{name}",
+                    "width": cfg.width,
+                    "height": cfg.height,
+                }
+            )
+    finally:
+        for fut in pending:
+            fut.result()
+    if len(rows) != len(wanted):
+        raise ValueError(f"{path}: not a readable video ({len(rows)} of {len(wanted)} frames decoded)")
+    return rows
+
+
+def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Path | None = None) -> dict[str, Any]:
+    """Write ``out_dir/<split>/<video>/NNNNN.jpg``, ``index.parquet`` and ``quarantine.json``.
+
+    ``path`` in the index is relative to ``root`` (default: ``out_dir/../..``, the workspace root
+    for the standard ``data/frames`` layout). Built in a temporary directory and swapped in at the
+    end; raises ``ValueError`` if no video is readable. Returns a summary with the throughput.
+    """
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    root = Path(root) if root is not None else out_dir.parent.parent
+    rel_out = out_dir.resolve().relative_to(root.resolve()).as_posix()
+    videos = list_videos(videos_dir)
+    if not videos:
+        raise ValueError(f"{videos_dir}: no videos found under <split>/ subdirectories")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    quarantine: list[dict[str, str]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+            for split, path in tqdm(videos, desc="frames", unit="video", leave=False):
+                video_dir = tmp / split / path.stem
+                try:
+                    rows += _extract_video(cfg, split, path, video_dir, f"{rel_out}/{split}/{path.stem}", pool)
+                except ValueError as err:
+                    shutil.rmtree(video_dir, ignore_errors=True)
+                    entry = {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
+                    quarantine.append(entry)
+        if not rows:
+            reasons = "; ".join(q["reason"] for q in quarantine[:3])
+            raise ValueError(f"{videos_dir}: none of {len(videos)} videos is readable ({reasons})")
+        seconds = time.perf_counter() - start
+        index = pa.Table.from_pandas(pd.DataFrame(rows), schema=INDEX_SCHEMA, preserve_index=False)
+        pq.write_table(index, tmp / "index.parquet")
+        (tmp / "quarantine.json").write_text(json.dumps({"count": len(quarantine), "videos": quarantine}, indent=2))
+        _swap_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
+    per_split = pd.DataFrame(rows).groupby("split")["video"].nunique().to_dict()
+    return {
+        "videos": len(videos) - len(quarantine),
+        "quarantined": len(quarantine),
+        "frames": len(rows),
+        "seconds": round(seconds, 3),
+        "fps": round(len(rows) / seconds, 1) if seconds > 0 else 0.0,
+        **{f"videos_{k}": int(v) for k, v in per_split.items()},
+    }

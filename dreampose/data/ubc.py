@@ -1,0 +1,329 @@
+"""UBC Fashion download: two URL lists (train / test), one video URL per line.
+
+Hostile or broken lists are expected, so every entry is checked before anything is fetched:
+only ``http``/``https`` URLs are accepted, file names come from the URL's last path segment,
+sanitised (no traversal, no absolute or hidden names) and made unique with a short hash of the
+URL. Downloads run in a thread pool with per-request timeouts, exponential-backoff retries
+on connection errors / timeouts / 5xx (never on 404), HTTP ``Range`` resume of ``.part`` files,
+a size cap, and an atomic rename when complete. Every URL ends up in ``download_report.json``
+with its status, size and sha256; the stage fails only below ``min_success_fraction``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+from tqdm import tqdm
+
+from dreampose.config import UBCConfig
+from dreampose.video import probe_video
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+CHUNK = 1 << 16
+USER_AGENT = "dreampose-downloader/0.1"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# 408 Request Timeout and 429 Too Many Requests are transient like 5xx; other 4xx are final.
+_RETRY_STATUS = {408, 429}
+
+
+class DownloadError(RuntimeError):
+    """Too few videos could be downloaded; the report has the per-URL reasons."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+class _Final(Exception):
+    def __init__(self, status: str, reason: str, http_status: int | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.http_status = status, reason, http_status
+
+
+def check_url(url: str) -> str | None:
+    """Why ``url`` must not be fetched, or ``None`` if it is acceptable."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"scheme {parts.scheme or '(none)'!r} is not http(s)"
+    if not parts.hostname:
+        return "no host"
+    segments = unquote(parts.path).replace("\\", "/").split("/")
+    if any(s in ("..", ".") for s in segments):
+        return "path traversal ('..' or '.') in the URL path"
+    if any("\x00" in s for s in segments):
+        return "NUL byte in the URL path"
+    return None
+
+
+def safe_filename(url: str) -> str:
+    """A file name from the URL's last path segment: only ``[A-Za-z0-9._-]``, never hidden, ``.mp4`` kept.
+
+    Names without a usable stem fall back to a hash of the URL.
+    """
+    base = PurePosixPath(unquote(urlsplit(url).path).replace("\\", "/")).name
+    base = _SAFE.sub("_", base).lstrip("._-")[:120]
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    if not stem:
+        stem = "video_" + _url_hash(url)
+    ext = ext.lower() if ext.lower() in ("mp4", "mov", "webm", "mkv", "avi") else "mp4"
+    return f"{stem}.{ext}"
+
+
+def _url_hash(url: str) -> str:
+    return hashlib.sha1(url.encode()).hexdigest()[:8]
+
+
+def assign_names(urls: list[str]) -> dict[str, str]:
+    """Unique file names for ``urls`` (in order): a repeated stem gets ``-<hash of URL>``.
+
+    Video ids are file stems and must be unique across both splits, so one namespace is used.
+    """
+    taken: set[str] = set()
+    names: dict[str, str] = {}
+    for url in urls:
+        name = safe_filename(url)
+        stem, ext = name.rsplit(".", 1)
+        if stem.lower() in taken:
+            stem = f"{stem}-{_url_hash(url)}"
+        taken.add(stem.lower())
+        names[url] = f"{stem}.{ext}"
+    return names
+
+
+def read_url_list(source: str, timeout_s: float = 30.0) -> list[str]:
+    """Lines of a URL list from a local path or an http(s) URL; blank lines and ``#`` comments dropped."""
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            resp = requests.get(source, timeout=timeout_s, headers={"User-Agent": USER_AGENT})
+            resp.raise_for_status()
+        except requests.RequestException as err:
+            raise ValueError(f"URL list {source}: cannot fetch ({err})") from None
+        text = resp.text
+    elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise ValueError(f"URL list {source}: scheme {scheme!r} not supported (use a local path or http(s))")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"URL list {source}: no such file")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+        _local.session.headers["User-Agent"] = USER_AGENT
+    return _local.session
+
+
+def _fetch_once(url: str, part: Path, cfg: UBCConfig) -> bool:
+    """One HTTP attempt appending to / replacing ``part``. Returns whether a Range resume was used."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        resp = _session().get(url, stream=True, timeout=cfg.timeout_s, headers=headers, allow_redirects=True)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        raise _Retryable(f"{type(err).__name__}: {err}") from None
+    with resp:
+        code = resp.status_code
+        if code == 416 and offset:  # our .part is not a prefix the server agrees with: start over
+            part.unlink()
+            raise _Retryable("HTTP 416 on resume; restarting from zero")
+        if code >= 500 or code in _RETRY_STATUS:
+            raise _Retryable(f"HTTP {code}")
+        if code >= 400:
+            raise _Final("dead", f"HTTP {code}", code)
+        resumed = code == 206 and offset > 0
+        if resumed:
+            start = _content_range_start(resp.headers.get("Content-Range", ""))
+            if start != offset:
+                resumed = False
+                raise _Retryable(f"server resumed at {start}, not {offset}")
+        elif offset:
+            offset = 0  # the server ignored Range and sent the whole file: overwrite
+        length = resp.headers.get("Content-Length")
+        expected = offset + int(length) if length and length.isdigit() else None
+        if expected is not None and expected > cfg.max_bytes:
+            part.unlink(missing_ok=True)
+            raise _Final("too_large", f"{expected} bytes > max_bytes {cfg.max_bytes}", code)
+        size = offset
+        try:
+            with part.open("ab" if resumed else "wb") as f:
+                for chunk in resp.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > cfg.max_bytes:
+                        raise _Final("too_large", f"more than max_bytes {cfg.max_bytes}", code)
+                    f.write(chunk)
+        except _Final:
+            part.unlink(missing_ok=True)
+            raise
+        except (requests.RequestException, OSError) as err:
+            # connection dropped mid-body (e.g. fewer bytes than Content-Length): keep the .part to resume
+            raise _Retryable(f"interrupted after {size} bytes: {type(err).__name__}") from None
+        if expected is not None and size != expected:
+            raise _Retryable(f"truncated: {size} of {expected} bytes")
+    return resumed
+
+
+def _content_range_start(value: str) -> int | None:
+    m = re.match(r"bytes\s+(\d+)-", value.strip())
+    return int(m.group(1)) if m else None
+
+
+def download_file(url: str, dest: Path, cfg: UBCConfig) -> dict[str, Any]:
+    """Download ``url`` to ``dest`` via ``dest.part`` with retries; returns the report entry fields."""
+    part = dest.with_name(dest.name + ".part")
+    attempts, resumed, last = 0, False, ""
+    for attempt in range(cfg.retries + 1):
+        attempts = attempt + 1
+        try:
+            resumed = _fetch_once(url, part, cfg) or resumed
+            os.replace(part, dest)
+            break
+        except _Final as err:
+            return {"status": err.status, "error": err.reason, "http_status": err.http_status, "attempts": attempts}
+        except _Retryable as err:
+            last = str(err)
+            log.debug("%s: attempt %d failed: %s", url, attempts, last)
+            if attempt < cfg.retries:
+                time.sleep(cfg.backoff_s * 2**attempt)
+    else:
+        return {"status": "failed", "error": last, "attempts": attempts}
+    return {**_verify(dest), "attempts": attempts, "resumed": resumed}
+
+
+def _verify(dest: Path) -> dict[str, Any]:
+    """Size, sha256 and a probe of a finished file; undecodable files are ``corrupt`` (frames quarantines them)."""
+    entry: dict[str, Any] = {"status": "ok", "bytes": dest.stat().st_size, "sha256": sha256_file(dest)}
+    try:
+        info = probe_video(dest)
+        entry.update(frames=info.num_frames, fps=info.fps, height=info.height, width=info.width)
+    except ValueError as err:
+        entry.update(status="corrupt", error=str(err))
+    return entry
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def download_ubc(cfg: UBCConfig, out_dir: Path) -> dict[str, Any]:
+    """Fetch the train/test lists into ``out_dir/videos/{train,test}/`` and write ``download_report.json``.
+
+    Raises ``DownloadError`` (after writing the report) when fewer than
+    ``cfg.min_success_fraction`` of the listed entries end up as valid videos.
+    """
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    listed = {
+        split: read_url_list(src, cfg.timeout_s)
+        for split, src in zip(SPLITS, (cfg.train_list, cfg.test_list), strict=True)
+    }
+    entries: list[dict[str, Any]] = []
+    jobs: list[tuple[dict[str, Any], Path]] = []
+    seen: set[str] = set()
+    accepted = [u for split in SPLITS for u in listed[split] if check_url(u) is None]
+    names = assign_names(list(dict.fromkeys(accepted)))
+    for split in SPLITS:
+        split_dir = out_dir / "videos" / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for url in listed[split]:
+            entry: dict[str, Any] = {"url": url, "split": split}
+            entries.append(entry)
+            reason = check_url(url)
+            if reason:
+                entry.update(status="rejected", error=reason)
+                continue
+            if url in seen:
+                entry.update(status="duplicate", error="listed before")
+                continue
+            seen.add(url)
+            name = names[url]
+            dest = split_dir / name
+            if dest.resolve().parent != split_dir.resolve():  # belt and braces after sanitising
+                entry.update(status="rejected", error="file name escapes the download directory")
+                continue
+            entry.update(id=dest.stem, path=f"videos/{split}/{name}")
+            jobs.append((entry, dest))
+    total = sum(e.get("status") != "duplicate" for e in entries)
+    if total == 0:
+        raise ValueError(f"URL lists {cfg.train_list}, {cfg.test_list}: no URLs")
+
+    with (
+        ThreadPoolExecutor(max_workers=cfg.workers) as pool,
+        tqdm(total=len(jobs), desc="ubc videos", unit="video", leave=False) as bar,
+    ):
+        futures = {}
+        for entry, dest in jobs:
+            if dest.is_file():  # finished by an earlier run
+                futures[pool.submit(_verify, dest)] = entry
+            else:
+                futures[pool.submit(download_file, entry["url"], dest, cfg)] = entry
+        for fut in as_completed(futures):
+            futures[fut].update(fut.result())
+            bar.update(1)
+
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+    downloaded = counts.get("ok", 0)
+    fraction = downloaded / total
+    report = {
+        "source": "ubc",
+        "train_list": cfg.train_list,
+        "test_list": cfg.test_list,
+        "total": total,
+        "downloaded": downloaded,
+        "fraction": round(fraction, 4),
+        "counts": counts,
+        "videos": entries,
+    }
+    _write_json_atomic(out_dir / "download_report.json", report)
+    if fraction < cfg.min_success_fraction:
+        raise DownloadError(
+            f"only {downloaded}/{total} videos downloaded ({fraction:.0%} < min_success_fraction "
+            f"{cfg.min_success_fraction:.0%}); reasons in {out_dir / 'download_report.json'}"
+        )
+    return {
+        "source": "ubc",
+        "total": total,
+        "downloaded": downloaded,
+        "fraction": round(fraction, 4),
+        "dead": counts.get("dead", 0),
+        "rejected": counts.get("rejected", 0),
+        "corrupt": counts.get("corrupt", 0),
+        "failed": counts.get("failed", 0) + counts.get("too_large", 0),
+        "bytes": sum(e.get("bytes", 0) for e in entries),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
