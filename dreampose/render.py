@@ -134,13 +134,6 @@ def load_pipeline(model_dir: Path):
     return DreamPosePipeline.from_pretrained(model_dir)
 
 
-def use_scheduler(pipe, name: str) -> None:
-    """Swap in the configured sampler, keeping the trained noise schedule."""
-    from dreampose.models.pipeline import make_scheduler
-
-    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-
-
 def frame_generators(seed: int, frame_ids: Sequence[int]) -> list[torch.Generator]:
     """One generator per frame, seeded by (seed, frame id): a frame's noise does not depend on which
     other frames share its batch, so a resumed render matches a fresh one."""
@@ -172,7 +165,7 @@ def render_frames(
     ids = list(range(len(poses))) if frame_ids is None else [int(f) for f in frame_ids]
     if len(ids) != len(poses):
         raise ValueError(f"{len(ids)} frame ids for {len(poses)} pose windows")
-    use_scheduler(pipe, cfg.scheduler)
+    pipe.set_scheduler(cfg.scheduler)
     out: list[np.ndarray] = []
     step = cfg.frame_batch_size
     for start in tqdm(range(0, len(poses), step), desc=desc, unit="batch", leave=False):

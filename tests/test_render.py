@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dreampose.config import RenderConfig
+from dreampose.data.densepose.iuv import uv_to_model
+from dreampose.render import (
+    iuv_to_rgb,
+    png_complete,
+    poster,
+    read_rgb,
+    render_frames,
+    render_sequence,
+    render_subject,
+    side_by_side,
+)
+from dreampose.video import probe_video
+from tests.metrics._workspace import SUBJECTS, CountingPipeline, H, W, make_iuv, make_workspace, tiny_pipeline
+
+CFG = RenderConfig(num_inference_steps=2, frame_batch_size=2, fps=8)
+
+
+def test_iuv_to_rgb_codes_part_u_v():
+    iuv = np.zeros((2, 2, 3), np.uint8)
+    iuv[0, 0] = [24, 10, 20]
+    iuv[0, 1] = [12, 0, 255]
+    iuv[1, 1] = [0, 99, 99]  # background: U,V ignored
+    out = iuv_to_rgb(iuv)
+    assert out[0, 0].tolist() == [255, 10, 20]
+    assert out[0, 1].tolist() == [128, 0, 255]
+    assert out[1, 1].tolist() == [0, 0, 0]
+
+
+def test_side_by_side_and_poster_shapes():
+    seq = np.zeros((5, 4, 3, 3), np.uint8)
+    photo = np.full((4, 3, 3), 7, np.uint8)
+    sbs = side_by_side([photo, seq, seq])
+    assert sbs.shape == (5, 4, 9, 3)
+    assert (sbs[:, :, :3] == 7).all()
+    assert poster(sbs, max_rows=3).shape == (12, 9, 3)
+    with pytest.raises(ValueError, match="differ in size"):
+        side_by_side([photo, np.zeros((5, 4, 4, 3), np.uint8)])
+
+
+def test_render_frames_is_deterministic_per_frame_whatever_the_batching():
+    pipe = tiny_pipeline()
+    image = np.full((H, W, 3), 128, np.uint8)
+    poses = uv_to_model(np.stack([make_iuv(t) for t in range(3)])).repeat(1, 5, 1, 1)
+    whole = render_frames(pipe, image, poses, CFG.model_copy(update={"frame_batch_size": 3}), frame_ids=[4, 5, 6])
+    last = render_frames(pipe, image, poses[2:], CFG, frame_ids=[6])
+    assert whole.shape == (3, H, W, 3) and whole.dtype == np.uint8
+    np.testing.assert_allclose(whole[2].astype(int), last[0].astype(int), atol=2)
+
+
+def test_render_subject_writes_outputs_and_resumes(tmp_path):
+    manifest = make_workspace(tmp_path, targets=(4, 6))
+    out = tmp_path / "renders" / SUBJECTS[0]
+    pipe = CountingPipeline(tiny_pipeline())
+    first = render_subject(CFG, tmp_path / "unused", manifest, SUBJECTS[0], tmp_path, out, pipe=pipe)
+    assert (first["rendered"], first["skipped"], pipe.frames) == (2, 0, 2)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "frames").glob("*.png")}
+    assert sorted(before) == ["00004.png", "00006.png"]
+
+    manifest = make_workspace(tmp_path, targets=(4, 6, 8, 10))
+    (out / "frames" / "00004.png").write_bytes(before["00004.png"][1][:40])  # a truncated file is redone
+    second = render_subject(CFG, tmp_path / "unused", manifest, SUBJECTS[0], tmp_path, out, pipe=pipe)
+    assert (second["rendered"], second["skipped"], pipe.frames) == (3, 1, 5)
+    assert (out / "frames" / "00006.png").stat().st_mtime_ns == before["00006.png"][0]
+    assert png_complete(out / "frames" / "00004.png", (H, W))
+
+    info = probe_video(out / "side_by_side.mp4")
+    assert (info.num_frames, info.width, info.height) == (4, 4 * W, H)
+    assert probe_video(out / "video.mp4").num_frames == 4
+    assert read_rgb(out / "poster.png").shape == (4 * H, 4 * W, 3)
+    meta = json.loads((out / "render.json").read_text())
+    assert meta["frames"] == [4, 6, 8, 10] and meta["settings"]["num_inference_steps"] == 2
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_render_subject_bad_inputs(tmp_path):
+    manifest = make_workspace(tmp_path, targets=(4,))
+    with pytest.raises(ValueError, match="'nobody' is not in"):
+        render_subject(CFG, tmp_path, manifest, "nobody", tmp_path, tmp_path / "r", pipe=object())
+    empty = tmp_path / "empty.parquet"
+    pd.read_parquet(manifest).iloc[:0].to_parquet(empty)
+    with pytest.raises(ValueError, match="test manifest is empty"):
+        render_subject(CFG, tmp_path, empty, SUBJECTS[0], tmp_path, tmp_path / "r", pipe=object())
+    Image.new("RGB", (W + 8, H)).save(tmp_path / "data/frames/test" / SUBJECTS[0] / "00000.png")
+    with pytest.raises(ValueError, match=r"00000\.png: image is"):
+        render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, tmp_path / "r", pipe=object())
+
+
+def test_render_sequence_without_ground_truth(tmp_path):
+    pipe = CountingPipeline(tiny_pipeline())
+    iuv = np.stack([make_iuv(t) for t in range(3)])
+    summary = render_sequence(pipe, np.full((H, W, 3), 90, np.uint8), iuv, CFG, tmp_path / "item")
+    assert summary["rendered"] == 3 and summary["columns"] == ["input", "pose", "generated"]
+    assert probe_video(tmp_path / "item" / "side_by_side.mp4").width == 3 * W
+    again = render_sequence(pipe, np.full((H, W, 3), 90, np.uint8), iuv, CFG, tmp_path / "item")
+    assert (again["rendered"], again["skipped"], pipe.frames) == (0, 3, 3)
