@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "frames": ("frames", "decode videos into resized, center-cropped JPEG frames + index.parquet", False),
     "densepose": ("densepose", "per-frame DensePose IUV aligned with the frames (backend: densepose.backend)", False),
     "manifest": ("manifest", "train / subject / test pair manifests (Parquet) from frame + DensePose indexes", False),
+    "base-model": ("base_model", "build the base DreamPose model: tiny (VAE pre-trained here) or local SD v1.x", False),
     "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
     "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
     "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/scores.json", False),

@@ -99,6 +99,27 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
     return summary
 
 
+def base_model(params: Params, root: Path) -> dict[str, Any]:
+    """``models/pretrained``: the base DreamPosePipeline (tiny, VAE pre-trained on the frames; or SD v1.x)."""
+    from dreampose.models.builders import build_base_model
+
+    model_params = {**params.model.model_dump(), "seed": params.seed, "height": params.frames.height}
+    model_params["width"] = params.frames.width
+    inputs = {"frames": root / FRAMES} if params.model.source == "tiny" else {}
+    with tracking.stage_run("base_model", model_params, params.tracking.experiment, inputs=inputs):
+        summary = build_base_model(
+            params.model,
+            root / FRAMES,
+            root / PRETRAINED,
+            seed=params.seed,
+            height=params.frames.height,
+            width=params.frames.width,
+            root=root,
+        )
+        _log_summary(summary)
+    return summary
+
+
 def inspect(params: Params, root: Path) -> dict[str, Any]:
     """Manifest counts and schemas, and ``data/inspect/preview.png`` (a frame with its IUV overlaid).
 
