@@ -16,9 +16,16 @@ first pose of the sequence (true for the demo, whose photo is frame 0 of a test 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import re
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -165,3 +172,441 @@ def validate_photo(
     if is_blank(pixels):
         raise ValueError(f"photo {photo}: the image is blank/uniform, no person to animate")
     return Photo(pixels=pixels, source=photo, original_size=(w, h), original_mode=mode, notes=tuple(notes))
+
+
+# ---------------------------------------------------------------- pose sequences
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PoseSequence:
+    """``iuv`` uint8 ``(T, H, W, 3)``; ``frame_ids`` the frames to render; ``truth`` uint8 frames aligned
+    with ``frame_ids`` when ground truth is known; ``photo_iuv`` the photo's own pose when known."""
+
+    iuv: np.ndarray
+    frame_ids: list[int]
+    source: str
+    truth: np.ndarray | None = None
+    photo_iuv: np.ndarray | None = None
+
+
+def item_id_from(photo: str, item_id: str | None) -> str:
+    """A safe directory name for the item: given, or derived from the photo's file name."""
+    if item_id is None:
+        stem = Path(urlparse(photo).path).stem or "item"
+        item_id = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "item"
+        item_id = item_id[:64]
+    if not ITEM_ID.match(item_id) or item_id in (".", ".."):
+        raise ValueError(f"item id {item_id!r}: use 1-64 letters, digits, '.', '_' or '-' (no path separators)")
+    return item_id
+
+
+def fit_iuv(iuv: np.ndarray, height: int, width: int) -> np.ndarray:
+    """IUV frames ``(T, h, w, 3)`` → ``(T, height, width, 3)`` with the frames geometry, nearest-neighbour
+    (part indices must never be interpolated)."""
+    if iuv.shape[1:3] == (height, width):
+        return iuv
+    out = []
+    for frame in iuv:
+        img = Image.fromarray(frame)
+        w, h = img.size
+        scale = max(width / w, height / h)
+        nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.NEAREST)
+        left, top = (nw - width) // 2, (nh - height) // 2
+        out.append(np.asarray(img.crop((left, top, left + width, top + height))))
+    return np.stack(out)
+
+
+def _load_iuv_dir(path: Path) -> np.ndarray:
+    from dreampose.data.densepose.synthetic import load_iuv_npz
+
+    npz = sorted(path.glob("*.npz"))
+    pngs = sorted(path.glob("*.png"))
+    if npz:
+        arrays = [load_iuv_npz(p) for p in npz]
+        return np.concatenate(arrays)
+    if pngs:
+        frames = []
+        for p in pngs:
+            with Image.open(p) as im:
+                if im.mode != "RGB":
+                    raise ValueError(f"{p}: IUV PNG must be 8-bit RGB (I, U, V), got mode {im.mode}")
+                frames.append(np.asarray(im))
+        if len({f.shape for f in frames}) != 1:
+            raise ValueError(f"{path}: IUV PNGs differ in size")
+        return np.stack(frames)
+    raise ValueError(f"poses directory {path}: no IUV .npz or .png files")
+
+
+def _video_iuv(path: Path, params, height: int, width: int) -> np.ndarray:
+    """Run the configured DensePose backend over a driving video's frames."""
+    if params.densepose.backend == "synthetic":
+        raise ValueError(
+            f"poses video {path}: DensePose on a video needs densepose.backend torchscript or detectron2 "
+            "(the synthetic backend only knows the generated videos); pass a test video id or an IUV directory"
+        )
+    import pandas as pd
+
+    from dreampose.data.densepose.run import make_backend
+    from dreampose.video import read_video
+
+    frames, _fps = read_video(path)
+    frames = np.stack([np.asarray(resize_center_crop(Image.fromarray(f), height, width)) for f in frames])
+    backend = make_backend(params.densepose, Path("."), height, width)
+    rows = pd.DataFrame({"video": path.stem, "split": "catalog", "frame": range(len(frames))})
+    results = []
+    for start in range(0, len(frames), params.densepose.batch_size):
+        batch = frames[start : start + params.densepose.batch_size]
+        results.extend(backend.predict(batch, rows.iloc[start : start + len(batch)]))
+    if not any(r.person_found for r in results):
+        raise ValueError(f"poses video {path}: DensePose found no person in any frame")
+    return np.stack([r.iuv for r in results])
+
+
+def _test_video(video: str, root: Path) -> PoseSequence:
+    """A test video of the workspace: the test manifest's target frames, their ground truth and input pose."""
+    import pandas as pd
+
+    from dreampose.data.densepose.synthetic import load_iuv_npz
+
+    manifest = root / "data" / "manifests" / "test.parquet"
+    if not manifest.is_file():
+        raise ValueError(f"poses {video!r}: not a path, and there is no {manifest} to look it up as a test video id")
+    df = pd.read_parquet(manifest)
+    rows = df[df["video"] == video].sort_values("target_frame")
+    if rows.empty:
+        known = sorted(df["video"].unique())[:10]
+        raise ValueError(f"poses {video!r}: not a path and not a test video id in {manifest} (e.g. {known})")
+    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
+    truth = np.stack([_read_rgb(root / p) for p in rows["target_path"]])
+    input_frame = int(rows["input_frame"].iloc[0])
+    return PoseSequence(
+        iuv=iuv,
+        frame_ids=[int(f) for f in rows["target_frame"]],
+        source=f"test video {video}",
+        truth=truth,
+        photo_iuv=iuv[input_frame],
+    )
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such image")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
+    """A pose sequence from a test video id, a directory of IUV ``.npz``/``.png``, an ``.npz``, or a video."""
+    height, width = params.frames.height, params.frames.width
+    path = Path(poses) if Path(poses).is_absolute() else root / poses
+    if path.is_dir():
+        iuv = fit_iuv(_load_iuv_dir(path), height, width)
+        return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
+    if path.is_file() and path.suffix == ".npz":
+        from dreampose.data.densepose.synthetic import load_iuv_npz
+
+        iuv = fit_iuv(load_iuv_npz(path), height, width)
+        return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        iuv = _video_iuv(path, params, height, width)
+        return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
+    if path.exists():
+        raise ValueError(f"poses {poses}: expected a directory of IUV files, an .npz or a video ({VIDEO_SUFFIXES})")
+    seq = _test_video(poses, root)
+    if seq.iuv.shape[1:3] != (height, width):
+        raise ValueError(f"test video {poses}: IUV is {seq.iuv.shape[1:3]}, params frames are {(height, width)}")
+    return seq
+
+
+def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, params) -> np.ndarray:
+    """Ground-truth frames aligned with ``seq.frame_ids``: the test video's own, or a directory of images."""
+    path = Path(ground_truth) if Path(ground_truth).is_absolute() else root / ground_truth
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if len(files) != len(seq.iuv):
+            raise ValueError(f"ground truth {path}: {len(files)} images for a {len(seq.iuv)}-frame pose sequence")
+        h, w = params.frames.height, params.frames.width
+        imgs = [np.asarray(resize_center_crop(Image.fromarray(_read_rgb(files[i])), h, w)) for i in seq.frame_ids]
+        return np.stack(imgs)
+    if seq.truth is not None and seq.source == f"test video {ground_truth}":
+        return seq.truth
+    raise ValueError(f"ground truth {ground_truth!r}: expected a frames directory or the test video id given as poses")
+
+
+# ---------------------------------------------------------------- photo pose and scoring
+
+
+def photo_pose(photo: Photo, seq: PoseSequence, params) -> tuple[np.ndarray, str]:
+    """The photo's own IUV: detected by a real DensePose backend (no person → error), else known from the
+    workspace (a test video's input frame), else the sequence's first pose (the synthetic-backend limitation)."""
+    if params.densepose.backend != "synthetic":
+        import pandas as pd
+
+        from dreampose.data.densepose.run import make_backend
+
+        h, w = photo.pixels.shape[:2]
+        backend = make_backend(params.densepose, Path("."), h, w)
+        rows = pd.DataFrame({"video": ["photo"], "split": ["catalog"], "frame": [0]})
+        result = backend.predict(photo.pixels[None], rows)[0]
+        if not result.person_found:
+            raise ValueError(
+                f"photo {photo.source}: DensePose found no person (min score {params.densepose.min_score})"
+            )
+        return result.iuv, "densepose"
+    if seq.photo_iuv is not None:
+        return seq.photo_iuv, "test video input frame"
+    return seq.iuv[seq.frame_ids[0]], "first pose of the sequence (synthetic backend)"
+
+
+def temporal_l1(frames: np.ndarray) -> float:
+    """Mean absolute change between consecutive frames, in [0, 1] units (0 for a single frame)."""
+    f = np.asarray(frames, dtype=np.float64) / 255.0
+    if len(f) < 2:
+        return 0.0
+    return float(np.abs(np.diff(f, axis=0)).mean())
+
+
+def appearance_drift(frames: np.ndarray, iuv: np.ndarray, photo: np.ndarray, photo_iuv: np.ndarray) -> float:
+    """Mean distance between each frame's colour statistics inside its pose mask and the photo's inside its own:
+    how far the rendered garment's colours drift from the input photo (no ground truth needed)."""
+    from dreampose.metrics.appearance import color_stats
+
+    ref_mask = photo_iuv[..., 0] > 0
+    if not ref_mask.any():
+        ref_mask = np.ones(photo.shape[:2], bool)
+    ref = color_stats(photo, ref_mask)
+    dists = []
+    for frame, pose in zip(frames, iuv, strict=True):
+        mask = pose[..., 0] > 0
+        if mask.any():
+            dists.append(float(np.linalg.norm(color_stats(frame, mask) - ref)))
+    return float(np.mean(dists)) if dists else float("nan")
+
+
+def score_item(
+    frames: np.ndarray, seq: PoseSequence, photo: np.ndarray, photo_iuv: np.ndarray, truth: np.ndarray | None
+) -> dict[str, float]:
+    """What can be scored for a catalog item; pixel metrics against ground truth when it is given."""
+    iuv = seq.iuv[seq.frame_ids]
+    scores = {
+        "temporal_l1": temporal_l1(frames),
+        "appearance_drift": appearance_drift(frames, iuv, photo, photo_iuv),
+        "num_frames": float(len(frames)),
+    }
+    if truth is not None:
+        from dreampose.metrics.pixel import l1, psnr, ssim
+
+        scores.update(
+            l1=float(np.mean(l1(frames, truth))),
+            ssim=float(np.mean(ssim(frames, truth))),
+            psnr=float(np.mean(psnr(frames, truth))),
+        )
+    return scores
+
+
+# ---------------------------------------------------------------- the catalog item
+
+
+def model_digest(model_dir: Path) -> str:
+    """A cheap identity for a model directory: relative paths, sizes and md5 of files up to 64 MB."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(model_dir)}:{size}".encode())
+        if size <= 64 << 20:
+            h.update(hashlib.md5(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) -> str:
+    """Identity of a catalog item's inputs: photo pixels, poses, base model and the settings that shape the result."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(photo).tobytes())
+    h.update(np.ascontiguousarray(seq.iuv[seq.frame_ids]).tobytes())
+    h.update(json.dumps(seq.frame_ids).encode())
+    h.update(base_digest.encode())
+    settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _write_subject_inputs(run_dir: Path, item_id: str, photo: np.ndarray, photo_iuv: np.ndarray, window: int) -> Path:
+    """The subject-manifest row a finetune expects: the photo as both input and target, with its pose."""
+    import pyarrow as pa
+
+    from dreampose.data.manifest import SCHEMA, write_parquet_atomic
+
+    inp = run_dir / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo).save(inp / "photo.png")
+    np.savez_compressed(inp / "photo_iuv.npz", iuv=photo_iuv[None])
+    row = {
+        "subject_id": item_id,
+        "video": item_id,
+        "split": "catalog",
+        "input_frame": 0,
+        "target_frame": 0,
+        "input_path": "input/photo.png",
+        "target_path": "input/photo.png",
+        "densepose_path": "input/photo_iuv.npz",
+        "pose_frames": [0] * window,
+    }
+    table = pa.Table.from_pylist([{k: row.get(k) for k in SCHEMA.names}], schema=SCHEMA)
+    manifest = inp / "subject.parquet"
+    write_parquet_atomic(table, manifest)
+    return manifest
+
+
+def _reused(info, item_id: str) -> dict[str, Any]:
+    from dreampose import registry
+
+    return {
+        "item_id": item_id,
+        "reused": True,
+        "model_name": info.name,
+        "version": info.version,
+        "review": info.review,
+        "run_id": info.run_id,
+        "video": info.links.get("video"),
+        "scores": info.metrics,
+        "registry": registry.describe(info),
+    }
+
+
+def run_catalog_item(
+    params,
+    root: Path,
+    photo: str,
+    poses: str,
+    item_id: str | None = None,
+    ground_truth: str | None = None,
+    reuse: bool = False,
+    base_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One catalog item end to end; returns a JSON-able summary with the registered version.
+
+    ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
+    model, subject/render settings), return it instead of training again. Bad input raises
+    ``ValueError``/``FileNotFoundError`` before anything is written or registered.
+    """
+    from dreampose import registry, tracking
+
+    root = Path(root).resolve()
+    base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
+    item_id = item_id_from(photo, item_id)
+    if not (base_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
+    h, w = params.frames.height, params.frames.width
+    checked = validate_photo(photo, h, w)
+    seq = resolve_poses(poses, root, params)
+    truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
+    p_iuv, p_iuv_source = photo_pose(checked, seq, params)
+    key = input_key(checked.pixels, seq, model_digest(base_dir), params)
+    name = params.tracking.registered_model
+    enabled = tracking.tracking_enabled()
+    if enabled:
+        tracking.configure(params.tracking.experiment, root)
+        if reuse:
+            found = registry.find_by_input_key(name, key)
+            if found is not None:
+                return _reused(found, item_id)
+    return _train_render_register(
+        params, root, base_dir, item_id, checked, seq, truth, p_iuv, p_iuv_source, key, name, enabled
+    )
+
+
+def _train_render_register(
+    params, root, base_dir, item_id, checked, seq, truth, p_iuv, p_iuv_source, key, name, enabled
+) -> dict[str, Any]:
+    import contextlib
+
+    from dreampose import registry, tracking
+    from dreampose.render import load_pipeline, render_sequence
+    from dreampose.training.finetune import finetune_subject
+
+    run_ctx = (
+        tracking.stage_run(
+            "catalog_item",
+            {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()},
+            params.tracking.experiment,
+            tags={"catalog_item": item_id, "catalog.input_key": key},
+        )
+        if enabled
+        else contextlib.nullcontext(None)
+    )
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else uuid.uuid4().hex
+        run_dir = root / "catalog" / item_id / run_id
+        if run_dir.exists():
+            raise ValueError(f"{run_dir} already exists; refusing to mix two runs' outputs")
+        try:
+            manifest = _write_subject_inputs(run_dir, item_id, checked.pixels, p_iuv, params.manifest.pose_window)
+            t0 = time.perf_counter()
+            finetune_subject(params.train_subject, base_dir, manifest, item_id, run_dir, run_dir / "model")
+            t_train = time.perf_counter() - t0
+            pipe = load_pipeline(run_dir / "model")
+            render = render_sequence(
+                pipe,
+                checked.pixels,
+                seq.iuv,
+                params.render,
+                run_dir / "render",
+                window=params.manifest.pose_window,
+                frame_ids=seq.frame_ids,
+            )
+            frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in seq.frame_ids])
+            scores = score_item(frames, seq, checked.pixels, p_iuv, truth)
+            summary = {
+                "item_id": item_id,
+                "reused": False,
+                "run_id": run_id,
+                "run_dir": str(run_dir),
+                "photo": checked.source,
+                "photo_notes": list(checked.notes),
+                "photo_pose": p_iuv_source,
+                "poses": seq.source,
+                "frames": seq.frame_ids,
+                "input_key": key,
+                "scores": scores,
+                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
+                "video": str(run_dir / "render" / "video.mp4"),
+                "poster": str(run_dir / "render" / "poster.png"),
+            }
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written survives a failed item
+            raise
+        if run is None:
+            return {**summary, "model_name": None, "version": None, "review": None}
+        import mlflow
+
+        mlflow.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)})
+        mlflow.log_artifacts(str(run_dir / "model"), "model")
+        for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
+            if (run_dir / "render" / f).is_file():
+                mlflow.log_artifact(str(run_dir / "render" / f), "render")
+        mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
+        mlflow.log_dict(summary, "metrics.json")
+        art = mlflow.get_artifact_uri()
+        info = registry.register_version(
+            name,
+            source=f"{art}/model",
+            run_id=run_id,
+            item_id=item_id,
+            tags={
+                registry.INPUT_KEY_TAG: key,
+                "link.video": f"{art}/render/video.mp4",
+                "link.side_by_side": f"{art}/render/side_by_side.mp4",
+                "link.poster": f"{art}/render/poster.png",
+                "link.metrics": f"{art}/metrics.json",
+                "photo": checked.source[:500],
+                "poses": seq.source[:500],
+            },
+            description=f"catalog item {item_id}",
+        )
+        mlflow.set_tag("registered_version", info.version)
+    return {**summary, "model_name": info.name, "version": info.version, "review": info.review}

@@ -1,0 +1,169 @@
+"""The whole pipeline as one Prefect flow: ``python -m flows.pipeline`` (what ``make demo`` runs).
+
+One task per DVC stage in ``dvc.yaml`` order, ``foreach`` stages mapped over ``eval.subjects``;
+DVC skips every stage whose inputs did not change, so a second run does no stage work. An MLflow
+parent run wraps the flow run (each stage's run is its child) and records the Prefect flow-run id.
+The flow ends with one catalog item (a held-out subject's photo driven by its test poses), so the
+registry holds a ``review=pending`` version to look at; it is skipped when its inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from dreampose import tracking
+from dreampose.config import PARAMS_FILE, Params, load_params
+from tasks.dvc import StageFailed, network_stage_task, stage_task
+
+NETWORK_STAGES = frozenset({"download"})
+
+
+def stage_plan(dvc_yaml: Path, subjects: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``[(stage, [dvc targets])]`` in file order; a ``foreach`` stage expands to ``stage@<subject>``."""
+    doc = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
+    plan = []
+    for name, spec in (doc.get("stages") or {}).items():
+        if isinstance(spec, dict) and "foreach" in spec:
+            plan.append((name, [f"{name}@{s}" for s in subjects]))
+        else:
+            plan.append((name, [name]))
+    if not plan:
+        raise ValueError(f"{dvc_yaml}: no stages")
+    return plan
+
+
+def demo_catalog_inputs(params: Params, root: Path) -> dict[str, str] | None:
+    """The end-of-demo catalog item: the last eval subject's first frame, driven by its test poses.
+
+    ``None`` when the workspace has no such frame (e.g. a UBC run with no eval subjects).
+    """
+    if not params.eval.subjects:
+        return None
+    subject = params.eval.subjects[-1]
+    frames = sorted((root / "data" / "frames" / "test" / subject).glob("*.jpg"))
+    if not frames:
+        return None
+    return {"photo": str(frames[0]), "poses": subject, "item_id": f"demo-{subject}", "ground_truth": subject}
+
+
+def _read_scores(root: Path) -> dict[str, Any] | None:
+    path = root / "metrics" / "scores.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def format_scores(scores: dict[str, Any] | None) -> str:
+    """A plain-text table of ``metrics/scores.json`` (nested dicts flattened to dotted keys)."""
+    if not scores:
+        return "(no metrics/scores.json)"
+    flat = tracking.flatten(scores)
+    width = max(len(k) for k in flat)
+    rows = []
+    for k, v in flat.items():
+        val = f"{v:.4f}" if isinstance(v, float) else str(v)
+        rows.append(f"  {k.ljust(width)}  {val}")
+    return "\n".join(rows)
+
+
+def summary_text(root: Path, params: Params, tracking_uri: str, catalog: dict[str, Any] | None) -> str:
+    videos = [root / "renders" / s / "video.mp4" for s in params.eval.subjects]
+    lines = ["", "Videos:"]
+    lines += [f"  {v}" + ("" if v.is_file() else "  (missing)") for v in videos] or ["  (no eval subjects)"]
+    lines += ["", "Scores (metrics/scores.json):", format_scores(_read_scores(root))]
+    if catalog:
+        lines += [
+            "",
+            f"Catalog item {catalog.get('item_id')}: {catalog.get('model_name')} version {catalog.get('version')}"
+            f" (review={catalog.get('review')}){' — reused, inputs unchanged' if catalog.get('reused') else ''}",
+            f"  video: {catalog.get('video')}",
+            "  review it:  .venv/bin/dreampose review list",
+            f"  approve:    .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
+        ]
+    lines += ["", "MLflow UI:", f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  # http://127.0.0.1:5000"]
+    return "\n".join(lines)
+
+
+@flow(name="dreampose-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
+def pipeline(root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool = True) -> dict[str, Any]:
+    """Bring every DVC stage up to date, then run the demo catalog item.
+
+    Stages run one at a time: ``dvc repro`` holds a repository lock, and the demo machine has few cores.
+    """
+    import mlflow
+    from prefect.runtime import flow_run
+
+    root_p = Path(root).resolve()
+    params = load_params(root_p / params_file)
+    uri = tracking.configure(params.tracking.experiment, root_p)
+    results: list[dict[str, Any]] = []
+    catalog = None
+    with mlflow.start_run(
+        run_name="pipeline",
+        tags={"dreampose.stage": "pipeline", "prefect.flow_run_id": str(flow_run.id or "")},
+    ) as run:
+        parent = run.info.run_id
+        previous: list = []
+        for name, targets in stage_plan(root_p / "dvc.yaml", params.eval.subjects):
+            task_fn = network_stage_task if name in NETWORK_STAGES else stage_task
+            futures = task_fn.map(targets, root=str(root_p), parent_run_id=parent, wait_for=previous)
+            results.extend(futures.result())
+            previous = list(futures)
+        ran = [r["stage"] for r in results if not r["skipped"]]
+        mlflow.log_dict({"stages": results}, "stages.json")
+        mlflow.log_metric("stages_run", len(ran))
+    inputs = demo_catalog_inputs(params, root_p) if catalog_demo else None
+    if inputs:
+        from flows.catalog_item import catalog_item
+
+        # The item opens its own MLflow run; it nests under the pipeline run through the environment.
+        previous_parent = os.environ.get(tracking.PARENT_ENV)
+        os.environ[tracking.PARENT_ENV] = parent
+        try:
+            catalog = catalog_item(**inputs, root=str(root_p), params_file=params_file, reuse=True)
+        finally:
+            if previous_parent is None:
+                os.environ.pop(tracking.PARENT_ENV, None)
+            else:
+                os.environ[tracking.PARENT_ENV] = previous_parent
+    return {
+        "stages": results,
+        "catalog": catalog,
+        "tracking_uri": uri,
+        "summary": summary_text(root_p, params, uri, catalog),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=".", help="workspace root (default: .)")
+    p.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
+    p.add_argument("--no-catalog-demo", action="store_true", help="skip the end-of-demo catalog item")
+    args = p.parse_args(argv)
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    try:
+        out = pipeline(root=args.root, params_file=args.params, catalog_demo=not args.no_catalog_demo)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"flows.pipeline: error: {err}", file=sys.stderr)
+        return 2
+    except StageFailed as err:
+        print(f"flows.pipeline: error: {err}", file=sys.stderr)
+        return 1
+    print(out["summary"])  # after Prefect's log lines, as plain text
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

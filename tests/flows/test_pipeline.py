@@ -1,0 +1,72 @@
+"""The pipeline flow on a small DVC graph: one task per stage, foreach mapping, parent-run id, skips."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from flows.pipeline import format_scores, stage_plan
+from tests.flows.conftest import make_dvc_repo
+
+DVC_YAML = """\
+stages:
+  download:
+    cmd: echo raw > raw.txt
+    outs: [raw.txt]
+  finetune_subject:
+    foreach: ${eval.subjects}
+    do:
+      cmd: printf "%s" "$DREAMPOSE_PARENT_RUN_ID" > parent_${item}.txt
+      deps:
+        - raw.txt
+      outs:
+        - parent_${item}.txt
+  score:
+    cmd: cat parent_a.txt parent_b.txt > metrics.txt
+    deps: [parent_a.txt, parent_b.txt]
+    outs: [metrics.txt]
+"""
+PARAMS = "eval:\n  subjects: [a, b]\ntracking:\n  experiment: pipeline-test\n"
+
+
+def test_stage_plan_expands_foreach(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    plan = stage_plan(tmp_path / "dvc.yaml", ["a", "b"])
+    assert plan == [
+        ("download", ["download"]),
+        ("finetune_subject", ["finetune_subject@a", "finetune_subject@b"]),
+        ("score", ["score"]),
+    ]
+    (tmp_path / "empty.yaml").write_text("stages: {}\n")
+    with pytest.raises(ValueError, match="no stages"):
+        stage_plan(tmp_path / "empty.yaml", [])
+
+
+def test_format_scores_flattens():
+    text = format_scores({"subject_finetuned": {"l1": 0.03812, "ssim": 0.85}, "frames": 8})
+    assert "subject_finetuned.l1" in text and "0.0381" in text and "frames" in text
+    assert format_scores(None) == "(no metrics/scores.json)"
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips(tmp_path, prefect_harness):
+    from flows.pipeline import pipeline
+
+    repo = make_dvc_repo(tmp_path / "ws", DVC_YAML, PARAMS)
+    out = pipeline(root=str(repo), catalog_demo=False)
+    stages = [(r["stage"], r["skipped"]) for r in out["stages"]]
+    assert stages == [
+        ("download", False),
+        ("finetune_subject@a", False),
+        ("finetune_subject@b", False),
+        ("score", False),
+    ]
+    parent_id = (repo / "parent_a.txt").read_text()
+    assert parent_id and parent_id == (repo / "parent_b.txt").read_text()
+    parent = mlflow.get_run(parent_id)
+    assert parent.data.tags["prefect.flow_run_id"] and parent.data.metrics["stages_run"] == 4
+    assert "mlflow ui --backend-store-uri sqlite:///" in out["summary"] and "renders/a/video.mp4" in out["summary"]
+
+    again = pipeline(root=str(repo), catalog_demo=False)
+    assert all(r["skipped"] for r in again["stages"]), again["stages"]
+    assert (repo / "parent_a.txt").read_text() == parent_id  # nothing re-ran
