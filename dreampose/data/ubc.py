@@ -176,6 +176,9 @@ def _fetch_once(url: str, part: Path, cfg: UBCConfig) -> bool:
             part.unlink(missing_ok=True)
             raise _Final("too_large", f"{expected} bytes > max_bytes {cfg.max_bytes}", code)
         size = offset
+        # urllib3 would raise on a short body and drop the bytes it had buffered; we keep them
+        # in the .part (so the next attempt resumes from there) and check the length ourselves.
+        resp.raw.enforce_content_length = False
         try:
             with part.open("ab" if resumed else "wb") as f:
                 for chunk in resp.iter_content(CHUNK):

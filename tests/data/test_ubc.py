@@ -1,0 +1,292 @@
+"""UBC downloader against a real local HTTP server: dead links, stalls, truncation + Range resume,
+redirects, servers that ignore Range, flaky 5xx, duplicate basenames, hostile entries, size cap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreampose.config import UBCConfig
+from dreampose.data.ubc import (
+    DownloadError,
+    assign_names,
+    check_url,
+    download_ubc,
+    read_url_list,
+    safe_filename,
+)
+from dreampose.video import write_video
+
+STALL_S = 1.0
+TIMEOUT_S = 0.4
+
+
+def _mp4(tmp: Path, name: str, shade: int) -> bytes:
+    x = np.full((6, 32, 24, 3), shade, np.uint8)
+    x[:, 8:16, 8:16, 1] = 255 - shade
+    return write_video(x, tmp / name, fps=8).read_bytes()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files = files
+        self.hits: Counter[str] = Counter()
+        self.ranges: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, cut: int | None = None) -> None:
+        headers = dict(headers or {})
+        self.send_response(code)
+        self.send_header("Content-Length", headers.pop("Content-Length", str(len(body))))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body if cut is None else body[:cut])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def do_GET(self) -> None:
+        path = self.path
+        with self.server.lock:
+            self.server.hits[path] += 1
+            hit = self.server.hits[path]
+            if self.headers.get("Range"):
+                self.server.ranges.append((path, self.headers["Range"]))
+        name = "other_same.mp4" if path == "/b/same.mp4" else path.rsplit("/", 1)[-1]
+        body = self.server.files.get(name, b"")
+        try:
+            if path.startswith("/lists/"):
+                self._send(200, self.server.files[name])
+            elif name == "dead.mp4":
+                self._send(404, b"not found")
+            elif name == "stall.mp4" and hit == 1:
+                time.sleep(STALL_S)  # longer than the client's timeout
+                self._send(200, body)
+            elif name == "flaky.mp4" and hit == 1:
+                self._send(503, b"busy")
+            elif path == "/go/redirected":
+                self.send_response(302)
+                self.send_header("Location", "/v/target.mp4")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif name in ("trunc.mp4", "norange.mp4") and hit == 1:
+                # Content-Length promises the whole file; the connection closes halfway
+                self._send(200, body, {"Content-Length": str(len(body))}, cut=len(body) // 2)
+            elif name == "trunc.mp4" and self.headers.get("Range"):
+                start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+                headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+                self._send(206, body[start:], headers)
+            elif name in self.server.files:
+                self._send(200, body)  # norange.mp4 ends here too: the server ignores Range
+            else:
+                self._send(404, b"not found")
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a stalled response
+            pass
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, bytes]:
+    tmp = tmp_path_factory.mktemp("media")
+    names = ["good.mp4", "stall.mp4", "flaky.mp4", "target.mp4", "trunc.mp4", "norange.mp4", "same.mp4", "big.mp4"]
+    files = {name: _mp4(tmp, name, 20 + 25 * i) for i, name in enumerate(names)}
+    files["big.mp4"] += b"\0" * 100_000  # over the size cap used below
+    files["other_same.mp4"] = _mp4(tmp, "other_same.mp4", 240)
+    files["notvideo.mp4"] = b"<html>this is an error page, not a video</html>\n" * 10
+    return files
+
+
+@pytest.fixture
+def server(media):
+    srv = _Server(dict(media))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _cfg(train: Path, test: Path, **kw) -> UBCConfig:
+    base = dict(workers=3, retries=3, backoff_s=0.02, timeout_s=TIMEOUT_S, min_success_fraction=0.0)
+    return UBCConfig(train_list=str(train), test_list=str(test), **{**base, **kw})
+
+
+def _lists(tmp_path: Path, train: list[str], test: list[str]) -> tuple[Path, Path]:
+    a, b = tmp_path / "fashion_train.txt", tmp_path / "fashion_test.txt"
+    a.write_text("# UBC fashion train\n\n" + "\n".join(train) + "\n")
+    b.write_text("\n".join(test) + "\n")
+    return a, b
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_download_with_faults(tmp_path, server, media):
+    s = server.url
+    train = [
+        s("/v/good.mp4"),
+        s("/v/dead.mp4"),
+        s("/v/stall.mp4"),
+        s("/v/flaky.mp4"),
+        s("/go/redirected"),
+        s("/v/trunc.mp4"),
+        s("/v/norange.mp4"),
+        s("/a/same.mp4"),
+        "ftp://example.com/video.mp4",
+        "file:///etc/passwd",
+        s("/v/../../etc/passwd"),
+        s("/v/%2e%2e/%2e%2e/secret.mp4"),
+        "videos/relative.mp4",
+        "javascript:alert(1)",
+    ]
+    test = [s("/b/same.mp4"), s("/v/notvideo.mp4"), s("/v/good.mp4")]
+    out = tmp_path / "data" / "raw"
+    summary = download_ubc(_cfg(*_lists(tmp_path, train, test)), out)
+
+    report = json.loads((out / "download_report.json").read_text())
+    by_url: dict[str, dict] = {}
+    for e in report["videos"]:
+        by_url.setdefault(e["url"], e)
+    status = {u: e["status"] for u, e in by_url.items()}
+
+    assert status[s("/v/dead.mp4")] == "dead" and by_url[s("/v/dead.mp4")]["http_status"] == 404
+    assert server.hits["/v/dead.mp4"] == 1  # a 404 is final: no retries
+    for rejected in train[8:]:
+        assert status[rejected] == "rejected", rejected
+    assert "not http(s)" in by_url["file:///etc/passwd"]["error"]
+    assert "traversal" in by_url[s("/v/../../etc/passwd")]["error"]
+    assert "traversal" in by_url[s("/v/%2e%2e/%2e%2e/secret.mp4")]["error"]
+    assert status[s("/v/notvideo.mp4")] == "corrupt"
+    assert [e["status"] for e in report["videos"] if e["url"] == s("/v/good.mp4")] == ["ok", "duplicate"]
+
+    ok = {u: e for u, e in by_url.items() if e["status"] == "ok"}
+    assert set(ok) == {s(p) for p in ("/v/good.mp4", "/v/stall.mp4", "/v/flaky.mp4", "/go/redirected")} | {
+        s("/v/trunc.mp4"),
+        s("/v/norange.mp4"),
+        s("/a/same.mp4"),
+        s("/b/same.mp4"),
+    }
+    for url, e in ok.items():
+        data = (out / e["path"]).read_bytes()
+        served = {"/go/redirected": "target.mp4", "/b/same.mp4": "other_same.mp4"}
+        path = url.split(str(server.server_address[1]), 1)[1]
+        assert data == media[served.get(path, path.rsplit("/", 1)[-1])], url
+        assert e["sha256"] == _sha(data) and e["bytes"] == len(data) and e["frames"] == 6
+
+    assert by_url[s("/v/stall.mp4")]["attempts"] == 2  # timed out once, then succeeded
+    assert by_url[s("/v/flaky.mp4")]["attempts"] == 2  # 503 once, then succeeded
+    assert by_url[s("/v/trunc.mp4")]["resumed"] is True  # finished with a Range request
+    assert any(p == "/v/trunc.mp4" and r.startswith("bytes=") for p, r in server.ranges)
+    assert by_url[s("/v/norange.mp4")]["resumed"] is False  # Range ignored: full download instead
+    assert by_url[s("/go/redirected")]["path"] == "videos/train/redirected.mp4"
+
+    # same basename twice: two distinct files, both inside their split directory
+    a, b = by_url[s("/a/same.mp4")]["path"], by_url[s("/b/same.mp4")]["path"]
+    assert a == "videos/train/same.mp4" and b.startswith("videos/test/same-") and b.endswith(".mp4")
+    # nothing outside data/raw/videos, no leftovers
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert not [f for f in files if f.endswith(".part") or "/." in f]
+    assert all(f.startswith("videos/") or f == "download_report.json" for f in files)
+    assert not (tmp_path / "etc").exists()
+
+    assert summary["dead"] == 1 and summary["rejected"] == 6 and summary["corrupt"] == 1
+    assert summary["total"] == 16 and summary["downloaded"] == 8  # duplicates are not counted
+    assert report["fraction"] == pytest.approx(8 / 16)
+
+
+def test_below_min_success_fraction_raises_after_writing_report(tmp_path, server):
+    train, test = _lists(tmp_path, [server.url("/v/good.mp4"), server.url("/v/dead.mp4")], ["ftp://x/y.mp4"])
+    out = tmp_path / "raw"
+    with pytest.raises(DownloadError, match=r"only 1/3 videos downloaded"):
+        download_ubc(_cfg(train, test, min_success_fraction=0.9), out)
+    report = json.loads((out / "download_report.json").read_text())
+    assert report["counts"] == {"ok": 1, "dead": 1, "rejected": 1}
+    assert (out / "videos/train/good.mp4").is_file()
+
+
+def test_size_cap_and_resume_from_existing_part(tmp_path, server, media):
+    out = tmp_path / "raw"
+    part = out / "videos/train/trunc.mp4.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(media["trunc.mp4"][:100])  # left by an interrupted earlier run
+    server.hits["/v/trunc.mp4"] = 1  # the server is past its truncating first response
+    train, test = _lists(tmp_path, [server.url("/v/trunc.mp4"), server.url("/v/big.mp4")], [])
+    cap = max(len(media["trunc.mp4"]), 200) + 1
+    assert len(media["big.mp4"]) > cap
+    summary = download_ubc(_cfg(train, test, max_bytes=cap), out)
+    report = {e["url"].rsplit("/", 1)[-1]: e for e in json.loads((out / "download_report.json").read_text())["videos"]}
+    assert report["trunc.mp4"]["status"] == "ok" and report["trunc.mp4"]["resumed"] is True
+    assert (out / "videos/train/trunc.mp4").read_bytes() == media["trunc.mp4"]
+    assert ("/v/trunc.mp4", "bytes=100-") in server.ranges
+    assert report["big.mp4"]["status"] == "too_large" and not list(out.rglob("big.mp4*"))
+    assert summary["failed"] == 1
+
+
+def test_url_list_sources(tmp_path, server):
+    server.files["fashion_train.txt"] = (server.url("/v/good.mp4") + "\n# comment\n\n").encode()
+    assert read_url_list(server.url("/lists/fashion_train.txt")) == [server.url("/v/good.mp4")]
+    with pytest.raises(ValueError, match="scheme 'file' not supported"):
+        read_url_list("file:///etc/hosts")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_url_list(str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="cannot fetch"):
+        read_url_list(server.url("/lists/missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no URLs"):
+        download_ubc(_cfg(empty, empty), tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://host/a/b.mp4", None),
+        ("HTTP://host/a.mp4", None),
+        ("ftp://host/a.mp4", "not http(s)"),
+        ("file:///etc/passwd", "not http(s)"),
+        ("javascript:alert(1)", "not http(s)"),
+        ("/abs/path.mp4", "not http(s)"),
+        ("http:///nohost.mp4", "no host"),
+        ("http://host/a/../b.mp4", "traversal"),
+        ("http://host/a/..%2Fb.mp4", "traversal"),
+        ("http://host/a/%2E%2E%5Cb.mp4", "traversal"),
+    ],
+)
+def test_check_url(url, reason):
+    got = check_url(url)
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_safe_filename_and_unique_names():
+    assert safe_filename("https://h/x/91-3003CN5S.mp4?sig=1") == "91-3003CN5S.mp4"
+    assert safe_filename("https://h/x/.hidden.mp4") == "hidden.mp4"
+    assert safe_filename("https://h/x/we ird;rm -rf.mp4") == "we_ird_rm_-rf.mp4"
+    assert safe_filename("https://h/x/clip") == "clip.mp4"
+    assert safe_filename("https://h/x/evil.sh") == "evil.mp4"
+    assert safe_filename("https://h/").startswith("video_")
+    names = assign_names(["https://a/x/v.mp4", "https://b/y/v.mp4", "https://c/V.mp4"])
+    assert names["https://a/x/v.mp4"] == "v.mp4"
+    assert len(set(names.values())) == 3 and all(n.startswith(("v-", "V-", "v.")) for n in names.values())
+    assert assign_names(["https://b/y/v.mp4"]) == {"https://b/y/v.mp4": "v.mp4"}
