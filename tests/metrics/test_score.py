@@ -1,0 +1,171 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dreampose.config import RenderConfig, ScoreConfig
+from dreampose.metrics.features import Backbones
+from dreampose.metrics.frechet import frechet_distance_features
+from dreampose.metrics.pixel import l1, ssim
+from dreampose.metrics.score import score_renders
+from dreampose.render import read_rgb
+from tests.metrics._workspace import SUBJECTS, H, W, make_workspace, tiny_pipeline
+
+RENDER = RenderConfig(num_inference_steps=2, frame_batch_size=4)
+NO_BASELINES = ScoreConfig(baselines=False, fvd_clip_len=2)
+
+
+def _fake_renders(root, manifest, noise=8, seed=0):
+    """Ground truth plus a little noise, as if a good model had rendered it."""
+    rng = np.random.default_rng(seed)
+    for _, row in pd.read_parquet(manifest).iterrows():
+        gt = read_rgb(root / row["target_path"]).astype(int)
+        out = root / "renders" / row["subject_id"] / "frames" / f"{row['target_frame']:05d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(gt + rng.integers(-noise, noise + 1, gt.shape), 0, 255).astype(np.uint8)).save(out)
+
+
+class _Conv(torch.nn.Module):
+    def __init__(self, dims: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(3, 6, (2, 3, 3)) if dims == 3 else torch.nn.Conv2d(3, 6, 3)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).mean(-1)
+
+
+def _backbones():
+    net2d, net3d = _Conv(2), _Conv(3)
+    pair = lambda a, b: ((net2d(a) - net2d(b)) ** 2).mean(1)  # noqa: E731
+    return Backbones(lpips=pair, vgg=pair, inception=net2d, i3d=net3d, reid=net2d), net2d, net3d
+
+
+def _score(root, manifest, cfg=NO_BASELINES, backbones=None, **kw):
+    return score_renders(
+        cfg, RENDER, manifest, root / "renders", root, list(SUBJECTS), root / "metrics", root / "plots",
+        backbones=backbones, **kw,
+    )  # fmt: skip
+
+
+def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    backbones, net2d, _ = _backbones()
+    result = _score(tmp_path, manifest, backbones=backbones)
+
+    df = pd.read_parquet(manifest)
+    gen = np.stack(
+        [
+            read_rgb(tmp_path / "renders" / s / "frames" / f"{t:05d}.png")
+            for s, t in df[["subject_id", "target_frame"]].values
+        ]
+    )
+    gt = np.stack([read_rgb(tmp_path / p) for p in df.target_path])
+    scores = json.loads((tmp_path / "metrics/scores.json").read_text())
+    assert scores["ours"]["l1"] == pytest.approx(l1(gen, gt).mean())
+    assert scores["ours"]["ssim"] == pytest.approx(ssim(gen, gt).mean())
+    to_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    with torch.no_grad():
+        fid = frechet_distance_features(net2d(to_t(gen)).double().numpy(), net2d(to_t(gt)).double().numpy())
+        aed = torch.linalg.norm(net2d(to_t(gen)) - net2d(to_t(gt)), dim=1).mean().item()
+    assert scores["ours"]["fid"] == pytest.approx(fid, rel=1e-5)
+    assert scores["ours"]["aed"] == pytest.approx(aed, rel=1e-5)
+    assert isinstance(scores["ours"]["fvd"], float)  # 2 clips of 2 frames per subject
+    assert scores["num_frames"] == 8 and result["table"].startswith("method")
+
+    per_video = pd.read_parquet(tmp_path / "metrics/per_video.parquet")
+    assert per_video[["method", "subject_id", "num_frames"]].values.tolist() == [
+        ["ours", SUBJECTS[0], 4], ["ours", SUBJECTS[1], 4]
+    ]  # fmt: skip
+    per_frame = pd.read_csv(tmp_path / "plots/per_frame.csv")
+    assert list(per_frame.columns) == ["subject_id", "frame", "l1", "ssim", "psnr"] and len(per_frame) == 8
+
+
+def test_absent_weights_are_unavailable_with_reasons_not_numbers(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    _score(tmp_path, manifest)  # loads from the configured (absent) paths under tmp_path
+    ours = json.loads((tmp_path / "metrics/scores.json").read_text())["ours"]
+    for name in ("lpips", "vgg", "fid", "fvd", "aed"):
+        assert ours[name]["status"] == "unavailable", name
+        assert "weights not found" in ours[name]["reason"]
+    assert all(isinstance(ours[k], float) for k in ("l1", "ssim", "psnr", "color_dist"))
+
+
+@pytest.mark.slow
+def test_baselines_are_rendered_scored_and_beaten(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest, noise=4)
+    pipe = tiny_pipeline()
+    for d in [tmp_path / "models/base", *(tmp_path / "models/subjects" / s for s in SUBJECTS)]:
+        pipe.save_pretrained(d)
+    cfg = ScoreConfig(fvd_clip_len=2)
+    result = _score(
+        tmp_path, manifest, cfg=cfg, backbones=Backbones(reasons={"lpips": "x"}),
+        subjects_model_dir=tmp_path / "models/subjects", base_model_dir=tmp_path / "models/base",
+    )  # fmt: skip
+    base = result["baselines"]
+    assert set(base) == {"copy_input", "pose_zeroed", "image_swapped", "base_model"}
+    df = pd.read_parquet(manifest)
+    photo = np.stack([read_rgb(tmp_path / p) for p in df.input_path])
+    gt = np.stack([read_rgb(tmp_path / p) for p in df.target_path])
+    assert base["copy_input"]["l1"] == pytest.approx(l1(photo, gt).mean())
+    for name in ("pose_zeroed", "image_swapped", "base_model"):
+        frames = sorted((tmp_path / "metrics/baselines" / name / SUBJECTS[1] / "frames").glob("*.png"))
+        assert [f.name for f in frames] == ["00004.png", "00006.png", "00008.png", "00010.png"]
+    assert result["ours_better_than"]["copy_input"] == {"l1": True, "ssim": True}
+    assert result["ours_better_than"]["pose_zeroed"] == {"l1": True, "ssim": True}
+    assert result["ours_better_than"]["image_swapped"] == {"l1": True, "ssim": True}
+    assert set(pd.read_parquet(tmp_path / "metrics/per_video.parquet").method) == {"ours", *base}
+
+
+def test_bad_inputs_are_named(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    (tmp_path / "renders" / SUBJECTS[1] / "frames" / "00008.png").unlink()
+    with pytest.raises(ValueError, match=r"syn_test_001/frames: 1 of 4 rendered frames missing \(00008\.png\)"):
+        _score(tmp_path, manifest)
+    Image.new("RGB", (W, H + 8)).save(tmp_path / "renders" / SUBJECTS[1] / "frames" / "00008.png")
+    with pytest.raises(
+        ValueError, match=r"00008\.png: rendered frame is \(40, 24\) but the ground truth is \(32, 24\)"
+    ):
+        _score(tmp_path, manifest)
+    other = make_workspace(tmp_path / "other", subjects=(SUBJECTS[0],))
+    with pytest.raises(ValueError, match="'syn_test_001' is not in"):
+        _score(tmp_path, other)
+    empty = tmp_path / "empty.parquet"
+    pd.read_parquet(manifest).iloc[:0].to_parquet(empty)
+    with pytest.raises(ValueError, match="test manifest is empty"):
+        _score(tmp_path, empty)
+
+
+def test_score_and_report_commands(tmp_path, repo, capsys):
+    import mlflow
+    import yaml
+
+    from dreampose.cli import main
+
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval"]["subjects"] = list(SUBJECTS)
+    params["score"]["baselines"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--root", str(tmp_path), "score"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("method") and '"ours_better_than"' in out
+    runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]])
+    assert len(runs) == 1 and runs["metrics.ours.l1"].iloc[0] > 0
+
+    assert main(["--root", str(tmp_path), "report"]) == 0
+    report = capsys.readouterr().out
+    assert "DreamPose (published)" in report and "ours (synthetic demo, 8 frames)" in report
+    assert "unavailable [1]" in report
+
+    (tmp_path / "renders" / SUBJECTS[0] / "frames" / "00004.png").unlink()
+    assert main(["--root", str(tmp_path), "score"]) == 2
+    assert "rendered frames missing" in capsys.readouterr().err

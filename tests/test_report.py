@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from dreampose.report import PAPER_TABLE1, format_report, report
+
+
+def test_report_puts_published_rows_beside_ours(tmp_path):
+    scores = {
+        "dataset": "synthetic demo",
+        "num_frames": 32,
+        "ours": {
+            "l1": 0.038,
+            "ssim": 0.856,
+            "psnr": 21.5,
+            "color_dist": 0.05,
+            "vgg": {"status": "unavailable", "reason": "LPIPS vgg trunk weights not found at a.pth"},
+            "lpips": {"status": "unavailable", "reason": "LPIPS alex trunk weights not found at b.pth"},
+            "fid": 12.5,
+            "fvd": {"status": "unavailable", "reason": "I3D weights not found at c.pt"},
+            "aed": {"status": "unavailable", "reason": "I3D weights not found at c.pt"},
+        },
+    }
+    text = format_report(scores)
+    lines = text.splitlines()
+    assert "published" in lines[0] and "UBC Fashion" in lines[0]
+    dp = next(line for line in lines if line.startswith("DreamPose (published)"))
+    assert dp.split()[2:] == ["0.0256", "0.885", "0.235", "0.068", "13.04", "238.75", "0.011"]
+    ours = next(line for line in lines if line.startswith("ours (synthetic demo, 32 frames)"))
+    assert "0.0380" in ours and "0.8560" in ours and "12.5000" in ours
+    assert ours.count("unavailable [3]") == 2  # the same reason is one footnote
+    assert "[3] I3D weights not found at c.pt" in lines
+    assert len(PAPER_TABLE1) == 4
+
+
+def test_report_needs_scores(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `dreampose score` first"):
+        report(tmp_path / "scores.json")
+    (tmp_path / "scores.json").write_text(json.dumps({"l1": 1}))
+    with pytest.raises(ValueError, match="no 'ours' section"):
+        report(tmp_path / "scores.json")
