@@ -351,7 +351,7 @@ def score_renders(
     per_frame = pd.DataFrame(methods["ours"].per_frame)[["subject_id", "frame", "l1", "ssim", "psnr"]]
     _write_parquet(per_frame, plots_dir / "per_frame.csv")
     table = format_table(ours, summaries)
-    log.info("scores (%s, %d frames):\n%s", dataset, scores["num_frames"], table)
+    log.debug("scores (%s, %d frames):\n%s", dataset, scores["num_frames"], table)
     return {**scores, "table": table}
 
 
