@@ -25,3 +25,7 @@ lint: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) -m benchmarks.run_all
+
+# Local deployment stack on 127.0.0.1: Prefect server :4200, process worker (pool dreampose-local), MLflow UI :5000.
+serve: $(VENV_STAMP)
+	$(PY) -m flows.serve
