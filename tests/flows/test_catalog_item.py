@@ -1,0 +1,130 @@
+"""Catalog items end to end at tiny size: validation before any work, registration, reuse, isolation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from dreampose import catalog, registry, tracking
+from dreampose.config import load_params
+from tests.flows.conftest import make_catalog_workspace, person_photo
+
+MODEL = "catalog-test-model"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
+
+
+def _params(ws: Path):
+    return load_params(ws / "params.yaml")
+
+
+def test_bad_photo_writes_and_registers_nothing(workspace, tmp_path):
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (120, 160), (240, 240, 240)).save(blank)
+    with pytest.raises(ValueError, match="blank"):
+        catalog.run_catalog_item(_params(workspace), workspace, str(blank), "poses", item_id="bad")
+    assert not (workspace / "catalog" / "bad").exists()
+    tracking.configure("catalog-test", workspace)
+    assert registry.list_pending(MODEL) == []
+
+
+@pytest.mark.parametrize(
+    ("poses", "item_id", "match"),
+    [
+        ("no_such_video", "x", "not a test video id|no .*test.parquet"),
+        ("photo.png", "x", "expected a directory of IUV files"),
+        ("poses", "../escape", "item id"),
+    ],
+)
+def test_bad_poses_and_item_ids(workspace, poses, item_id, match):
+    with pytest.raises(ValueError, match=match):
+        catalog.run_catalog_item(_params(workspace), workspace, str(workspace / "photo.png"), poses, item_id=item_id)
+    assert not (workspace / "catalog").exists()
+
+
+def test_resolve_poses_directory(workspace):
+    seq = catalog.resolve_poses("poses", workspace, _params(workspace))
+    assert seq.iuv.shape == (6, 64, 48, 3) and seq.frame_ids == list(range(6)) and seq.truth is None
+
+
+def test_pure_scores():
+    import numpy as np
+
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    frames[1] = 255
+    assert catalog.temporal_l1(frames) == pytest.approx(1.0)
+    assert catalog.temporal_l1(frames[:1]) == 0.0
+    iuv = np.zeros((3, 4, 4, 3), np.uint8)
+    iuv[:, 1:3, 1:3, 0] = 1
+    photo = np.full((4, 4, 3), 255, np.uint8)
+    # Frames 0 and 2 are black where the photo is white: distance sqrt(3); frame 1 matches.
+    assert catalog.appearance_drift(frames, iuv, photo, iuv[0]) == pytest.approx(2 * np.sqrt(3) / 3)
+
+
+def test_item_id_from_photo_name():
+    assert catalog.item_id_from("https://shop.example/img/Red Dress (1).JPG?x=1", None) == "Red-Dress-1"
+    assert catalog.item_id_from("/a/b/sku_42.png", "sku-42") == "sku-42"
+
+
+@pytest.mark.slow
+def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness):
+    pytest.importorskip("dreampose.training.finetune")
+    from flows.catalog_item import catalog_item
+
+    out = catalog_item(photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace))
+    assert out["review"] == "pending" and out["model_name"] == MODEL and not out["reused"]
+    run_dir = Path(out["run_dir"])
+    assert run_dir.parent == workspace / "catalog" / "sku-1"
+    assert (run_dir / "render" / "video.mp4").stat().st_size > 0 and (run_dir / "model" / "model_index.json").is_file()
+    assert {"temporal_l1", "appearance_drift"} <= set(out["scores"])
+    tracking.configure("catalog-test", workspace)
+    v = registry.get_version(MODEL, out["version"])
+    assert v.tags["catalog_item"] == "sku-1" and v.review == "pending"
+    assert v.links["video"].endswith("render/video.mp4") and "temporal_l1" in v.metrics
+
+    again = catalog_item(
+        photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), reuse=True
+    )
+    assert again["reused"] and again["version"] == out["version"]
+
+
+@pytest.mark.slow
+def test_two_items_at_once_keep_separate_outputs(workspace):
+    pytest.importorskip("dreampose.training.finetune")
+    params = _params(workspace)
+    photos = {
+        "red": person_photo(workspace / "red.png", (200, 30, 30)),
+        "green": person_photo(workspace / "green.png", (30, 200, 30)),
+    }
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def work(item: str) -> None:
+        try:
+            results[item] = catalog.run_catalog_item(params, workspace, photos[item], "poses", item_id=item)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in photos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    dirs = {k: Path(r["run_dir"]) for k, r in results.items()}
+    assert dirs["red"].parent.name == "red" and dirs["green"].parent.name == "green"
+    assert results["red"]["version"] != results["green"]["version"]
+    import numpy as np
+    from PIL import Image
+
+    for item, colour in (("red", 0), ("green", 1)):
+        inp = np.asarray(Image.open(dirs[item] / "input" / "photo.png"))
+        assert inp[-4, 24].argmax() == colour  # each run holds its own photo, not the other's
+        assert (dirs[item] / "render" / "video.mp4").is_file()

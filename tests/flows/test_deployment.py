@@ -1,0 +1,80 @@
+"""The real deployment path: `prefect server start` on 127.0.0.1, a process worker, `prefect deploy` from
+prefect.yaml, a triggered catalog item, its review=pending version, then approval through the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from dreampose import cli, registry, tracking
+from flows import REPO, serve
+from tests.flows.conftest import make_catalog_workspace
+
+MODEL = "catalog-test-model"
+POOL = "dreampose-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(serve.BIN / "prefect"), "--no-prompt", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_deployed_catalog_item_is_pending_then_approved(tmp_path):
+    pytest.importorskip("dreampose.training.finetune")
+    ws = make_catalog_workspace(tmp_path / "ws")
+    port = _free_port()
+    url = serve.api_url("127.0.0.1", port)
+    env = serve.server_env(url, base={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+    with serve.running(procs, grace_s=10):
+        procs.append(serve.start_server("127.0.0.1", port, env, logs / "server.log"))
+        serve.wait_healthy(url, timeout_s=180, proc=procs[0])
+        serve.ensure_work_pool(POOL, env)
+        deployed = _prefect(
+            ["deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", POOL], env
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        procs.append(serve.start_worker(POOL, env, logs / "worker.log"))
+        run = _prefect(
+            [
+                "deployment", "run", "catalog-item/catalog-item",
+                "--param", f"photo={ws / 'photo.png'}",
+                "--param", "poses=poses",
+                "--param", "item_id=served-1",
+                "--param", f"root={ws}",
+                "--watch", "--watch-timeout", "300",
+            ],
+            env,
+            timeout=360,
+        )  # fmt: skip
+        worker_log = (logs / "worker.log").read_text(errors="replace")[-3000:]
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + worker_log
+        assert "Completed" in run.stdout
+
+    tracking.configure("catalog-test", ws)
+    pending = registry.list_pending(MODEL)
+    assert [v.tags["catalog_item"] for v in pending] == ["served-1"]
+    version = pending[0].version
+    assert cli.main(["--root", str(ws), "review", "approve", MODEL, version]) == 0
+    assert registry.approved_version(MODEL).version == version
+    assert registry.list_pending(MODEL) == []
+    for p in procs:
+        assert p.poll() is not None  # everything started here has ended
