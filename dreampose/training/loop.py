@@ -1,0 +1,223 @@
+"""The one training loop (accelerate), shared by the base finetune and both subject phases.
+
+The loop knows nothing about diffusion: it optimizes an *objective*, an ``nn.Module`` whose
+``forward(batch, generator)`` returns a scalar loss and whose ``trainable_modules()`` names the
+modules to optimize and checkpoint (see ``objectives.py``). Per step it draws the global
+batch ``batch_indices(seed, step)``, takes this process's shard, seeds every generator from
+``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
+resumed from a checkpoint continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
+
+from dreampose.config import TrainConfig
+from dreampose.training.checkpoint import apply_checkpoint, latest_checkpoint, save_checkpoint
+from dreampose.training.sampling import batch_indices, seed_everything, shard, step_seed
+
+log = logging.getLogger("dreampose.training")
+
+
+class MetricsLogger(Protocol):
+    """Where the main process sends metrics (MLflow in the stages, a list in tests)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    start_step: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+
+    @property
+    def resumed(self) -> bool:
+        return self.start_step > 0
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
+    """An ``Accelerator`` for one training run (accelerate keeps process-wide state, reset here per run)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # Parts of a pretrained image encoder may not feed the adapter (e.g. CLIP's projection head).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=[ddp])
+
+
+def constant_with_warmup(step: int, warmup_steps: int) -> float:
+    """LR multiplier: linear ramp over ``warmup_steps`` optimizer steps, then 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, fused when every parameter lives on a device the fused kernel supports."""
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    fused = all(p.device.type in ("cuda", "cpu") and p.dtype.is_floating_point for p in params)
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    except (RuntimeError, TypeError):  # e.g. a dtype the fused kernel rejects
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def run_fingerprint(cfg: TrainConfig, num_items: int, extra: str = "") -> str:
+    """Identifies runs that may share checkpoints: same settings, same data size, same caller context."""
+    text = f"{cfg.model_dump_json()}|{num_items}|{extra}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss: KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def load_batch(dataset: Dataset, indices: list[int]) -> dict[str, Any]:
+    return default_collate([dataset[i] for i in indices])
+
+
+def train(
+    objective: torch.nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    *,
+    ckpt_dir: Path | None = None,
+    accelerator: Any = None,
+    logger: MetricsLogger | None = None,
+    fingerprint: str = "",
+    on_step: Callable[[int, float], None] | None = None,
+    sample_fn: Callable[[int], None] | None = None,
+    stop_after: int | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Optimize ``objective`` on ``dataset`` for ``cfg.max_steps`` optimizer steps.
+
+    ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``).
+    Checkpoints go to ``ckpt_dir/step_NNNNNN`` every ``cfg.checkpoint_every`` steps; a matching
+    checkpoint found there at start is resumed. Only the main process logs and writes.
+    """
+    if accelerator is None:
+        accelerator = make_accelerator(cfg.mixed_precision)
+    num_items = len(dataset)  # type: ignore[arg-type]
+    if num_items == 0:
+        raise ValueError("the training dataset is empty")
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * world
+    modules: dict[str, torch.nn.Module] = objective.trainable_modules()
+    if cfg.gradient_checkpointing:
+        objective.enable_gradient_checkpointing()
+
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    objective.to(accelerator.device)
+    optimizer = build_optimizer(params, cfg)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: constant_with_warmup(s, cfg.lr_warmup_steps))
+    # The scheduler is stepped here once per optimizer step; accelerate's wrapper would step it world-size times.
+    model, optimizer = accelerator.prepare(objective, optimizer)
+
+    fp = run_fingerprint(cfg, num_items, f"{fingerprint}|world={world}")
+    start = 0
+    if ckpt_dir is not None:
+        ckpt = latest_checkpoint(ckpt_dir, fp)
+        if ckpt is not None:
+            start = apply_checkpoint(ckpt, modules, optimizer.optimizer, lr_scheduler)
+            log.info("resuming %s from %s", desc, ckpt.path)
+    end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+
+    result = TrainResult(steps=start, start_step=start)
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not accelerator.is_main_process, leave=False)
+    t0, samples = time.perf_counter(), 0
+    for step in range(start, end):
+        loss = _train_step(model, optimizer, dataset, cfg, accelerator, step, global_batch)
+        lr_scheduler.step()
+        samples += global_batch * cfg.grad_accum
+        step_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
+        result.losses.append(step_loss)
+        result.steps = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if accelerator.is_main_process:
+            if logger is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
+                elapsed = time.perf_counter() - t0
+                logger.log_metrics(
+                    {
+                        f"{desc}/loss": step_loss,
+                        f"{desc}/lr": lr_scheduler.get_last_lr()[0],
+                        f"{desc}/samples_per_s": samples / max(elapsed, 1e-9),
+                        f"{desc}/peak_memory_mb": peak_memory_mb(accelerator.device),
+                    },
+                    step + 1,
+                )
+            if sample_fn is not None and cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+                sample_fn(step + 1)
+        if ckpt_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(ckpt_dir, step + 1, modules, optimizer.optimizer, lr_scheduler, fp)
+            accelerator.wait_for_everyone()
+        if on_step is not None:
+            on_step(step + 1, step_loss)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    result.samples_per_s = samples / max(result.seconds, 1e-9)
+    result.peak_memory_mb = peak_memory_mb(accelerator.device)
+    accelerator.wait_for_everyone()
+    model.eval()
+    return result
+
+
+def _train_step(
+    model: torch.nn.Module,
+    optimizer: Any,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    accelerator: Any,
+    step: int,
+    global_batch: int,
+) -> torch.Tensor:
+    """One optimizer step over ``cfg.grad_accum`` micro-batches; returns the mean micro-batch loss."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total = torch.zeros((), device=accelerator.device)
+    for micro in range(cfg.grad_accum):
+        stream_step = step * cfg.grad_accum + micro
+        indices = shard(batch_indices(len(dataset), stream_step, global_batch, cfg.seed), rank, world)
+        # Augmentations and layers that draw from the global generators see the same state on resume.
+        seed_everything(step_seed(cfg.seed, stream_step, rank, 1))
+        batch = _to_device(load_batch(dataset, indices), accelerator.device)
+        generator = torch.Generator(accelerator.device).manual_seed(step_seed(cfg.seed, stream_step, rank, 2))
+        last = micro == cfg.grad_accum - 1
+        # Only the last micro-batch all-reduces gradients across processes.
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with sync:
+            loss = model(batch, generator)
+            accelerator.backward(loss / cfg.grad_accum)
+        total = total + loss.detach().float() / cfg.grad_accum
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dreampose.training.checkpoint import (
+    apply_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 5))
+    return model, opt, sched
+
+
+def _step(model, opt, sched):
+    model(torch.randn(5, 3)).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    sched.step()
+
+
+def test_roundtrip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
+    model, opt, sched = _setup()
+    for _ in range(3):
+        _step(model, opt, sched)
+    random.seed(5)
+    np.random.seed(5)
+    path = save_checkpoint(tmp_path, 3, {"net": model}, opt, sched, fingerprint="abc")
+    assert path.name == "step_000003" and (path / "model.safetensors").is_file()
+    expected_rng = (torch.rand(2), np.random.rand(), random.random())
+    _step(model, opt, sched)  # continue the original
+    ref = [p.detach().clone() for p in model.parameters()]
+
+    model2, opt2, sched2 = _setup(seed=1)
+    step = apply_checkpoint(load_checkpoint(path), {"net": model2}, opt2, sched2)
+    assert step == 3 and sched2.last_epoch == 3
+    # the generators continue where they were saved, so the next step draws the same inputs
+    assert torch.equal(torch.rand(2), expected_rng[0])
+    assert (np.random.rand(), random.random()) == expected_rng[1:]
+    _step(model2, opt2, sched2)
+    for a, b in zip(ref, model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_keeps_only_the_newest(tmp_path):
+    model, opt, sched = _setup()
+    for s in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, s, {"net": model}, opt, sched, "fp", keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    model, opt, sched = _setup()
+    save_checkpoint(tmp_path, 2, {"net": model}, opt, sched, "fp")
+    _step(model, opt, sched)
+    last = save_checkpoint(tmp_path, 4, {"net": model}, opt, sched, "fp")
+    f = last / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match="corrupt checkpoint at step 4"):
+        ckpt = latest_checkpoint(tmp_path, "fp")
+    assert ckpt is not None and ckpt.step == 2
+
+
+def test_other_settings_are_not_resumed(tmp_path):
+    model, opt, sched = _setup()
+    save_checkpoint(tmp_path, 2, {"net": model}, opt, sched, "fp-a")
+    with pytest.warns(RuntimeWarning, match="different settings"):
+        assert latest_checkpoint(tmp_path, "fp-b") is None
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_missing_module_weights_is_an_error(tmp_path):
+    model, opt, sched = _setup()
+    path = save_checkpoint(tmp_path, 1, {"net": model}, opt, sched, "fp")
+    with pytest.raises(ValueError, match="other"):
+        apply_checkpoint(load_checkpoint(path), {"other": model}, opt, sched)

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreampose.config import DropoutConfig, TrainConfig
+from dreampose.training.loop import constant_with_warmup, make_accelerator, run_fingerprint, train
+from dreampose.training.objectives import DiffusionObjective
+from tests.training.tiny import TinyPairs, TinyPipeline
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ListLogger:
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, metrics))
+
+
+def test_constant_with_warmup():
+    assert [constant_with_warmup(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert constant_with_warmup(0, 0) == 1.0
+
+
+def test_fingerprint_changes_with_settings():
+    a = TrainConfig(max_steps=10)
+    assert run_fingerprint(a, 5) == run_fingerprint(TrainConfig(max_steps=10), 5)
+    assert run_fingerprint(a, 5) != run_fingerprint(TrainConfig(max_steps=11), 5)
+    assert run_fingerprint(a, 5) != run_fingerprint(a, 6)
+
+
+def test_loss_falls_and_metrics_are_logged():
+    cfg = TrainConfig(max_steps=30, batch_size=8, lr=3e-3, log_every=10, dropout=DropoutConfig(pose=0, image=0, both=0))
+    obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout, train_image_encoder=True)
+    logger = ListLogger()
+    res = train(obj, TinyPairs(16), cfg, accelerator=make_accelerator("no"), logger=logger)
+    assert res.steps == 30 and len(res.losses) == 30 and not res.resumed
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert [s for s, _ in logger.rows] == [10, 20, 30]
+    assert set(logger.rows[0][1]) == {"train/loss", "train/lr", "train/samples_per_s", "train/peak_memory_mb"}
+    assert res.samples_per_s > 0 and res.peak_memory_mb > 0
+
+
+def test_gradient_accumulation_updates_once_per_step():
+    """Two micro-batches per optimizer step: the LR scheduler (one tick per step) counts optimizer steps."""
+    cfg = TrainConfig(max_steps=2, batch_size=4, grad_accum=2, lr=1e-3)
+    obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout)
+    before = obj.unet.conv_in.weight.detach().clone()
+    logger = ListLogger()
+    res = train(obj, TinyPairs(8), TrainConfig(**{**cfg.model_dump(), "lr_warmup_steps": 4, "log_every": 1}),
+                accelerator=make_accelerator("no"), logger=logger)  # fmt: skip
+    assert res.steps == 2 and not torch.equal(before, obj.unet.conv_in.weight)
+    assert [m["train/lr"] for _, m in logger.rows] == pytest.approx([5e-4, 7.5e-4])
+
+
+def test_stop_after_then_resume_equals_one_run(tmp_path):
+    cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-3, checkpoint_every=2, seed=1)
+
+    def run(ckpt: Path, stop_after: int | None = None):
+        obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout)
+        res = train(obj, TinyPairs(12), cfg, ckpt_dir=ckpt, accelerator=make_accelerator("no"), stop_after=stop_after)
+        return res, obj.unet.state_dict()
+
+    _, ref = run(tmp_path / "a")
+    first, _ = run(tmp_path / "b", stop_after=3)
+    assert first.steps == 3
+    resumed, weights = run(tmp_path / "b")
+    assert resumed.start_step == 2 and resumed.steps == 6  # the last checkpoint before the stop
+    for k in ref:
+        assert torch.equal(ref[k], weights[k]), k
+
+
+def _spawn(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.training.run_tiny", str(out), "--steps", "8", "--every", "2", *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _wait(proc: subprocess.Popen, timeout: float = 120) -> None:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out.decode()[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    ref = _spawn(tmp_path / "ref")
+    killed = _spawn(tmp_path / "run", "--sleep", "0.5")
+    ckpt4 = tmp_path / "run" / "ckpt" / "step_000004"
+    deadline = time.monotonic() + 120
+    while not ckpt4.exists():
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+    _wait(ref)
+    resumed = _spawn(tmp_path / "run")
+    _wait(resumed)
+    a = load_file(tmp_path / "ref" / "final.safetensors")
+    b = load_file(tmp_path / "run" / "final.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "tests.training.run_tiny", str(tmp_path), "--steps", "3", "--every", "100", "--cpu",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    h0 = (tmp_path / "rank0.sha256").read_text()
+    h1 = (tmp_path / "rank1.sha256").read_text()
+    assert h0 == h1
+    # and training moved the weights: compare with the untrained model
+    from tests.training.run_tiny import weights_digest
+
+    untrained = DiffusionObjective(TinyPipeline(seed=0), DropoutConfig(), train_image_encoder=True)
+    state = {f"{n}.{k}": v for n, m in untrained.trainable_modules().items() for k, v in m.state_dict().items()}
+    assert weights_digest(state) != h0
