@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,15 +145,32 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(h, stride)[:, : 3 * w].reshape(h, w, 3))
 
 
-def iter_video(path: str | Path, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def open_video(path: str | Path) -> tuple[Any, VideoInfo]:
+    """A decord reader positioned at frame 0 and the video's ``VideoInfo``; ``ValueError`` if unreadable."""
+    path = Path(path)
+    vr = _open_reader(path)
+    n = len(vr)
+    if n == 0:
+        raise ValueError(f"{path}: not a readable video (no frames)")
+    try:
+        h, w = vr[0].shape[:2]
+        vr.seek(0)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable video (first frame does not decode: {_first_line(err)})") from None
+    return vr, VideoInfo(num_frames=n, fps=float(vr.get_avg_fps()), height=int(h), width=int(w))
+
+
+def iter_video(
+    path: str | Path, indices: Iterable[int] | None = None, reader: Any = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Decode sequentially, yielding ``(source_index, uint8 (H, W, 3))`` for the wanted frames.
 
     Sequential ``next()`` decoding is used instead of ``get_batch`` (which fails outright on the
     padded-row widths ``as_rgb`` repairs) and is as fast as seeking, since H.264 frames
-    depend on their predecessors anyway.
+    depend on their predecessors anyway. ``reader`` reuses one from ``open_video``.
     """
     path = Path(path)
-    vr = _open_reader(path)
+    vr = reader if reader is not None else _open_reader(path)
     n = len(vr)
     wanted = None if indices is None else sorted(set(indices))
     last = n - 1 if wanted is None else min(max(wanted, default=-1), n - 1)
@@ -170,23 +188,14 @@ def iter_video(path: str | Path, indices: Iterable[int] | None = None) -> Iterat
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame count, fps and size of a video; ``ValueError`` naming the file if it cannot be decoded."""
-    path = Path(path)
-    vr = _open_reader(path)
-    n = len(vr)
-    if n == 0:
-        raise ValueError(f"{path}: not a readable video (no frames)")
-    try:
-        h, w = vr[0].shape[:2]
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable video (first frame does not decode: {_first_line(err)})") from None
-    return VideoInfo(num_frames=n, fps=float(vr.get_avg_fps()), height=int(h), width=int(w))
+    return open_video(path)[1]
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """All frames as uint8 ``(T, H, W, 3)`` RGB and the average fps."""
     path = Path(path)
-    info = probe_video(path)
-    frames = [f for _, f in iter_video(path)]
+    reader, info = open_video(path)
+    frames = [f for _, f in iter_video(path, reader=reader)]
     if len(frames) != info.num_frames:
         raise ValueError(f"{path}: not a readable video ({len(frames)} of {info.num_frames} frames decoded)")
     return np.stack(frames), info.fps
