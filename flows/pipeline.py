@@ -97,8 +97,10 @@ def summary_text(root: Path, params: Params, tracking_uri: str, catalog: dict[st
 
 
 @flow(name="dreampose-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
-def pipeline(root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool = True) -> dict[str, Any]:
-    """Bring every DVC stage up to date, then run the demo catalog item.
+def pipeline(
+    root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool = True, until: str | None = None
+) -> dict[str, Any]:
+    """Bring every DVC stage up to date (or those up to ``until``), then run the demo catalog item.
 
     Stages run one at a time: ``dvc repro`` holds a repository lock, and the demo machine has few cores.
     """
@@ -116,7 +118,14 @@ def pipeline(root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool
     ) as run:
         parent = run.info.run_id
         previous: list = []
-        for name, targets in stage_plan(root_p / "dvc.yaml", params.eval.subjects):
+        plan = stage_plan(root_p / "dvc.yaml", params.eval.subjects)
+        if until is not None:
+            names = [n for n, _ in plan]
+            if until not in names:
+                raise ValueError(f"--until {until!r}: no such stage in dvc.yaml (stages: {names})")
+            plan = plan[: names.index(until) + 1]
+            catalog_demo = False
+        for name, targets in plan:
             task_fn = network_stage_task if name in NETWORK_STAGES else stage_task
             futures = task_fn.map(targets, root=str(root_p), parent_run_id=parent, wait_for=previous)
             results.extend(futures.result())
@@ -151,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".", help="workspace root (default: .)")
     p.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     p.add_argument("--no-catalog-demo", action="store_true", help="skip the end-of-demo catalog item")
+    p.add_argument("--until", default=None, help="stop after this dvc.yaml stage (implies --no-catalog-demo)")
     args = p.parse_args(argv)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     try:
-        out = pipeline(root=args.root, params_file=args.params, catalog_demo=not args.no_catalog_demo)
+        out = pipeline(root=args.root, params_file=args.params, catalog_demo=not args.no_catalog_demo, until=args.until)
     except (ValueError, FileNotFoundError) as err:
         print(f"flows.pipeline: error: {err}", file=sys.stderr)
         return 2
