@@ -149,6 +149,8 @@ def validate_photo(
         raise ValueError(
             f"photo {photo}: refusing a decompression bomb (claims more than {max_pixels} pixels)"
         ) from None
+    except (OSError, SyntaxError, ValueError) as err:  # a recognised header with broken data after it
+        raise ValueError(f"photo {photo}: truncated or corrupt image data ({err})") from None
     w, h = img.size
     # The header's claimed size is checked before any pixel is decoded.
     if w * h > max_pixels:
@@ -498,10 +500,10 @@ def run_catalog_item(
     root = Path(root).resolve()
     base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
     item_id = item_id_from(photo, item_id)
-    if not (base_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
     h, w = params.frames.height, params.frames.width
     checked = validate_photo(photo, h, w)
+    if not (base_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
     p_iuv, p_iuv_source = photo_pose(checked, seq, params)

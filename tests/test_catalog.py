@@ -151,3 +151,15 @@ def test_is_blank_threshold():
     assert catalog.is_blank(flat)
     flat[0, 0] = 255
     assert not catalog.is_blank(flat, threshold=0.01)
+
+
+def test_cli_catalog_item_bad_photo_is_one_line_exit_2(tmp_path, capsys):
+    from dreampose import cli
+
+    (tmp_path / "params.yaml").write_text("tracking: {registered_model: cli-test}\n")
+    bad = tmp_path / "menu.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rc = cli.main(["--root", str(tmp_path), "catalog-item", "--photo", str(bad), "--poses", "syn_test_000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("dreampose: error: photo") and "menu.jpg" in err[0]
+    assert not (tmp_path / "catalog").exists()
