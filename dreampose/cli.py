@@ -26,6 +26,12 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
     "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/scores.json", False),
     "report": ("report", "print our scores next to the paper's published Table 1", False),
+    "finetune-base": ("finetune_base", "finetune UNet + adapter on the training pairs -> models/base", False),
+    "finetune-subject": (
+        "finetune_subject",
+        "finetune one subject (UNet + adapter, then VAE decoder) -> models/subjects/<id>",
+        True,
+    ),
 }
 
 PRESETS_DIR = Path("presets")

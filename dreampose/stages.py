@@ -120,6 +120,59 @@ def base_model(params: Params, root: Path) -> dict[str, Any]:
     return summary
 
 
+def finetune_base(params: Params, root: Path) -> dict[str, Any]:
+    """``models/base``: UNet + adapter finetuned on the training pairs (held-out loss before/after)."""
+    from dreampose.training import finetune
+
+    inputs = {"pretrained": root / PRETRAINED, "train_manifest": root / MANIFESTS / "train.parquet"}
+    cfg = params.train_base
+    with tracking.stage_run("finetune_base", cfg.model_dump(), params.tracking.experiment, inputs=inputs) as r:
+        summary = finetune.finetune_base(
+            cfg,
+            root / PRETRAINED,
+            root / MANIFESTS / "train.parquet",
+            root,
+            root / BASE,
+            heldout_manifest=root / MANIFESTS / "test.parquet",
+            size=(params.frames.height, params.frames.width),
+            logger=finetune.MlflowLogger() if r is not None else None,
+        )
+        _log_summary(summary)
+        if r is not None:
+            import mlflow
+
+            mlflow.set_tag("model_dir", str((root / BASE).resolve()))
+    return summary
+
+
+def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]:
+    """``models/subjects/<id>``: phase 1 UNet + adapter (aligned crops), phase 2 VAE decoder, on one subject."""
+    from dreampose.training import finetune
+
+    out = root / SUBJECTS / subject
+    inputs = {"base": root / BASE, "subject_manifest": root / MANIFESTS / "subject.parquet"}
+    cfg = params.train_subject
+    with tracking.stage_run(
+        "finetune_subject", cfg.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
+    ) as r:
+        summary = finetune.finetune_subject(
+            cfg,
+            root / BASE,
+            root / MANIFESTS / "subject.parquet",
+            subject,
+            root,
+            out,
+            size=(params.frames.height, params.frames.width),
+            logger=finetune.MlflowLogger() if r is not None else None,
+        )
+        _log_summary(summary)
+        if r is not None:
+            import mlflow
+
+            mlflow.log_artifacts(str(out), artifact_path="model")
+    return summary
+
+
 def inspect(params: Params, root: Path) -> dict[str, Any]:
     """Manifest counts and schemas, and ``data/inspect/preview.png`` (a frame with its IUV overlaid).
 

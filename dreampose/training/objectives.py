@@ -21,16 +21,11 @@ from dreampose.config import DropoutConfig
 from dreampose.training.dropout import apply_dropout, sample_dropout_masks
 
 
-def latent_scale(vae: nn.Module) -> float:
-    return float(getattr(vae.config, "scaling_factor", 0.18215))
+def latent_poses(pipeline: Any, poses: torch.Tensor) -> torch.Tensor:
+    """Pose channels on the latent grid, by the pipeline's own pooling so training matches inference."""
+    from dreampose.models.pipeline import poses_to_latent
 
-
-def poses_to_latent(pipeline: Any, poses: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pose channels at latent resolution, by the pipeline's own resize so training matches inference."""
-    fn = getattr(pipeline, "poses_to_latent", None)
-    if fn is not None:
-        return fn(poses, size)
-    return F.interpolate(poses, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return poses_to_latent(poses, pipeline.vae_scale_factor)
 
 
 class DiffusionObjective(nn.Module):
@@ -77,9 +72,7 @@ class DiffusionObjective(nn.Module):
 
     @torch.no_grad()
     def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator=generator) if generator is not None else dist.mode()
-        return z * latent_scale(self.vae)
+        return self._pipeline.encode_latents(pixels, sample=generator is not None, generator=generator)
 
     def loss_terms(
         self,
@@ -97,7 +90,7 @@ class DiffusionObjective(nn.Module):
             noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
         )
         tokens = self._pipeline.encode_image(batch["input_pixels"])
-        poses = poses_to_latent(self._pipeline, batch["poses"].to(noisy.dtype), tuple(latents.shape[-2:]))
+        poses = latent_poses(self._pipeline, batch["poses"].to(noisy.dtype))
         tokens, poses = apply_dropout(tokens, poses, drop_image.to(tokens.device), drop_pose.to(poses.device))
         pred = self.unet(
             torch.cat([noisy, poses.to(noisy.dtype)], dim=1), timesteps, encoder_hidden_states=tokens
@@ -114,9 +107,9 @@ class DiffusionObjective(nn.Module):
         return self.loss_terms(batch, noise, t, drop_image, drop_pose, latent_generator=generator).mean()
 
     def _latent_shape(self, pixels: torch.Tensor) -> tuple[int, ...]:
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         b, _, h, w = pixels.shape
-        return (b, self.vae.config.latent_channels, h // factor, w // factor)
+        f = self._pipeline.vae_scale_factor
+        return (b, self._pipeline.latent_channels, h // f, w // f)
 
 
 class DecoderObjective(nn.Module):
@@ -126,11 +119,14 @@ class DecoderObjective(nn.Module):
         super().__init__()
         self.vae = vae
         vae.requires_grad_(False)
-        self.vae.decoder.requires_grad_(True)
-        self.vae.post_quant_conv.requires_grad_(True)
+        for m in self.trainable_modules().values():
+            m.requires_grad_(True)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"decoder": self.vae.decoder, "post_quant_conv": self.vae.post_quant_conv}
+        mods = {"decoder": self.vae.decoder}
+        if getattr(self.vae, "post_quant_conv", None) is not None:
+            mods["post_quant_conv"] = self.vae.post_quant_conv
+        return mods
 
     def enable_gradient_checkpointing(self) -> None:
         self.vae.enable_gradient_checkpointing()
@@ -142,3 +138,45 @@ class DecoderObjective(nn.Module):
             z = self.vae.encode(pixels).latent_dist.mode()
         recon = self.vae.decode(z).sample
         return F.l1_loss(recon.float(), pixels.float())
+
+
+@torch.no_grad()
+def heldout_loss(
+    objective: DiffusionObjective,
+    dataset: Any,
+    num_items: int = 32,
+    timesteps_per_item: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> float:
+    """Mean diffusion loss on fixed items, fixed noise and evenly spread timesteps, with full conditioning.
+
+    The same call before and after training compares the model, not the draw.
+    """
+    from dreampose.training.loop import load_batch
+
+    n = min(num_items, len(dataset))
+    if n == 0:
+        raise ValueError("held-out set is empty")
+    was_training = objective.training
+    objective.eval()
+    device = next(objective.unet.parameters()).device
+    total_t = objective.noise_scheduler.config.num_train_timesteps
+    ts = torch.linspace(0, total_t - 1, timesteps_per_item).round().long()
+    items = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    losses = []
+    for k, t in enumerate(ts.tolist()):
+        for lo in range(0, n, batch_size):
+            idx = items[lo : lo + batch_size]
+            batch = {
+                k2: v.to(device) if isinstance(v, torch.Tensor) else v for k2, v in load_batch(dataset, idx).items()
+            }
+            b = len(idx)
+            g = torch.Generator().manual_seed(seed * 1000 + k * 97 + lo)
+            shape = objective._latent_shape(batch["target_pixels"])
+            noise = torch.randn(shape, generator=g).to(device)
+            keep = torch.zeros(b, dtype=torch.bool, device=device)
+            timesteps = torch.full((b,), t, dtype=torch.long, device=device)
+            losses.append(objective.loss_terms(batch, noise, timesteps, keep, keep))
+    objective.train(was_training)
+    return float(torch.cat(losses).mean())

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from dreampose.config import DropoutConfig, TrainConfig
 from dreampose.training.loop import make_accelerator, train
 from dreampose.training.objectives import DiffusionObjective
-from tests.training.tiny import TinyPairs, TinyPipeline
+from tests.training.tiny import TinyPairs, tiny_pipeline
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -42,7 +42,7 @@ def main() -> None:
         max_steps=args.steps, batch_size=4, lr=1e-3, lr_warmup_steps=2, checkpoint_every=args.every,
         dropout=DropoutConfig(pose=0.2, image=0.2, both=0.2), train_image_encoder=True, seed=3,
     )  # fmt: skip
-    objective = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout, train_image_encoder=True)
+    objective = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout, train_image_encoder=True)
     train(
         objective, TinyPairs(12), cfg, ckpt_dir=args.out / "ckpt", accelerator=accelerator,
         on_step=lambda step, loss: time.sleep(args.sleep),

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from dreampose.config import DropoutConfig, TrainConfig
 from dreampose.training.loop import constant_with_warmup, make_accelerator, run_fingerprint, train
-from dreampose.training.objectives import DiffusionObjective
-from tests.training.tiny import TinyPairs, TinyPipeline
+from dreampose.training.objectives import DiffusionObjective, heldout_loss
+from tests.training.tiny import TinyPairs, tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,13 @@ def test_fingerprint_changes_with_settings():
 
 def test_loss_falls_and_metrics_are_logged():
     cfg = TrainConfig(max_steps=30, batch_size=8, lr=3e-3, log_every=10, dropout=DropoutConfig(pose=0, image=0, both=0))
-    obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout, train_image_encoder=True)
+    obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout, train_image_encoder=True)
     logger = ListLogger()
+    before = heldout_loss(obj, TinyPairs(8, seed=9))
     res = train(obj, TinyPairs(16), cfg, accelerator=make_accelerator("no"), logger=logger)
+    after = heldout_loss(obj, TinyPairs(8, seed=9))
     assert res.steps == 30 and len(res.losses) == 30 and not res.resumed
-    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
-    assert last < 0.7 * first, (first, last)
+    assert after < 0.8 * before, (before, after)
     assert [s for s, _ in logger.rows] == [10, 20, 30]
     assert set(logger.rows[0][1]) == {"train/loss", "train/lr", "train/samples_per_s", "train/peak_memory_mb"}
     assert res.samples_per_s > 0 and res.peak_memory_mb > 0
@@ -55,7 +56,7 @@ def test_loss_falls_and_metrics_are_logged():
 def test_gradient_accumulation_updates_once_per_step():
     """Two micro-batches per optimizer step: the LR scheduler (one tick per step) counts optimizer steps."""
     cfg = TrainConfig(max_steps=2, batch_size=4, grad_accum=2, lr=1e-3)
-    obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout)
+    obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout)
     before = obj.unet.conv_in.weight.detach().clone()
     logger = ListLogger()
     res = train(obj, TinyPairs(8), TrainConfig(**{**cfg.model_dump(), "lr_warmup_steps": 4, "log_every": 1}),
@@ -68,7 +69,7 @@ def test_stop_after_then_resume_equals_one_run(tmp_path):
     cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-3, checkpoint_every=2, seed=1)
 
     def run(ckpt: Path, stop_after: int | None = None):
-        obj = DiffusionObjective(TinyPipeline(seed=0), cfg.dropout)
+        obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout)
         res = train(obj, TinyPairs(12), cfg, ckpt_dir=ckpt, accelerator=make_accelerator("no"), stop_after=stop_after)
         return res, obj.unet.state_dict()
 
@@ -132,6 +133,6 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     # and training moved the weights: compare with the untrained model
     from tests.training.run_tiny import weights_digest
 
-    untrained = DiffusionObjective(TinyPipeline(seed=0), DropoutConfig(), train_image_encoder=True)
+    untrained = DiffusionObjective(tiny_pipeline(seed=0), DropoutConfig(), train_image_encoder=True)
     state = {f"{n}.{k}": v for n, m in untrained.trainable_modules().items() for k, v in m.state_dict().items()}
     assert weights_digest(state) != h0

@@ -7,7 +7,7 @@ from dreampose.config import DropoutConfig
 from dreampose.training.loop import load_batch
 from dreampose.training.objectives import DecoderObjective, DiffusionObjective
 from dreampose.training.sampling import batch_indices
-from tests.training.tiny import TinyPairs, TinyPipeline
+from tests.training.tiny import TinyPairs, tiny_pipeline
 
 
 def _batch(n: int = 4):
@@ -16,7 +16,7 @@ def _batch(n: int = 4):
 
 
 def _loss_and_grads(checkpointing: bool):
-    obj = DiffusionObjective(TinyPipeline(seed=0), DropoutConfig(), train_image_encoder=True)
+    obj = DiffusionObjective(tiny_pipeline(seed=0), DropoutConfig(), train_image_encoder=True)
     if checkpointing:
         obj.enable_gradient_checkpointing()
         assert obj.unet.is_gradient_checkpointing
@@ -50,23 +50,23 @@ def test_v_prediction_target_and_epsilon_target_differ():
     batch = _batch()
     losses = []
     for pred in ("v_prediction", "epsilon"):
-        obj = DiffusionObjective(TinyPipeline(seed=0, prediction_type=pred), DropoutConfig())
+        obj = DiffusionObjective(tiny_pipeline(seed=0, prediction_type=pred), DropoutConfig())
         losses.append(obj(batch, torch.Generator().manual_seed(1)).item())
     assert losses[0] != pytest.approx(losses[1])
 
 
 def test_only_unet_adapter_and_optionally_image_encoder_train():
-    obj = DiffusionObjective(TinyPipeline(), DropoutConfig(), train_image_encoder=False)
+    obj = DiffusionObjective(tiny_pipeline(), DropoutConfig(), train_image_encoder=False)
     assert set(obj.trainable_modules()) == {"unet", "adapter"}
     assert not any(p.requires_grad for p in obj.vae.parameters())
     assert not any(p.requires_grad for p in obj.image_encoder.parameters())
     obj.train()
     obj(_batch(), torch.Generator().manual_seed(0)).backward()
-    assert obj.adapter.proj.weight.grad is not None and obj.adapter.proj.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.adapter.parameters())
 
 
 def test_dropped_image_means_zero_tokens():
-    obj = DiffusionObjective(TinyPipeline(), DropoutConfig())
+    obj = DiffusionObjective(tiny_pipeline(), DropoutConfig())
     batch = _batch(2)
     noise = torch.randn(2, 4, 8, 8)
     t = torch.tensor([10, 50])
@@ -84,7 +84,7 @@ def test_dropped_image_means_zero_tokens():
 
 
 def test_decoder_objective_trains_only_the_decoder():
-    pipe = TinyPipeline()
+    pipe = tiny_pipeline()
     obj = DecoderObjective(pipe.vae)
     loss = obj({"pixels": _batch()["target_pixels"]}, torch.Generator())
     loss.backward()

@@ -1,66 +1,24 @@
-"""Tiny seeded components for the training tests: a few thousand parameters, 16x16 images."""
+"""Tiny seeded components for the training tests: a real DreamPosePipeline with 16x16 frames."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
+
+from dreampose.config import TinyModelConfig
 
 H, W = 16, 16
 POSE_CHANNELS = 10
-CROSS_DIM = 16
+TINY = TinyModelConfig(
+    vae_channels=(8, 16), unet_channels=(16, 32), cross_attention_dim=16, clip_hidden=16, clip_layers=1, clip_patch=8
+)
 
 
-class TinyAdapter(nn.Module):
-    """CLIP patch tokens -> cross-attention tokens (the real adapter lives in dreampose.models)."""
+def tiny_pipeline(seed: int = 0, prediction_type: str = "v_prediction"):
+    from dreampose.models.builders import build_tiny_components
+    from dreampose.models.pipeline import DreamPosePipeline
 
-    def __init__(self, clip_hidden: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(clip_hidden, dim)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.proj(hidden)
-
-
-class TinyPipeline:
-    """The components a DreamPosePipeline exposes, built small and seeded."""
-
-    def __init__(self, seed: int = 0, prediction_type: str = "v_prediction") -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-        torch.manual_seed(seed)
-        self.unet = UNet2DConditionModel(
-            sample_size=H // 2,
-            in_channels=4 + POSE_CHANNELS,
-            out_channels=4,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=CROSS_DIM,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
-        self.vae = AutoencoderKL(
-            block_out_channels=(8, 16),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            norm_num_groups=8,
-            layers_per_block=1,
-        )
-        clip = CLIPVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            image_size=H, patch_size=8, projection_dim=16,
-        )  # fmt: skip
-        self.image_encoder = CLIPVisionModelWithProjection(clip)
-        self.adapter = TinyAdapter(16, CROSS_DIM)
-        self.scheduler = DDPMScheduler(num_train_timesteps=100, prediction_type=prediction_type)
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.image_encoder(pixel_values=pixels).last_hidden_state
-        return self.adapter(hidden)
+    return DreamPosePipeline(**build_tiny_components(TINY, H, W, prediction_type, seed, POSE_CHANNELS))
 
 
 class TinyPairs(Dataset):

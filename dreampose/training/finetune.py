@@ -1,0 +1,206 @@
+"""The two finetunes: base (UNet + adapter on the training pairs) and per subject (phase 1 UNet +
+adapter with aligned crop augmentation, phase 2 VAE decoder). Each writes a ``DreamPosePipeline``
+directory atomically; checkpoints live beside it in ``<out_dir>.ckpt/`` and are removed on success.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Subset
+
+from dreampose.config import SubjectConfig, TrainConfig
+from dreampose.training.loop import MetricsLogger, make_accelerator, train
+from dreampose.training.objectives import DecoderObjective, DiffusionObjective, heldout_loss
+
+log = logging.getLogger("dreampose.training")
+
+
+class MlflowLogger:
+    """Sends the loop's metrics to the active MLflow run."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step)
+
+
+def ckpt_dir_for(out_dir: Path) -> Path:
+    return Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+
+
+def _load_pipeline(model_dir: Path):
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a DreamPosePipeline directory (no model_index.json)")
+    return DreamPosePipeline.from_pretrained(model_dir)
+
+
+def _frame_size(size: tuple[int, int] | None, manifest: Path, root: Path) -> tuple[int, int]:
+    """``size`` when given, else the size of the manifest's first target frame."""
+    if size is not None:
+        return size
+    from PIL import Image
+
+    row = pd.read_parquet(manifest).iloc[0]
+    with Image.open(Path(root) / row["target_path"]) as im:
+        return im.height, im.width
+
+
+def _save(pipe: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+    import json
+
+    from dreampose.models.builders import save_pipeline_atomic
+
+    save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+
+
+def finetune_base(
+    cfg: TrainConfig,
+    model_dir: Path,
+    manifest: Path,
+    root: Path,
+    out_dir: Path,
+    *,
+    heldout_manifest: Path | None = None,
+    size: tuple[int, int] | None = None,
+    logger: MetricsLogger | None = None,
+) -> dict[str, Any]:
+    """Finetune UNet + adapter (+ image encoder) of ``model_dir`` on the pairs of ``manifest``; write ``out_dir``.
+
+    The held-out loss (fixed pairs of ``heldout_manifest``, else of ``manifest``; fixed noise and
+    timesteps) is measured before and after training.
+    """
+    from dreampose.data.dataset import PairDataset
+
+    t0 = time.perf_counter()
+    pipe = _load_pipeline(model_dir)
+    h, w = _frame_size(size, Path(manifest), Path(root))
+    data = PairDataset(manifest, root, h, w, seed=cfg.seed)
+    held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
+    accelerator = make_accelerator(cfg.mixed_precision)
+    objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder).to(accelerator.device)
+    before = heldout_loss(objective, held, seed=cfg.seed)
+    ckpt = ckpt_dir_for(out_dir)
+    result = train(
+        objective, data, cfg, ckpt_dir=ckpt, accelerator=accelerator, logger=logger,
+        fingerprint=f"base|{Path(model_dir).resolve()}|{h}x{w}", desc="base",
+    )  # fmt: skip
+    after = heldout_loss(objective, held, seed=cfg.seed)
+    summary = {
+        "steps": result.steps,
+        "resumed_from_step": result.start_step,
+        "pairs": len(data),
+        "heldout_pairs": min(32, len(held)),
+        "heldout_loss_before": before,
+        "heldout_loss_after": after,
+        "final_train_loss": result.losses[-1] if result.losses else None,
+        "samples_per_s": result.samples_per_s,
+        "peak_memory_mb": result.peak_memory_mb,
+        "seconds": time.perf_counter() - t0,
+    }
+    if accelerator.is_main_process:
+        _save(pipe.to("cpu"), Path(out_dir), summary)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log.info("base finetune: held-out loss %.4f -> %.4f", before, after)
+    return summary
+
+
+class _SubjectFrames(Dataset):
+    """The distinct input and target frames of a subject's pairs, for the decoder phase."""
+
+    def __init__(self, pairs: Dataset) -> None:
+        seen: dict[bytes, torch.Tensor] = {}
+        for i in range(len(pairs)):  # type: ignore[arg-type]
+            item = pairs[i]
+            for key in ("input_pixels", "target_pixels"):
+                x = item[key]
+                seen.setdefault(x.numpy().tobytes(), x)
+        self.frames = list(seen.values())
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixels": self.frames[i]}
+
+
+def subject_rows(manifest: Path, subject: str) -> list[int]:
+    """Row positions of ``subject`` in ``manifest``; ``ValueError`` naming both when there are none."""
+    ids = pd.read_parquet(manifest, columns=["subject_id"])["subject_id"].astype(str)
+    rows = [i for i, s in enumerate(ids) if s == subject]
+    if not rows:
+        known = sorted(set(ids))[:10]
+        raise ValueError(f"{manifest}: no rows for subject {subject!r} (subjects include {known})")
+    return rows
+
+
+def finetune_subject(
+    cfg: SubjectConfig,
+    base_dir: Path,
+    manifest: Path,
+    subject: str,
+    root: Path,
+    out_dir: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    logger: MetricsLogger | None = None,
+) -> dict[str, Any]:
+    """Phase 1: UNet + adapter on ``subject``'s pairs with aligned random crops; phase 2: VAE decoder (L1)."""
+    from dreampose.data.dataset import PairDataset
+
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no subject manifest (run `dreampose manifest` first)")
+    rows = subject_rows(manifest, subject)
+    pipe = _load_pipeline(base_dir)
+    h, w = _frame_size(size, manifest, Path(root))
+    pairs = Subset(PairDataset(manifest, root, h, w, augment=tuple(cfg.crop_scale), seed=cfg.unet.seed), rows)
+    plain = Subset(PairDataset(manifest, root, h, w), rows)
+    ckpt = ckpt_dir_for(out_dir)
+    accelerator = make_accelerator(cfg.unet.mixed_precision)
+    fp = f"subject|{subject}|{Path(base_dir).resolve()}|{h}x{w}"
+
+    objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder).to(accelerator.device)
+    before = heldout_loss(objective, plain, seed=cfg.unet.seed)
+    phase1 = train(objective, pairs, cfg.unet, ckpt_dir=ckpt / "unet", accelerator=accelerator, logger=logger,
+                   fingerprint=fp, desc="subject_unet")  # fmt: skip
+    after = heldout_loss(objective, plain, seed=cfg.unet.seed)
+
+    summary: dict[str, Any] = {
+        "subject": subject,
+        "pairs": len(rows),
+        "unet_steps": phase1.steps,
+        "unet_loss_before": before,
+        "unet_loss_after": after,
+    }
+    if cfg.decoder_steps > 0:
+        frames = _SubjectFrames(plain)
+        dec_cfg = cfg.unet.model_copy(
+            update={"max_steps": cfg.decoder_steps, "lr": cfg.decoder_lr, "batch_size": cfg.decoder_batch_size,
+                    "grad_accum": 1, "lr_warmup_steps": 0, "gradient_checkpointing": False}
+        )  # fmt: skip
+        dec = DecoderObjective(pipe.vae)
+        phase2 = train(dec, frames, dec_cfg, ckpt_dir=ckpt / "decoder", accelerator=accelerator, logger=logger,
+                       fingerprint=fp, desc="subject_decoder")  # fmt: skip
+        summary.update(
+            decoder_steps=phase2.steps,
+            decoder_frames=len(frames),
+            decoder_l1_first=phase2.losses[0] if phase2.losses else None,
+            decoder_l1_last=phase2.losses[-1] if phase2.losses else None,
+        )
+    summary["seconds"] = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        pipe.vae.requires_grad_(False)
+        _save(pipe.to("cpu"), Path(out_dir), summary)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return summary
