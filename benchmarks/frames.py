@@ -41,6 +41,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="where the videos and frames go (default: the system temp dir); file creation cost depends on the "
+        "filesystem, so pass a directory on the disk that holds the workspace to measure what the stage sees",
+    )
     args = ap.parse_args()
 
     syn = SyntheticConfig(
@@ -51,7 +57,7 @@ def main() -> None:
         width=args.src_width,
     )
     cfg = FramesConfig(height=args.height, width=args.width, workers=args.workers)
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as d:
         root = Path(d)
         generate_dataset(syn, root / "data/raw", seed=0)
         videos = root / "data/raw/videos"
@@ -77,6 +83,7 @@ def main() -> None:
             "workers": cfg.workers,
             "jpeg_quality": cfg.jpeg_quality,
             "repeat": args.repeat,
+            "workdir": args.workdir or tempfile.gettempdir(),
         },
         {"what": "bare decode+resize", "fps": round(base_fps, 1)},
         {"what": "extract_frames (decode+resize+JPEG+index)", "fps": round(ours_fps, 1)},
