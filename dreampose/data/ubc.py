@@ -153,6 +153,8 @@ def _fetch_once(url: str, part: Path, cfg: UBCConfig) -> bool:
         resp = _session().get(url, stream=True, timeout=cfg.timeout_s, headers=headers, allow_redirects=True)
     except (requests.ConnectionError, requests.Timeout) as err:
         raise _Retryable(f"{type(err).__name__}: {err}") from None
+    except requests.RequestException as err:  # e.g. a redirect to file:// or too many redirects
+        raise _Final("failed", f"{type(err).__name__}: {err}") from None
     with resp:
         code = resp.status_code
         if code == 416 and offset:  # our .part is not a prefix the server agrees with: start over

@@ -86,6 +86,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, body)
             elif name == "flaky.mp4" and hit == 1:
                 self._send(503, b"busy")
+            elif path == "/go/evil.mp4":
+                self.send_response(302)
+                self.send_header("Location", "file:///etc/passwd")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif path == "/go/redirected":
                 self.send_response(302)
                 self.send_header("Location", "/v/target.mp4")
@@ -217,12 +222,15 @@ def test_download_with_faults(tmp_path, server, media):
 
 
 def test_below_min_success_fraction_raises_after_writing_report(tmp_path, server):
-    train, test = _lists(tmp_path, [server.url("/v/good.mp4"), server.url("/v/dead.mp4")], ["ftp://x/y.mp4"])
+    urls = [server.url("/v/good.mp4"), server.url("/v/dead.mp4"), server.url("/go/evil.mp4")]
+    train, test = _lists(tmp_path, urls, ["ftp://x/y.mp4"])
     out = tmp_path / "raw"
-    with pytest.raises(DownloadError, match=r"only 1/3 videos downloaded"):
+    with pytest.raises(DownloadError, match=r"only 1/4 videos downloaded"):
         download_ubc(_cfg(train, test, min_success_fraction=0.9), out)
     report = json.loads((out / "download_report.json").read_text())
-    assert report["counts"] == {"ok": 1, "dead": 1, "rejected": 1}
+    assert report["counts"] == {"ok": 1, "dead": 1, "failed": 1, "rejected": 1}
+    evil = next(e for e in report["videos"] if e["url"].endswith("/go/evil.mp4"))
+    assert evil["attempts"] == 1 and "InvalidSchema" in evil["error"]  # a redirect to file:// is not followed
     assert (out / "videos/train/good.mp4").is_file()
 
 
