@@ -528,7 +528,7 @@ def _train_render_register(
 
     from dreampose import registry, tracking
     from dreampose.render import load_pipeline, render_sequence
-    from dreampose.training.finetune import finetune_subject
+    from dreampose.training.finetune import MlflowLogger, finetune_subject
 
     run_ctx = (
         tracking.stage_run(
@@ -548,7 +548,17 @@ def _train_render_register(
         try:
             manifest = _write_subject_inputs(run_dir, item_id, checked.pixels, p_iuv, params.manifest.pose_window)
             t0 = time.perf_counter()
-            finetune_subject(params.train_subject, base_dir, manifest, item_id, run_dir, run_dir / "model")
+            size = (params.frames.height, params.frames.width)
+            trained = finetune_subject(
+                params.train_subject,
+                base_dir,
+                manifest,
+                item_id,
+                run_dir,
+                run_dir / "model",
+                size=size,
+                logger=MlflowLogger() if run is not None else None,
+            )
             t_train = time.perf_counter() - t0
             pipe = load_pipeline(run_dir / "model")
             render = render_sequence(
@@ -573,6 +583,7 @@ def _train_render_register(
                 "poses": seq.source,
                 "frames": seq.frame_ids,
                 "input_key": key,
+                "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
                 "scores": scores,
                 "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
                 "video": str(run_dir / "render" / "video.mp4"),
