@@ -21,6 +21,7 @@ import io
 import json
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
+# items in one process (threads) must not load or train at the same time; separate processes (the
+# Prefect process worker runs each flow run in its own) are fully independent.
+_MODEL_LOCK = threading.Lock()
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any catalog camera, far below a decompression bomb
@@ -549,18 +555,19 @@ def _train_render_register(
             manifest = _write_subject_inputs(run_dir, item_id, checked.pixels, p_iuv, params.manifest.pose_window)
             t0 = time.perf_counter()
             size = (params.frames.height, params.frames.width)
-            trained = finetune_subject(
-                params.train_subject,
-                base_dir,
-                manifest,
-                item_id,
-                run_dir,
-                run_dir / "model",
-                size=size,
-                logger=MlflowLogger() if run is not None else None,
-            )
-            t_train = time.perf_counter() - t0
-            pipe = load_pipeline(run_dir / "model")
+            with _MODEL_LOCK:
+                trained = finetune_subject(
+                    params.train_subject,
+                    base_dir,
+                    manifest,
+                    item_id,
+                    run_dir,
+                    run_dir / "model",
+                    size=size,
+                    logger=MlflowLogger() if run is not None else None,
+                )
+                t_train = time.perf_counter() - t0
+                pipe = load_pipeline(run_dir / "model")
             render = render_sequence(
                 pipe,
                 checked.pixels,

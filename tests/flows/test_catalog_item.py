@@ -19,6 +19,17 @@ def workspace(tmp_path_factory) -> Path:
     return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _shared_store(store, monkeypatch):
+    """One MLflow store for the module (creating one costs seconds); tests check only their own items."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+
+
 def _params(ws: Path):
     return load_params(ws / "params.yaml")
 
@@ -32,7 +43,7 @@ def test_bad_photo_writes_and_registers_nothing(workspace, tmp_path):
         catalog.run_catalog_item(_params(workspace), workspace, str(blank), "poses", item_id="bad")
     assert not (workspace / "catalog" / "bad").exists()
     tracking.configure("catalog-test", workspace)
-    assert registry.list_pending(MODEL) == []
+    assert registry.search_versions(MODEL, catalog_item="bad") == []
 
 
 @pytest.mark.parametrize(
