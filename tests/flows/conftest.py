@@ -16,6 +16,12 @@ os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
+def catalog_workspace(tmp_path_factory) -> Path:
+    """One tiny catalog workspace for the session (building the base model costs seconds)."""
+    return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 

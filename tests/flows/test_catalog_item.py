@@ -9,14 +9,14 @@ import pytest
 
 from dreampose import catalog, registry, tracking
 from dreampose.config import load_params
-from tests.flows.conftest import make_catalog_workspace, person_photo
+from tests.flows.conftest import person_photo
 
 MODEL = "catalog-test-model"
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
+@pytest.fixture
+def workspace(catalog_workspace) -> Path:
+    return catalog_workspace
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_bad_photo_writes_and_registers_nothing(workspace, tmp_path):
 def test_bad_poses_and_item_ids(workspace, poses, item_id, match):
     with pytest.raises(ValueError, match=match):
         catalog.run_catalog_item(_params(workspace), workspace, str(workspace / "photo.png"), poses, item_id=item_id)
-    assert not (workspace / "catalog").exists()
+    assert not (workspace / "catalog" / item_id).exists()
 
 
 def test_resolve_poses_directory(workspace):

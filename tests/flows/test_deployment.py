@@ -11,7 +11,6 @@ import pytest
 
 from dreampose import cli, registry, tracking
 from flows import REPO, serve
-from tests.flows.conftest import make_catalog_workspace
 
 MODEL = "catalog-test-model"
 POOL = "dreampose-test"
@@ -35,12 +34,14 @@ def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subp
 
 
 @pytest.mark.slow
-def test_deployed_catalog_item_is_pending_then_approved(tmp_path):
+def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_workspace):
     pytest.importorskip("dreampose.training.finetune")
-    ws = make_catalog_workspace(tmp_path / "ws")
+    ws = catalog_workspace
     port = _free_port()
     url = serve.api_url("127.0.0.1", port)
-    env = serve.server_env(url, base={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    # The worker polls every second (default 10 s) so the test does not wait on its schedule.
+    base = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env = serve.server_env(url, base=base)
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
@@ -60,7 +61,7 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path):
                 "--param", "poses=poses",
                 "--param", "item_id=served-1",
                 "--param", f"root={ws}",
-                "--watch", "--watch-timeout", "300",
+                "--watch", "--watch-interval", "1", "--watch-timeout", "300",
             ],
             env,
             timeout=360,
