@@ -114,19 +114,9 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
 
 def resize_center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
     """Resize (aspect kept) so the image covers ``height x width``, then center-crop: the frames-stage geometry."""
-    try:
-        from dreampose.data import frames as _frames
-    except ImportError:
-        _frames = None
-    if _frames is not None and hasattr(_frames, "resize_center_crop"):
-        out = _frames.resize_center_crop(np.asarray(img), height, width)
-        return Image.fromarray(np.asarray(out, dtype=np.uint8))
-    w, h = img.size
-    scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return img.crop((left, top, left + width, top + height))
+    from dreampose.data.frames import resize_center_crop as fit
+
+    return Image.fromarray(fit(np.asarray(img), height, width))
 
 
 def is_blank(pixels: np.ndarray, threshold: float = BLANK_STD) -> bool:
@@ -214,18 +204,11 @@ def item_id_from(photo: str, item_id: str | None) -> str:
 def fit_iuv(iuv: np.ndarray, height: int, width: int) -> np.ndarray:
     """IUV frames ``(T, h, w, 3)`` → ``(T, height, width, 3)`` with the frames geometry, nearest-neighbour
     (part indices must never be interpolated)."""
+    from dreampose.data.frames import resize_center_crop as fit
+
     if iuv.shape[1:3] == (height, width):
         return iuv
-    out = []
-    for frame in iuv:
-        img = Image.fromarray(frame)
-        w, h = img.size
-        scale = max(width / w, height / h)
-        nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.NEAREST)
-        left, top = (nw - width) // 2, (nh - height) // 2
-        out.append(np.asarray(img.crop((left, top, left + width, top + height))))
-    return np.stack(out)
+    return np.stack([fit(frame, height, width, nearest=True) for frame in iuv])
 
 
 def _load_iuv_dir(path: Path) -> np.ndarray:
@@ -485,6 +468,19 @@ def _reused(info, item_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A validated catalog item, ready to train."""
+
+    item_id: str
+    photo: Photo
+    seq: PoseSequence
+    truth: np.ndarray | None
+    photo_iuv: np.ndarray
+    photo_iuv_source: str
+    key: str
+
+
 def run_catalog_item(
     params,
     root: Path,
@@ -522,14 +518,12 @@ def run_catalog_item(
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
-    return _train_render_register(
-        params, root, base_dir, item_id, checked, seq, truth, p_iuv, p_iuv_source, key, name, enabled
-    )
+    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key)
+    return _train_render_register(params, root, base_dir, item, enabled)
 
 
-def _train_render_register(
-    params, root, base_dir, item_id, checked, seq, truth, p_iuv, p_iuv_source, key, name, enabled
-) -> dict[str, Any]:
+def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enabled: bool) -> dict[str, Any]:
+    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``."""
     import contextlib
 
     from dreampose import registry, tracking
@@ -541,18 +535,19 @@ def _train_render_register(
             "catalog_item",
             {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()},
             params.tracking.experiment,
-            tags={"catalog_item": item_id, "catalog.input_key": key},
+            tags={"catalog_item": item.item_id, "catalog.input_key": item.key},
         )
         if enabled
         else contextlib.nullcontext(None)
     )
     with run_ctx as run:
         run_id = run.info.run_id if run is not None else uuid.uuid4().hex
-        run_dir = root / "catalog" / item_id / run_id
+        run_dir = root / "catalog" / item.item_id / run_id
         if run_dir.exists():
             raise ValueError(f"{run_dir} already exists; refusing to mix two runs' outputs")
         try:
-            manifest = _write_subject_inputs(run_dir, item_id, checked.pixels, p_iuv, params.manifest.pose_window)
+            window = params.manifest.pose_window
+            manifest = _write_subject_inputs(run_dir, item.item_id, item.photo.pixels, item.photo_iuv, window)
             t0 = time.perf_counter()
             size = (params.frames.height, params.frames.width)
             with _MODEL_LOCK:
@@ -560,7 +555,7 @@ def _train_render_register(
                     params.train_subject,
                     base_dir,
                     manifest,
-                    item_id,
+                    item.item_id,
                     run_dir,
                     run_dir / "model",
                     size=size,
@@ -570,26 +565,26 @@ def _train_render_register(
                 pipe = load_pipeline(run_dir / "model")
             render = render_sequence(
                 pipe,
-                checked.pixels,
-                seq.iuv,
+                item.photo.pixels,
+                item.seq.iuv,
                 params.render,
                 run_dir / "render",
                 window=params.manifest.pose_window,
-                frame_ids=seq.frame_ids,
+                frame_ids=item.seq.frame_ids,
             )
-            frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in seq.frame_ids])
-            scores = score_item(frames, seq, checked.pixels, p_iuv, truth)
+            frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
             summary = {
-                "item_id": item_id,
+                "item_id": item.item_id,
                 "reused": False,
                 "run_id": run_id,
                 "run_dir": str(run_dir),
-                "photo": checked.source,
-                "photo_notes": list(checked.notes),
-                "photo_pose": p_iuv_source,
-                "poses": seq.source,
-                "frames": seq.frame_ids,
-                "input_key": key,
+                "photo": item.photo.source,
+                "photo_notes": list(item.photo.notes),
+                "photo_pose": item.photo_iuv_source,
+                "poses": item.seq.source,
+                "frames": item.seq.frame_ids,
+                "input_key": item.key,
                 "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
                 "scores": scores,
                 "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
@@ -613,20 +608,20 @@ def _train_render_register(
         mlflow.log_dict(summary, "metrics.json")
         art = mlflow.get_artifact_uri()
         info = registry.register_version(
-            name,
+            params.tracking.registered_model,
             source=f"{art}/model",
             run_id=run_id,
-            item_id=item_id,
+            item_id=item.item_id,
             tags={
-                registry.INPUT_KEY_TAG: key,
+                registry.INPUT_KEY_TAG: item.key,
                 "link.video": f"{art}/render/video.mp4",
                 "link.side_by_side": f"{art}/render/side_by_side.mp4",
                 "link.poster": f"{art}/render/poster.png",
                 "link.metrics": f"{art}/metrics.json",
-                "photo": checked.source[:500],
-                "poses": seq.source[:500],
+                "photo": item.photo.source[:500],
+                "poses": item.seq.source[:500],
             },
-            description=f"catalog item {item_id}",
+            description=f"catalog item {item.item_id}",
         )
         mlflow.set_tag("registered_version", info.version)
     return {**summary, "model_name": info.name, "version": info.version, "review": info.review}

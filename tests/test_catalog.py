@@ -163,3 +163,13 @@ def test_cli_catalog_item_bad_photo_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("dreampose: error: photo") and "menu.jpg" in err[0]
     assert not (tmp_path / "catalog").exists()
+
+
+def test_fit_iuv_never_blends_part_indices():
+    iuv = np.zeros((2, 128, 96, 3), np.uint8)
+    iuv[:, :, :48, 0] = 1
+    iuv[:, :, 48:, 0] = 24
+    iuv[:, :, :, 1] = np.arange(96, dtype=np.uint8)[None, :]
+    out = catalog.fit_iuv(iuv, 64, 48)
+    assert out.shape == (2, 64, 48, 3)
+    assert set(np.unique(out[..., 0])) == {1, 24}  # a bilinear resize would create parts 2..23
