@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+PROGRESS = re.compile(r"\|\s*\d+/\d+\s*\[")  # a tqdm bar: "…| 3/5 [00:50<00:31, …]"
 
 
 class StageFailed(RuntimeError):
@@ -79,19 +80,53 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("dreampose.tasks")
 
 
+class ProgressThrottle:
+    """Pass through ordinary lines; let a progress-bar line through at most every ``interval_s`` seconds.
+
+    Progress bars redraw with carriage returns, which arrive here as separate lines: unthrottled they
+    would flood the run log. ``flush`` returns the last held-back progress line (the final state).
+    """
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last_emit = -float("inf")
+        self._held: str | None = None
+
+    def __call__(self, line: str) -> str | None:
+        if not PROGRESS.search(line):
+            return line
+        now = self.clock()
+        if now - self._last_emit >= self.interval_s:
+            self._last_emit, self._held = now, None
+            return line
+        self._held = line
+        return None
+
+    def flush(self) -> str | None:
+        held, self._held = self._held, None
+        return held
+
+
 def repro_stage(stage: str, root: str | Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Bring one DVC stage up to date; returns ``{stage, skipped, seconds}``."""
     log = _logger()
     t0 = time.perf_counter()
     skipped = False
+    throttle = ProgressThrottle()
 
     def emit(line: str) -> None:
         nonlocal skipped
         if SKIPPED.search(line):
             skipped = True
-        log.info("%s | %s", stage, line)
+        shown = throttle(line)
+        if shown is not None:
+            log.info("%s | %s", stage, shown)
 
     rc, last = run_streaming(dvc_command(stage), Path(root), stage_env(parent_run_id), emit)
+    final = throttle.flush()
+    if final is not None:
+        log.info("%s | %s", stage, final)
     if rc != 0:
         raise StageFailed(f"stage {stage} failed (exit {rc}): {last}")
     return {"stage": stage, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}

@@ -64,3 +64,21 @@ def test_stage_task_in_a_flow(tmp_path, prefect_harness):
 
     first, second = one_stage(str(repo))
     assert (first["skipped"], second["skipped"]) == (False, True)
+
+
+def test_progress_throttle_keeps_lines_and_limits_bars():
+    from tasks.dvc import ProgressThrottle
+
+    now = [0.0]
+    t = ProgressThrottle(interval_s=10, clock=lambda: now[0])
+    bar = "base:  60%|######    | {}/5 [00:50<00:31, 15.92s/it]"
+    assert t("Running stage 'x':") == "Running stage 'x':"
+    assert t(bar.format(1)) == bar.format(1)  # the first bar line passes
+    now[0] = 3.0
+    assert t(bar.format(2)) is None  # held back
+    assert t("plain output") == "plain output"  # never throttled
+    now[0] = 11.0
+    assert t(bar.format(3)) == bar.format(3)
+    now[0] = 12.0
+    assert t(bar.format(5)) is None
+    assert t.flush() == bar.format(5) and t.flush() is None  # the final state is not lost
