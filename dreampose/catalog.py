@@ -129,12 +129,13 @@ def validate_photo(
     photo: str,
     height: int,
     width: int,
-    min_side: int = MIN_SIDE,
+    min_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> Photo:
     """Load, check and convert one catalog photo to uint8 ``(height, width, 3)``.
 
-    Raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one line naming the photo.
+    A side shorter than ``min_side`` (default: 64 px, or the model's side when that is smaller) is
+    refused. Raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one line naming the photo.
     """
     data = read_photo_bytes(photo)
     try:
@@ -162,8 +163,11 @@ def validate_photo(
     if orientation not in (1, None):
         notes.append(f"applied EXIF orientation {orientation}")
     w, h = img.size
-    if min(w, h) < min_side:
-        raise ValueError(f"photo {photo}: {w}x{h} is too small (each side must be at least {min_side} px)")
+    # 64 px, or the model's own side when the model is smaller (the demo renders 48 px wide).
+    min_w = min(MIN_SIDE, width) if min_side is None else min_side
+    min_h = min(MIN_SIDE, height) if min_side is None else min_side
+    if w < min_w or h < min_h:
+        raise ValueError(f"photo {photo}: {w}x{h} is too small (need at least {min_w}x{min_h} px)")
     img, conv = to_rgb(img)
     notes.extend(conv)
     pixels = np.asarray(resize_center_crop(img, height, width), dtype=np.uint8)

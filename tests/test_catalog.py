@@ -173,3 +173,11 @@ def test_fit_iuv_never_blends_part_indices():
     out = catalog.fit_iuv(iuv, 64, 48)
     assert out.shape == (2, 64, 48, 3)
     assert set(np.unique(out[..., 0])) == {1, 24}  # a bilinear resize would create parts 2..23
+
+
+def test_photo_at_the_models_own_size_is_accepted(tmp_path):
+    # The demo model is 64x48: a 48 px wide frame is not "tiny" for it, a 40 px one is.
+    ok = catalog.validate_photo(_save(tmp_path, "frame.png", Image.fromarray(_person(64, 48))), 64, 48)
+    assert ok.pixels.shape == (64, 48, 3)
+    with pytest.raises(ValueError, match="too small"):
+        catalog.validate_photo(_save(tmp_path, "narrow.png", Image.fromarray(_person(64, 40))), 64, 48)
