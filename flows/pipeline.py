@@ -69,7 +69,8 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     """A plain-text table of ``metrics/scores.json`` (nested dicts flattened to dotted keys)."""
     if not scores:
         return "(no metrics/scores.json)"
-    flat = tracking.flatten(scores)
+    # Reasons for unavailable metrics are long sentences; the status line says enough here.
+    flat = {k: v for k, v in tracking.flatten(scores).items() if not k.endswith(".reason")}
     width = max(len(k) for k in flat)
     rows = []
     for k, v in flat.items():

@@ -43,8 +43,15 @@ def test_stage_plan_expands_foreach(tmp_path):
 
 
 def test_format_scores_flattens():
-    text = format_scores({"subject_finetuned": {"l1": 0.03812, "ssim": 0.85}, "frames": 8})
-    assert "subject_finetuned.l1" in text and "0.0381" in text and "frames" in text
+    text = format_scores(
+        {
+            "subject_finetuned": {"l1": 0.03812, "ssim": 0.85},
+            "frames": 8,
+            "fid": {"status": "unavailable", "reason": "x"},
+        }
+    )
+    assert "subject_finetuned.l1" in text and "0.0381" in text and "frames" in text and "fid.status" in text
+    assert "fid.reason" not in text
     assert format_scores(None) == "(no metrics/scores.json)"
 
 
