@@ -2,7 +2,9 @@
 
 The optional random crop (subject finetuning) is applied with one crop box to the target image *and* its
 poses (IUV resized nearest-neighbour before ``uv_to_model``), so pose and pixels stay aligned; the input
-image is the conditioning photo and is left whole.
+image is the conditioning photo and is left whole. Crops are a pure function of ``(seed, key, index, draw)``
+where ``key`` is set by the training loop per micro-batch (:meth:`PairDataset.set_augment_key`), so a resumed
+run draws exactly the crops an uninterrupted run draws.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class PairDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self._cache: dict[str, np.ndarray] = {}
-        self._draws = 0
+        self._key = 0
+        self._draws: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -100,11 +103,19 @@ class PairDataset(Dataset):
             self._cache[rel] = load_iuv_npz(self.root / rel)
         return self._cache[rel]
 
+    def set_augment_key(self, key: int) -> None:
+        """Key the crops of the following draws (the loop passes one per micro-batch; resume sets it again)."""
+        if key < 0:
+            raise ValueError(f"augment key must be >= 0, got {key}")
+        self._key = int(key)
+        self._draws = {}
+
     def _rng(self, index: int) -> np.random.Generator:
-        # Fresh draws on every call (new crops each epoch), distinct per DataLoader worker, reproducible.
-        self._draws += 1
+        # The draw count per index under the current key tells apart repeats of one item in a batch.
+        draw = self._draws.get(index, 0)
+        self._draws[index] = draw + 1
         info = get_worker_info()
-        return np.random.default_rng([self.seed, index, self._draws, info.id if info else 0])
+        return np.random.default_rng([self.seed, self._key, index, draw, info.id if info else 0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]

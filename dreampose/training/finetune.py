@@ -1,6 +1,10 @@
 """The two finetunes: base (UNet + adapter on the training pairs) and per subject (phase 1 UNet +
 adapter with aligned crop augmentation, phase 2 VAE decoder). Each writes a ``DreamPosePipeline``
 directory atomically; checkpoints live beside it in ``<out_dir>.ckpt/`` and are removed on success.
+
+With ``SubjectConfig.lora_rank > 0`` phase 1 trains LoRA layers instead of the full UNet (see
+``lora.py``); the subject directory then also holds the small per-subject delta in ``lora/``.
+With ``TrainConfig.sample_every > 0`` a grid of held-out renders is logged to MLflow that often.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +60,39 @@ def _frame_size(size: tuple[int, int] | None, manifest: Path, root: Path) -> tup
         return im.height, im.width
 
 
-def _save(pipe: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+def _save(
+    pipe: Any, out_dir: Path, summary: dict[str, Any], extra: Callable[[Path], dict[str, Any]] | None = None
+) -> None:
+    """Write the pipeline + ``train.json`` atomically; ``extra(staging_dir)`` may add files (and summary keys)
+    before the directory is swapped in."""
     import json
 
     from dreampose.models.builders import save_pipeline_atomic
 
-    save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+    out_dir = Path(out_dir)
+    if extra is None:
+        save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+        return
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    try:
+        save_pipeline_atomic(pipe, staging, {})
+        summary.update(extra(staging))
+        (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _sampler(cfg: TrainConfig, pipe: Any, dataset: Dataset, name: str) -> Callable[[int], None] | None:
+    from dreampose.training.preview import mlflow_sampler
+
+    return mlflow_sampler(pipe, dataset, name, seed=cfg.seed) if cfg.sample_every > 0 else None
 
 
 def finetune_base(
@@ -93,6 +125,7 @@ def finetune_base(
     result = train(
         objective, data, cfg, ckpt_dir=ckpt, accelerator=accelerator, logger=logger,
         fingerprint=f"base|{Path(model_dir).resolve()}|{h}x{w}", desc="base",
+        sample_fn=_sampler(cfg, pipe, held, "base"),
     )  # fmt: skip
     after = heldout_loss(objective, held, seed=cfg.seed)
     summary = {
@@ -154,7 +187,8 @@ def finetune_subject(
     size: tuple[int, int] | None = None,
     logger: MetricsLogger | None = None,
 ) -> dict[str, Any]:
-    """Phase 1: UNet + adapter on ``subject``'s pairs with aligned random crops; phase 2: VAE decoder (L1)."""
+    """Phase 1: UNet + adapter (or UNet LoRA + adapter when ``cfg.lora_rank > 0``) on ``subject``'s pairs with
+    aligned random crops; phase 2: VAE decoder (L1)."""
     from dreampose.data.dataset import PairDataset
 
     t0 = time.perf_counter()
@@ -168,13 +202,28 @@ def finetune_subject(
     plain = Subset(PairDataset(manifest, root, h, w), rows)
     ckpt = ckpt_dir_for(out_dir)
     accelerator = make_accelerator(cfg.unet.mixed_precision)
-    fp = f"subject|{subject}|{Path(base_dir).resolve()}|{h}x{w}"
+    fp = f"subject|{subject}|{Path(base_dir).resolve()}|{h}x{w}|lora={cfg.lora_rank}"
 
-    objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder).to(accelerator.device)
+    if cfg.lora_rank > 0:
+        from dreampose.training.lora import LoraDiffusionObjective
+
+        objective: DiffusionObjective = LoraDiffusionObjective(pipe, cfg.unet.dropout, cfg.lora_rank)
+    else:
+        objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder)
+    objective.to(accelerator.device)
     before = heldout_loss(objective, plain, seed=cfg.unet.seed)
     phase1 = train(objective, pairs, cfg.unet, ckpt_dir=ckpt / "unet", accelerator=accelerator, logger=logger,
-                   fingerprint=fp, desc="subject_unet")  # fmt: skip
+                   fingerprint=fp, desc="subject_unet",
+                   sample_fn=_sampler(cfg.unet, pipe, plain, "subject_unet"))  # fmt: skip
     after = heldout_loss(objective, plain, seed=cfg.unet.seed)
+    lora_state = None
+    if cfg.lora_rank > 0:
+        from dreampose.training.lora import lora_state_dict, merge_lora
+
+        lora_state = lora_state_dict(pipe.unet)
+        # The render stage loads a plain UNet: fold the adapters in before phase 2 and saving.
+        merge_lora(pipe.unet)
+        pipe.unet.requires_grad_(False)
 
     summary: dict[str, Any] = {
         "subject": subject,
@@ -182,6 +231,9 @@ def finetune_subject(
         "unet_steps": phase1.steps,
         "unet_loss_before": before,
         "unet_loss_after": after,
+        "unet_loss_first": phase1.losses[0] if phase1.losses else None,
+        "unet_loss_last": phase1.losses[-1] if phase1.losses else None,
+        "lora_rank": cfg.lora_rank,
     }
     if cfg.decoder_steps > 0:
         frames = _SubjectFrames(plain)
@@ -201,6 +253,29 @@ def finetune_subject(
     summary["seconds"] = time.perf_counter() - t0
     if accelerator.is_main_process:
         pipe.vae.requires_grad_(False)
-        _save(pipe.to("cpu"), Path(out_dir), summary)
+        extra = None
+        if lora_state is not None:
+            extra = _lora_writer(pipe, lora_state, cfg.lora_rank, with_decoder=cfg.decoder_steps > 0)
+        _save(pipe.to("cpu"), Path(out_dir), summary, extra)
         shutil.rmtree(ckpt, ignore_errors=True)
     return summary
+
+
+def _lora_writer(
+    pipe: Any, lora_state: dict[str, torch.Tensor], rank: int, with_decoder: bool
+) -> Callable[[Path], dict[str, Any]]:
+    """Writes ``lora/`` into the staged subject directory and reports its size against the full UNet's."""
+    from dreampose.training.lora import LORA_DIR, LORA_FILE, decoder_state, save_subject_delta
+
+    def write(staging: Path) -> dict[str, Any]:
+        decoder = decoder_state(pipe.vae) if with_decoder else None
+        sizes = save_subject_delta(staging / LORA_DIR, lora_state, rank, float(rank), pipe.adapter, decoder)
+        unet_bytes = sum(f.stat().st_size for f in (staging / "unet").glob("*.safetensors"))
+        return {
+            "lora_bytes": sizes[LORA_FILE],
+            "subject_delta_bytes": sum(sizes.values()),
+            "unet_bytes": unet_bytes,
+            "lora_fraction_of_unet": sizes[LORA_FILE] / max(unet_bytes, 1),
+        }
+
+    return write

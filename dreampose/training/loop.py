@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
 from dreampose.config import TrainConfig
@@ -97,6 +97,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def set_augment_key(dataset: Dataset, key: int) -> None:
+    """Pass ``key`` to a dataset (inside any ``Subset``) whose augmentation draws from it; others ignore it."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    setter = getattr(dataset, "set_augment_key", None)
+    if setter is not None:
+        setter(key)
 
 
 def load_batch(dataset: Dataset, indices: list[int]) -> dict[str, Any]:
@@ -209,6 +218,7 @@ def _train_step(
         indices = shard(batch_indices(len(dataset), stream_step, global_batch, cfg.seed), rank, world)
         # Augmentations and layers that draw from the global generators see the same state on resume.
         seed_everything(step_seed(cfg.seed, stream_step, rank, 1))
+        set_augment_key(dataset, step_seed(cfg.seed, stream_step, rank, 3))
         batch = _to_device(load_batch(dataset, indices), accelerator.device)
         generator = torch.Generator(accelerator.device).manual_seed(step_seed(cfg.seed, stream_step, rank, 2))
         last = micro == cfg.grad_accum - 1

@@ -2,54 +2,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from dreampose.config import DropoutConfig, SubjectConfig, TrainConfig
 from dreampose.training.finetune import ckpt_dir_for, finetune_base, finetune_subject, subject_rows
-from tests.training.tiny import H, W, tiny_pipeline
-
-FRAMES = 6
-
-
-def _workspace(root: Path) -> Path:
-    """Two subjects, 6 frames each: a coloured square that moves with its IUV; pair manifests."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for s, colour in enumerate([(220, 40, 40), (40, 60, 220)]):
-        vid = f"syn_{s}"
-        iuv = np.zeros((FRAMES, H, W, 3), np.uint8)
-        (root / "frames" / vid).mkdir(parents=True)
-        for t in range(FRAMES):
-            img = np.full((H, W, 3), 30, np.uint8)
-            y, x = t, 2 + t
-            img[y : y + 8, x : x + 6] = colour
-            iuv[t, y : y + 8, x : x + 6] = (1, 128, 200)
-            Image.fromarray(img).save(root / "frames" / vid / f"{t:05d}.png")
-        (root / "densepose").mkdir(exist_ok=True)
-        np.savez(root / "densepose" / f"{vid}.npz", iuv=iuv)
-        for t in rng.permutation(FRAMES)[:4]:
-            rows.append(
-                {
-                    "subject_id": vid,
-                    "input_path": f"frames/{vid}/00000.png",
-                    "target_path": f"frames/{vid}/{t:05d}.png",
-                    "densepose_path": f"densepose/{vid}.npz",
-                    "pose_frames": [int(min(max(t + d, 0), FRAMES - 1)) for d in range(-2, 3)],
-                }
-            )
-    (root / "manifests").mkdir()
-    pd.DataFrame(rows).to_parquet(root / "manifests" / "pairs.parquet")
-    tiny_pipeline(seed=0).save_pretrained(root / "pretrained", safe_serialization=True)
-    return root / "manifests" / "pairs.parquet"
+from tests.training.tiny import H, W, write_workspace
 
 
 @pytest.fixture
 def ws(tmp_path) -> Path:
-    _workspace(tmp_path)
+    write_workspace(tmp_path)
     return tmp_path
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from dreampose.config import TinyModelConfig
@@ -43,3 +48,38 @@ class TinyPairs(Dataset):
             "poses": mask.expand(POSE_CHANNELS, H, W).clone(),
             "subject_id": f"s{i % 2}",
         }
+
+
+FRAMES = 6
+
+
+def write_workspace(root: Path) -> Path:
+    """Two subjects, 6 frames each: a coloured square that moves with its IUV; pair manifests."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s, colour in enumerate([(220, 40, 40), (40, 60, 220)]):
+        vid = f"syn_{s}"
+        iuv = np.zeros((FRAMES, H, W, 3), np.uint8)
+        (root / "frames" / vid).mkdir(parents=True)
+        for t in range(FRAMES):
+            img = np.full((H, W, 3), 30, np.uint8)
+            y, x = t, 2 + t
+            img[y : y + 8, x : x + 6] = colour
+            iuv[t, y : y + 8, x : x + 6] = (1, 128, 200)
+            Image.fromarray(img).save(root / "frames" / vid / f"{t:05d}.png")
+        (root / "densepose").mkdir(exist_ok=True)
+        np.savez(root / "densepose" / f"{vid}.npz", iuv=iuv)
+        for t in rng.permutation(FRAMES)[:4]:
+            rows.append(
+                {
+                    "subject_id": vid,
+                    "input_path": f"frames/{vid}/00000.png",
+                    "target_path": f"frames/{vid}/{t:05d}.png",
+                    "densepose_path": f"densepose/{vid}.npz",
+                    "pose_frames": [int(min(max(t + d, 0), FRAMES - 1)) for d in range(-2, 3)],
+                }
+            )
+    (root / "manifests").mkdir()
+    pd.DataFrame(rows).to_parquet(root / "manifests" / "pairs.parquet")
+    tiny_pipeline(seed=0).save_pretrained(root / "pretrained", safe_serialization=True)
+    return root / "manifests" / "pairs.parquet"

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreampose.config import SubjectConfig, TrainConfig
+from dreampose.training.finetune import finetune_subject
+from dreampose.training.lora import (
+    CONFIG_FILE,
+    LORA_DIR,
+    LORA_FILE,
+    inject_lora,
+    load_subject_delta,
+    lora_state_dict,
+    merge_lora,
+)
+from tests.training.tiny import H, W, tiny_pipeline, write_workspace
+
+ATTN = (".to_q.", ".to_k.", ".to_v.", ".to_out.0.")
+
+
+def _unet_inputs(pipe):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, pipe.unet.config.in_channels, H // 2, W // 2, generator=g)
+    tokens = torch.randn(2, 3, pipe.unet.config.cross_attention_dim, generator=g)
+    return x, torch.tensor([10, 500]), tokens
+
+
+def test_inject_is_a_no_op_until_trained_and_merge_keeps_the_output():
+    pipe = tiny_pipeline(seed=0)
+    keys = set(pipe.unet.state_dict())
+    x, t, tokens = _unet_inputs(pipe)
+    with torch.no_grad():
+        ref = pipe.unet(x, t, encoder_hidden_states=tokens).sample
+    names = inject_lora(pipe.unet, rank=4)
+    assert names and all(p.requires_grad == (".lora_" in n) for n, p in pipe.unet.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=tokens).sample, ref)  # B = 0 at start
+        for n, p in pipe.unet.named_parameters():
+            if ".lora_B" in n:
+                p.normal_(0, 0.05)
+        with_lora = pipe.unet(x, t, encoder_hidden_states=tokens).sample
+    assert not torch.allclose(with_lora, ref)
+    state = lora_state_dict(pipe.unet)
+    assert all(k.rsplit(".", 2)[-2] in ("lora_A", "lora_B") for k in state)
+    assert merge_lora(pipe.unet) == len(state) // 2
+    assert set(pipe.unet.state_dict()) == keys  # a plain UNet again
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=tokens).sample, with_lora)
+
+
+def test_lora_rank_must_be_positive():
+    with pytest.raises(ValueError, match="rank must be > 0"):
+        inject_lora(tiny_pipeline().unet, rank=0)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("lora_ws")
+    write_workspace(ws)
+    cfg = SubjectConfig(
+        unet=TrainConfig(max_steps=12, batch_size=4, lr=1e-2, checkpoint_every=6, seed=0),
+        decoder_steps=2,
+        decoder_batch_size=2,
+        lora_rank=4,
+    )
+    out = ws / "models" / "subjects" / "syn_0"
+    manifest = ws / "manifests" / "pairs.parquet"
+    summary = finetune_subject(cfg, ws / "pretrained", manifest, "syn_0", ws, out, size=(H, W))
+    return ws, out, summary
+
+
+def test_lora_subject_dir_is_a_plain_pipeline_with_a_small_delta(lora_run):
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    ws, out, summary = lora_run
+    assert summary["lora_rank"] == 4 and summary["unet_steps"] == 12
+    lora_file = out / LORA_DIR / LORA_FILE
+    unet_bytes = sum(f.stat().st_size for f in (out / "unet").glob("*.safetensors"))
+    assert summary["lora_bytes"] == lora_file.stat().st_size and summary["unet_bytes"] == unet_bytes
+    assert lora_file.stat().st_size < 0.1 * unet_bytes
+    meta = json.loads((out / LORA_DIR / CONFIG_FILE).read_text())
+    assert meta["rank"] == 4 and set(meta["files"]) >= {LORA_FILE, "adapter.safetensors", "vae_decoder.safetensors"}
+
+    pipe = DreamPosePipeline.from_pretrained(out)
+    base = DreamPosePipeline.from_pretrained(ws / "pretrained")
+    assert set(pipe.unet.state_dict()) == set(base.unet.state_dict())
+    lora = load_file(lora_file)
+    changed = 0
+    for k, v in pipe.unet.state_dict().items():
+        if any(a in f".{k}" for a in ATTN) and k.endswith(".weight"):
+            # merged weight = base + B @ A (alpha = rank, scale 1), exactly what the LoRA file holds
+            stem = k[: -len(".weight")]
+            delta = lora[f"{stem}.lora_B.weight"] @ lora[f"{stem}.lora_A.weight"]
+            torch.testing.assert_close(v, base.unet.state_dict()[k] + delta, atol=1e-6, rtol=1e-5)
+            changed += int(not torch.equal(v, base.unet.state_dict()[k]))
+        else:
+            assert torch.equal(v, base.unet.state_dict()[k]), f"{k} changed outside the LoRA merge"
+    assert changed > 0
+    frames = pipe(torch.zeros(3, H, W), torch.zeros(1, 10, H, W), num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (1, H, W, 3) and frames.std() > 0
+
+
+def test_lora_phase_one_lowers_the_loss_and_the_delta_rebuilds_the_subject(lora_run):
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    ws, out, summary = lora_run
+    assert summary["unet_loss_after"] < summary["unet_loss_before"], summary
+    rebuilt = load_subject_delta(ws / "pretrained", out / LORA_DIR)
+    saved = DreamPosePipeline.from_pretrained(out)
+    for name in ("unet", "adapter", "vae"):
+        a, b = getattr(rebuilt, name).state_dict(), getattr(saved, name).state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=f"{name}.{k}")
+
+
+def test_missing_delta_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
+        load_subject_delta(tmp_path, tmp_path / "nowhere")
