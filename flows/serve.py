@@ -42,18 +42,34 @@ def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path | None = None, 
             out.close()
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> int | None:
-    """SIGTERM the process group, SIGKILL it after ``grace_s``; returns the exit code."""
-    if proc.poll() is not None:
-        return proc.returncode
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+def _group_alive(pgid: int) -> bool:
     try:
-        return proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a reused id owned by someone else
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> int | None:
+    """SIGTERM the process group, SIGKILL whatever of it is left after ``grace_s``; returns the exit code.
+
+    The group, not just the leader: a worker's flow-run processes (or a server's children) may
+    outlive it and ignore SIGTERM.
+    """
+    pgid = proc.pid  # spawn() made it a group leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait(timeout=grace_s)
+            os.killpg(pgid, signal.SIGKILL)
+    return proc.wait(timeout=grace_s)
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> float:
