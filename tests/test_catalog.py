@@ -181,3 +181,32 @@ def test_photo_at_the_models_own_size_is_accepted(tmp_path):
     assert ok.pixels.shape == (64, 48, 3)
     with pytest.raises(ValueError, match="too small"):
         catalog.validate_photo(_save(tmp_path, "narrow.png", Image.fromarray(_person(64, 40))), 64, 48)
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path``; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_photo_from_url(tmp_path, http_dir):
+    _save(tmp_path, "shirt.png", Image.fromarray(_person()))
+    photo = catalog.validate_photo(f"{http_dir}/shirt.png", H, W)
+    assert photo.pixels.shape == (H, W, 3) and photo.source.endswith("/shirt.png")
+    with pytest.raises(ValueError, match="HTTP 404"):
+        catalog.validate_photo(f"{http_dir}/missing.png", H, W)
+    with pytest.raises(ValueError, match="larger than 100 bytes"):
+        catalog.read_photo_bytes(f"{http_dir}/shirt.png", max_bytes=100)
