@@ -112,3 +112,26 @@ def test_integration_with_generator_and_frames_stage(tmp_path):
     shifted = torch.roll(body, shifts=4, dims=1)
     assert dev[body].mean() > dev[~body].mean() + 0.05
     assert dev[body].mean() > dev[shifted & ~body].mean()
+
+
+def test_crops_are_a_pure_function_of_seed_key_index_and_draw(tmp_path):
+    from tests.training.tiny import H as TH
+    from tests.training.tiny import W as TW
+    from tests.training.tiny import write_workspace
+
+    manifest = write_workspace(tmp_path)
+
+    def crops(key: int, indices: list[int], ds: PairDataset | None = None) -> list[torch.Tensor]:
+        ds = ds or PairDataset(manifest, tmp_path, TH, TW, augment=(0.4, 0.7), seed=1)
+        ds.set_augment_key(key)
+        return [ds[i]["target_pixels"] for i in indices]
+
+    a = crops(7, [0, 1, 0])
+    warm = PairDataset(manifest, tmp_path, TH, TW, augment=(0.4, 0.7), seed=1)
+    crops(3, [0, 1, 2], warm)  # earlier draws on an instance must not shift later ones
+    b = crops(7, [0, 1, 0], warm)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[2])  # a repeated item in one batch gets its own crop
+    assert not torch.equal(a[0], crops(8, [0])[0])
+    with pytest.raises(ValueError, match="augment key"):
+        warm.set_augment_key(-1)

@@ -136,3 +136,27 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     untrained = DiffusionObjective(tiny_pipeline(seed=0), DropoutConfig(), train_image_encoder=True)
     state = {f"{n}.{k}": v for n, m in untrained.trainable_modules().items() for k, v in m.state_dict().items()}
     assert weights_digest(state) != h0
+
+
+def test_resume_with_crop_augmentation_equals_one_run(tmp_path):
+    """Fresh dataset and model objects after the stop, as in a new process: crops must not depend on history."""
+    from torch.utils.data import Subset
+
+    from dreampose.data.dataset import PairDataset
+    from tests.training.tiny import H, W, write_workspace
+
+    manifest = write_workspace(tmp_path)
+    cfg = TrainConfig(max_steps=4, batch_size=6, lr=1e-3, checkpoint_every=2, seed=2)
+
+    def run(ckpt: Path, stop_after: int | None = None):
+        data = Subset(PairDataset(manifest, tmp_path, H, W, augment=(0.5, 0.9), seed=2), [0, 1, 2, 3])
+        obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout)
+        res = train(obj, data, cfg, ckpt_dir=ckpt, accelerator=make_accelerator("no"), stop_after=stop_after)
+        return res, obj.unet.state_dict()
+
+    _, ref = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=3)
+    resumed, weights = run(tmp_path / "b")
+    assert resumed.start_step == 2 and resumed.steps == 4
+    for k in ref:
+        assert torch.equal(ref[k], weights[k]), k
