@@ -1,0 +1,222 @@
+"""Training step cost with and without gradient checkpointing: step time and peak memory.
+
+Baseline = one training step (``DiffusionObjective`` forward + backward + optimizer step) without
+gradient checkpointing; ours = the same step with it. Each configuration runs in a fresh process:
+on CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU it is the RSS high-water mark
+sampled every few milliseconds over the first step, minus the RSS before it (the step's own memory:
+activations, gradients, optimizer state). The time is the best of the following steps.
+
+Models: the demo's tiny model at 64 x 48, batch 8 (AdamW), and a Stable Diffusion v1.x-sized UNet
+(random weights, 14 input channels, with the SD VAE and a CLIP ViT-B/32 frozen) at a reduced
+256 x 192 (latent 32 x 24), batch 1. For the SD-sized model the optimizer is plain SGD: AdamW's two
+moment buffers (6.9 GB) are the same with or without checkpointing and do not fit a small machine.
+A third line compares AdamW implementations (for-loop, foreach, fused) on SD-UNet-shaped tensors.
+
+Ratios: memory(without) / memory(with) and time(with) / time(without).
+Run: ``python -m benchmarks.train`` (one JSON line per model).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import emit
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {
+    "tiny": {"height": 64, "width": 48, "batch_size": 8, "optimizer": "adamw", "timed_steps": 3},
+    "sd_v1_unet": {"height": 256, "width": 192, "batch_size": 1, "optimizer": "sgd", "timed_steps": 1},
+}
+
+
+class RssPeak:
+    """Samples this process's RSS in a thread; ``peak`` is the highest value seen while running."""
+
+    def __init__(self, interval: float = 0.003) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.start = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def build_pipeline(model: str, height: int, width: int):
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    if model == "tiny":
+        from dreampose.config import TinyModelConfig
+        from dreampose.models.builders import build_tiny_components
+
+        return DreamPosePipeline(**build_tiny_components(TinyModelConfig(), height, width, "v_prediction", 0, 10))
+    from benchmarks.render import sd_components
+
+    return DreamPosePipeline(**sd_components(height, width))
+
+
+def measure(model: str, checkpointing: bool) -> dict:
+    """One configuration in this process: step time (s) and the step's peak memory (MiB)."""
+    from dreampose.config import DropoutConfig
+    from dreampose.training.objectives import DiffusionObjective
+
+    spec = MODELS[model]
+    h, w, b = spec["height"], spec["width"], spec["batch_size"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    pipe = build_pipeline(model, h, w)
+    obj = DiffusionObjective(pipe, DropoutConfig(), train_image_encoder=False).to(device)
+    if checkpointing:
+        obj.enable_gradient_checkpointing()
+    obj.train()
+    params = [p for m in obj.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+    if spec["optimizer"] == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-4)
+    else:
+        opt = torch.optim.SGD(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "input_pixels": torch.rand(b, 3, h, w, generator=g) * 2 - 1,
+        "target_pixels": torch.rand(b, 3, h, w, generator=g) * 2 - 1,
+        "poses": torch.rand(b, pipe.pose_channels, h, w, generator=g) * 2 - 1,
+    }
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step(seed: int) -> float:
+        loss = obj(batch, torch.Generator(device).manual_seed(seed))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(0)
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        with RssPeak() as rss:
+            step(0)
+        peak_mb = (rss.peak - rss.start) / 2**20
+    times = []
+    for k in range(spec["timed_steps"]):
+        t0 = time.perf_counter()
+        step(k + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {
+        "step_s": round(min(times), 4),
+        "peak_step_mb": round(peak_mb, 1),
+        "unet_params_m": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 1),
+        "trainable_params_m": round(sum(p.numel() for p in params) / 1e6, 1),
+    }
+
+
+def adamw_variants(total_params: int = 60_000_000, repeat: int = 3) -> dict:
+    """Best step time of AdamW for-loop / foreach / fused on tensors shaped like the SD v1.x UNet's."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
+    shapes, n = [], 0
+    for p in unet.parameters():
+        if n >= total_params:
+            break
+        shapes.append(tuple(p.shape))
+        n += p.numel()
+    g = torch.Generator().manual_seed(0)
+    out = {"params_m": round(n / 1e6, 1), "tensors": len(shapes)}
+    for name, kw in (("for_loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+        opt.step()  # allocates the moment buffers
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            opt.step()
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_s"] = round(best, 4)
+        del opt, params
+    return out
+
+
+def _worker(args: list[str]) -> None:
+    kind = args[0]
+    res = adamw_variants() if kind == "adamw" else measure(kind, args[1] == "1")
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def _run_worker(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train", "--worker", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {args} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    for model, spec in MODELS.items():
+        t0 = time.perf_counter()
+        without = _run_worker(model, "0")
+        with_ckpt = _run_worker(model, "1")
+        mem_ratio = without["peak_step_mb"] / max(with_ckpt["peak_step_mb"], 1e-9)
+        emit(
+            f"train_step_gradient_checkpointing_{model}",
+            {k: v for k, v in spec.items() if k != "timed_steps"},
+            without,
+            with_ckpt,
+            mem_ratio,
+            memory_ratio_without_over_with=round(mem_ratio, 4),
+            time_ratio_with_over_without=round(with_ckpt["step_s"] / max(without["step_s"], 1e-9), 4),
+            memory_measure="cuda max_memory_allocated" if torch.cuda.is_available() else "RSS high-water - RSS before",
+            wall_s=round(time.perf_counter() - t0, 1),
+        )
+    t0 = time.perf_counter()
+    opt = _run_worker("adamw")
+    emit(
+        "train_adamw_fused_vs_for_loop",
+        {"params_m": opt["params_m"], "tensors": opt["tensors"], "shapes": "SD v1.x UNet, first tensors"},
+        {"step_s": opt["for_loop_s"]},
+        {"step_s": opt["fused_s"], "foreach_step_s": opt["foreach_s"]},
+        opt["for_loop_s"] / max(opt["fused_s"], 1e-9),
+        wall_s=round(time.perf_counter() - t0, 1),
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2:])
+    else:
+        main()
