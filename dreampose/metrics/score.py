@@ -7,8 +7,14 @@ A metric whose network is absent is reported ``unavailable`` with the reason, ne
 
 Baselines rendered and scored in the same run (``<out_dir>/baselines/<name>/<subject>/frames``):
 ``copy_input`` (the input photo as every frame), ``pose_zeroed`` (the subject model with zero pose
-channels), ``image_swapped`` (the subject model given the next subject's photo) and ``base_model``
-(``models/base`` without the subject finetune, the paper's Table-2 ablation).
+channels), ``image_swapped`` (the base model given the next subject's photo), ``base_model``
+(``models/base`` with the right photo but without the subject finetune, the paper's Table-2 ablation)
+and ``subject_image_swapped`` (the subject model given the next subject's photo; informative only).
+
+Why the must-beat photo test uses the base model: a subject-finetuned model carries its subject's
+appearance in its weights (that is what the paper's finetune is for), so swapping its photo barely
+changes its output and says little about whether the architecture reads the photo. The base model
+is where the photo is the only source of appearance; beating it with a swapped photo shows the photo is used.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ log = logging.getLogger("dreampose.score")
 METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg", "fid", "fvd", "aed")
 FRAME_METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg")
 LOWER_IS_BETTER = {"l1": True, "ssim": False, "psnr": False, "color_dist": True, "lpips": True, "vgg": True}
-BASELINES = ("copy_input", "pose_zeroed", "image_swapped", "base_model")
+BASELINES = ("copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped")
 MUST_BEAT = ("copy_input", "pose_zeroed", "image_swapped")
 FEATURE_BATCH = 16
 
@@ -261,27 +267,32 @@ def render_baselines(
     reasons: dict[str, str] = {}
     model_baselines = [b for b in BASELINES if b != "copy_input"]
     if subjects_model_dir is None:
-        for b in ("pose_zeroed", "image_swapped"):
+        for b in ("pose_zeroed", "subject_image_swapped"):
             reasons[b] = "no subject models given"
     if base_model_dir is None or not (Path(base_model_dir) / "model_index.json").is_file():
-        reasons["base_model"] = f"no base model at {base_model_dir}"
+        for b in ("base_model", "image_swapped"):
+            reasons[b] = f"no base model at {base_model_dir}"
     if len(data) < 2:
-        reasons.setdefault("image_swapped", "needs at least two evaluation subjects")
+        for b in ("image_swapped", "subject_image_swapped"):
+            reasons.setdefault(b, "needs at least two evaluation subjects")
     for b in model_baselines:
         if b not in reasons:
             frames[b] = {}
     base_pipe = load_pipe(Path(base_model_dir)) if "base_model" in frames else None
     for i, s in enumerate(data):
         poses = _subject_poses(df, s, test_manifest, root)
+        other_image = data[(i + 1) % len(data)].image
         runs: list[tuple[str, Any, np.ndarray, torch.Tensor]] = []
-        if "pose_zeroed" in frames or "image_swapped" in frames:
+        if "pose_zeroed" in frames or "subject_image_swapped" in frames:
             pipe = load_pipe(Path(subjects_model_dir) / s.subject)
             if "pose_zeroed" in frames:
                 runs.append(("pose_zeroed", pipe, s.image, torch.zeros_like(poses)))
-            if "image_swapped" in frames:
-                runs.append(("image_swapped", pipe, data[(i + 1) % len(data)].image, poses))
+            if "subject_image_swapped" in frames:
+                runs.append(("subject_image_swapped", pipe, other_image, poses))
         if base_pipe is not None:
             runs.append(("base_model", base_pipe, s.image, poses))
+            if "image_swapped" in frames:
+                runs.append(("image_swapped", base_pipe, other_image, poses))
         for name, pipe, image, pose in runs:
             d = out_dir / "baselines" / name / s.subject
             render_to_dir(pipe, image, pose, s.frames, render_cfg, d / "frames", desc=f"{name} {s.subject}")

@@ -109,12 +109,12 @@ def test_baselines_are_rendered_scored_and_beaten(tmp_path):
         subjects_model_dir=tmp_path / "models/subjects", base_model_dir=tmp_path / "models/base",
     )  # fmt: skip
     base = result["baselines"]
-    assert set(base) == {"copy_input", "pose_zeroed", "image_swapped", "base_model"}
+    assert set(base) == {"copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped"}
     df = pd.read_parquet(manifest)
     photo = np.stack([read_rgb(tmp_path / p) for p in df.input_path])
     gt = np.stack([read_rgb(tmp_path / p) for p in df.target_path])
     assert base["copy_input"]["l1"] == pytest.approx(l1(photo, gt).mean())
-    for name in ("pose_zeroed", "image_swapped", "base_model"):
+    for name in ("pose_zeroed", "image_swapped", "base_model", "subject_image_swapped"):
         frames = sorted((tmp_path / "metrics/baselines" / name / SUBJECTS[1] / "frames").glob("*.png"))
         assert [f.name for f in frames] == ["00004.png", "00006.png", "00008.png", "00010.png"]
     assert result["ours_better_than"]["copy_input"] == {"l1": True, "ssim": True}
