@@ -4,7 +4,9 @@ Baseline = one training step (``DiffusionObjective`` forward + backward + optimi
 gradient checkpointing; ours = the same step with it. Each configuration runs in a fresh process:
 on CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU it is the RSS high-water mark
 sampled every few milliseconds over the first step, minus the RSS before it (the step's own memory:
-activations, gradients, optimizer state). The time is the best of the following steps.
+activations, gradients, optimizer state). Times are taken afterwards in the checkpointing process,
+alternating steps without and with checkpointing (best of ``rounds`` pairs), so load from other
+processes on a shared machine hits both alike.
 
 Models: the demo's tiny model at 64 x 48, batch 8 (AdamW), and a Stable Diffusion v1.x-sized UNet
 (random weights, 14 input channels, with the SD VAE and a CLIP ViT-B/32 frozen) at a reduced
@@ -31,8 +33,8 @@ from benchmarks.common import emit
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
-    "tiny": {"height": 64, "width": 48, "batch_size": 8, "optimizer": "adamw", "timed_steps": 3},
-    "sd_v1_unet": {"height": 256, "width": 192, "batch_size": 1, "optimizer": "sgd", "timed_steps": 1},
+    "tiny": {"height": 64, "width": 48, "batch_size": 8, "optimizer": "adamw", "rounds": 5},
+    "sd_v1_unet": {"height": 256, "width": 192, "batch_size": 1, "optimizer": "sgd", "rounds": 1},
 }
 
 
@@ -77,7 +79,8 @@ def build_pipeline(model: str, height: int, width: int):
 
 
 def measure(model: str, checkpointing: bool) -> dict:
-    """One configuration in this process: step time (s) and the step's peak memory (MiB)."""
+    """The first step's peak memory (MiB) of one configuration in this process; with ``checkpointing``
+    also the step times (s) without and with it, alternating."""
     from dreampose.config import DropoutConfig
     from dreampose.training.objectives import DiffusionObjective
 
@@ -121,16 +124,23 @@ def measure(model: str, checkpointing: bool) -> dict:
         with RssPeak() as rss:
             step(0)
         peak_mb = (rss.peak - rss.start) / 2**20
-    times = []
-    for k in range(spec["timed_steps"]):
-        t0 = time.perf_counter()
-        step(k + 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    out: dict = {"peak_step_mb": round(peak_mb, 1)}
+    if checkpointing:
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for k in range(spec["rounds"]):
+            for mode in ("without", "with"):
+                if mode == "with":
+                    obj.enable_gradient_checkpointing()
+                else:
+                    obj.unet.disable_gradient_checkpointing()
+                t0 = time.perf_counter()
+                step(k + 1)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[mode].append(round(time.perf_counter() - t0, 4))
+        out["times_s"] = times
     return {
-        "step_s": round(min(times), 4),
-        "peak_step_mb": round(peak_mb, 1),
+        **out,
         "unet_params_m": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 1),
         "trainable_params_m": round(sum(p.numel() for p in params) / 1e6, 1),
     }
@@ -191,10 +201,13 @@ def main() -> None:
         t0 = time.perf_counter()
         without = _run_worker(model, "0")
         with_ckpt = _run_worker(model, "1")
+        times = with_ckpt.pop("times_s")
+        without.update(step_s=min(times["without"]), step_s_all=times["without"])
+        with_ckpt.update(step_s=min(times["with"]), step_s_all=times["with"])
         mem_ratio = without["peak_step_mb"] / max(with_ckpt["peak_step_mb"], 1e-9)
         emit(
             f"train_step_gradient_checkpointing_{model}",
-            {k: v for k, v in spec.items() if k != "timed_steps"},
+            spec,
             without,
             with_ckpt,
             mem_ratio,
