@@ -207,7 +207,9 @@ def finetune_subject(
     if cfg.lora_rank > 0:
         from dreampose.training.lora import LoraDiffusionObjective
 
-        objective: DiffusionObjective = LoraDiffusionObjective(pipe, cfg.unet.dropout, cfg.lora_rank)
+        objective: DiffusionObjective = LoraDiffusionObjective(
+            pipe, cfg.unet.dropout, cfg.lora_rank, seed=cfg.unet.seed
+        )
     else:
         objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder)
     objective.to(accelerator.device)

@@ -47,15 +47,19 @@ def lora_config(rank: int, alpha: float | None = None):
     return LoraConfig(r=rank, lora_alpha=float(rank if alpha is None else alpha), target_modules=list(TARGET_MODULES))
 
 
-def inject_lora(unet: nn.Module, rank: int, alpha: float | None = None) -> list[str]:
+def inject_lora(unet: nn.Module, rank: int, alpha: float | None = None, seed: int = 0) -> list[str]:
     """Wrap the UNet's attention projections with fresh LoRA layers (B = 0, so the output is unchanged).
 
-    Freezes every base weight; returns the names of the LoRA parameters (the only trainable ones).
+    The random A matrices are drawn from ``seed`` alone (not from the global generator's history), so
+    two runs with the same settings start alike. Freezes every base weight; returns the names of the
+    LoRA parameters (the only trainable ones).
     """
     from peft import inject_adapter_in_model
 
     unet.requires_grad_(False)
-    inject_adapter_in_model(lora_config(rank, alpha), unet)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(lora_config(rank, alpha), unet)
     names = [n for n, _ in unet.named_parameters() if ".lora_" in n]
     if not names:
         raise ValueError(f"no attention projection {TARGET_MODULES} found in {type(unet).__name__}")
@@ -105,11 +109,13 @@ class LoraParams(nn.Module):
 class LoraDiffusionObjective(DiffusionObjective):
     """The diffusion objective with a frozen UNet carrying trainable LoRA layers, plus the full adapter."""
 
-    def __init__(self, pipeline: Any, dropout: DropoutConfig, rank: int, alpha: float | None = None) -> None:
+    def __init__(
+        self, pipeline: Any, dropout: DropoutConfig, rank: int, alpha: float | None = None, seed: int = 0
+    ) -> None:
         super().__init__(pipeline, dropout, train_image_encoder=False)
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
-        inject_lora(self.unet, rank, self.alpha)
+        inject_lora(self.unet, rank, self.alpha, seed)
         # Off the module tree: the same sub-modules are already registered through ``unet``.
         object.__setattr__(self, "_lora", LoraParams(self.unet))
 

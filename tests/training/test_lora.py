@@ -9,16 +9,18 @@ from safetensors.torch import load_file
 
 from dreampose.config import SubjectConfig, TrainConfig
 from dreampose.training.finetune import finetune_subject
+from dreampose.training.loop import make_accelerator, train
 from dreampose.training.lora import (
     CONFIG_FILE,
     LORA_DIR,
     LORA_FILE,
+    LoraDiffusionObjective,
     inject_lora,
     load_subject_delta,
     lora_state_dict,
     merge_lora,
 )
-from tests.training.tiny import H, W, tiny_pipeline, write_workspace
+from tests.training.tiny import H, TinyPairs, W, tiny_pipeline, write_workspace
 
 ATTN = (".to_q.", ".to_k.", ".to_v.", ".to_out.0.")
 
@@ -63,7 +65,7 @@ def lora_run(tmp_path_factory):
     ws = tmp_path_factory.mktemp("lora_ws")
     write_workspace(ws)
     cfg = SubjectConfig(
-        unet=TrainConfig(max_steps=12, batch_size=4, lr=1e-2, checkpoint_every=6, seed=0),
+        unet=TrainConfig(max_steps=12, batch_size=4, lr=1e-2, checkpoint_every=6, gradient_checkpointing=True),
         decoder_steps=2,
         decoder_batch_size=2,
         lora_rank=4,
@@ -122,3 +124,25 @@ def test_lora_phase_one_lowers_the_loss_and_the_delta_rebuilds_the_subject(lora_
 def test_missing_delta_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
         load_subject_delta(tmp_path, tmp_path / "nowhere")
+
+
+def test_lora_checkpoints_hold_only_lora_and_adapter_and_resume_exactly(tmp_path):
+    from safetensors import safe_open
+
+    cfg = TrainConfig(max_steps=4, batch_size=4, lr=1e-2, checkpoint_every=2, seed=4)
+
+    def run(ckpt: Path, stop_after: int | None = None):
+        obj = LoraDiffusionObjective(tiny_pipeline(seed=0), cfg.dropout, rank=2)
+        res = train(obj, TinyPairs(8), cfg, ckpt_dir=ckpt, accelerator=make_accelerator("no"), stop_after=stop_after)
+        return res, lora_state_dict(obj.unet)
+
+    _, ref = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=3)
+    with safe_open(str(tmp_path / "b" / "step_000002" / "model.safetensors"), "pt") as f:
+        prefixes = {k.split(".", 1)[0] for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    assert prefixes == {"unet_lora", "adapter"}
+    resumed, weights = run(tmp_path / "b")
+    assert resumed.start_step == 2 and weights.keys() == ref.keys()
+    assert any(v.abs().sum() > 0 for k, v in ref.items() if "lora_B" in k)  # trained away from B = 0
+    for k in ref:
+        assert torch.equal(ref[k], weights[k]), k
