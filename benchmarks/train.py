@@ -14,7 +14,8 @@ Models: the demo's tiny model at 64 x 48, batch 8 (AdamW), and a Stable Diffusio
 moment buffers (6.9 GB) are the same with or without checkpointing and do not fit a small machine.
 A third line compares AdamW implementations (for-loop, foreach, fused) on SD-UNet-shaped tensors.
 
-Ratios: memory(without) / memory(with) and time(with) / time(without).
+Ratios: memory(without) / memory(with) and time(with) / time(without); ``activation_mb`` is the step's
+memory less the gradients and optimizer state (equal in both), i.e. what checkpointing can save.
 Run: ``python -m benchmarks.train`` (one JSON line per model).
 """
 
@@ -205,6 +206,9 @@ def main() -> None:
         without.update(step_s=min(times["without"]), step_s_all=times["without"])
         with_ckpt.update(step_s=min(times["with"]), step_s_all=times["with"])
         mem_ratio = without["peak_step_mb"] / max(with_ckpt["peak_step_mb"], 1e-9)
+        # Gradients (+ AdamW's two moments) are the same in both runs; what checkpointing saves is the rest.
+        state_mb = without["trainable_params_m"] * 1e6 * 4 * (3 if spec["optimizer"] == "adamw" else 1) / 2**20
+        act = [max(r["peak_step_mb"] - state_mb, 0.0) for r in (without, with_ckpt)]
         emit(
             f"train_step_gradient_checkpointing_{model}",
             spec,
@@ -212,6 +216,9 @@ def main() -> None:
             with_ckpt,
             mem_ratio,
             memory_ratio_without_over_with=round(mem_ratio, 4),
+            grad_and_optimizer_state_mb=round(state_mb, 1),
+            activation_mb={"without": round(act[0], 1), "with": round(act[1], 1)},
+            activation_ratio_without_over_with=round(act[0] / act[1], 4) if act[1] > 0 else None,
             time_ratio_with_over_without=round(with_ckpt["step_s"] / max(without["step_s"], 1e-9), 4),
             memory_measure="cuda max_memory_allocated" if torch.cuda.is_available() else "RSS high-water - RSS before",
             wall_s=round(time.perf_counter() - t0, 1),
