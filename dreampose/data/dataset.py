@@ -4,7 +4,7 @@ The optional random crop (subject finetuning) is applied with one crop box to th
 poses (IUV resized nearest-neighbour before ``uv_to_model``), so pose and pixels stay aligned; the input
 image is the conditioning photo and is left whole. Crops are a pure function of ``(seed, key, index, draw)``
 where ``key`` is set by the training loop per micro-batch (:meth:`PairDataset.set_augment_key`), so a resumed
-run draws exactly the crops an uninterrupted run draws.
+run draws exactly the crops an uninterrupted run draws. Without a key, every call draws fresh crops.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ class PairDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self._cache: dict[str, np.ndarray] = {}
-        self._key = 0
+        self._key: int | None = None
         self._draws: dict[int, int] = {}
+        self._calls = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -111,11 +112,15 @@ class PairDataset(Dataset):
         self._draws = {}
 
     def _rng(self, index: int) -> np.random.Generator:
+        worker = info.id if (info := get_worker_info()) else 0
+        if self._key is None:
+            # Unkeyed use (e.g. a plain DataLoader): fresh crops on every call, reproducible per instance.
+            self._calls += 1
+            return np.random.default_rng([self.seed, index, self._calls, worker])
         # The draw count per index under the current key tells apart repeats of one item in a batch.
         draw = self._draws.get(index, 0)
         self._draws[index] = draw + 1
-        info = get_worker_info()
-        return np.random.default_rng([self.seed, self._key, index, draw, info.id if info else 0])
+        return np.random.default_rng([self.seed, self._key, index, draw, worker])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
