@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from dreampose.fsutil import replace_dir
 from dreampose.config import FramesConfig
 from dreampose.video import iter_video, open_video
 
@@ -125,15 +126,6 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _swap_dir(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _extract_video(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, pool: ThreadPoolExecutor
 ) -> list[dict[str, Any]]:
@@ -206,7 +198,7 @@ def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Pat
         index = pa.Table.from_pandas(pd.DataFrame(rows), schema=INDEX_SCHEMA, preserve_index=False)
         pq.write_table(index, tmp / "index.parquet")
         (tmp / "quarantine.json").write_text(json.dumps({"count": len(quarantine), "videos": quarantine}, indent=2))
-        _swap_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             with contextlib.suppress(OSError):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dreampose.fsutil import replace_dir
 from dreampose.config import SyntheticConfig
 from dreampose.video import write_video
 
@@ -364,16 +365,6 @@ def generate_video(cfg: SyntheticConfig, split: str, index: int, seed: int) -> t
     subject = make_subject(rng)
     motion = make_motion(rng, cfg.frames_per_video)
     return render_video(subject, motion, cfg.height, cfg.width)
-
-
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished ``tmp`` onto ``out_dir``; the old ``out_dir`` is removed only after the swap."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def generate_dataset(cfg: SyntheticConfig, out_dir: Path, seed: int) -> dict[str, Any]:

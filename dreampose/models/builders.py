@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from dreampose.fsutil import replace_dir
 from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
 from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.pipeline import DreamPosePipeline
@@ -314,14 +315,7 @@ def save_pipeline_atomic(pipe: DreamPosePipeline, out_dir: Path, extra_files: di
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

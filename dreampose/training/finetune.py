@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
+from dreampose.fsutil import replace_dir
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
 from dreampose.training.objectives import DecoderObjective, DiffusionObjective, heldout_loss
 
@@ -74,16 +75,11 @@ def _save(
         save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
         return
     staging = out_dir.with_name(f".{out_dir.name}.staging")
-    old = out_dir.with_name(f".{out_dir.name}.old")
     try:
         save_pipeline_atomic(pipe, staging, {})
         summary.update(extra(staging))
         (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

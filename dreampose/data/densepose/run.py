@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from dreampose.fsutil import replace_dir
 from dreampose.config import DensePoseConfig
 from dreampose.data.densepose.base import DensePoseBackend
 
@@ -73,15 +74,6 @@ def _load_frames(frames_dir: Path, rows: pd.DataFrame) -> np.ndarray:
         with Image.open(p) as im:
             imgs.append(np.asarray(im.convert("RGB")))
     return np.stack(imgs)
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap a finished temp dir in for ``out_dir`` (renames only, so readers never see half a result)."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_densepose(
@@ -153,7 +145,7 @@ def run_densepose(
                 f"(backend {backend.name}, min_score {cfg.min_score}); check the frames and the weights"
             )
         pq.write_table(table, tmp / "index.parquet")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0

@@ -1,0 +1,21 @@
+"""Atomic directory replacement: a stage's output is either the old one or the complete new one."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a finished ``tmp`` onto ``out_dir`` with renames only; the old ``out_dir`` is removed after the swap.
+
+    ``tmp`` must sit beside ``out_dir`` (same filesystem) so each rename is atomic.
+    """
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)

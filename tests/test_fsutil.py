@@ -1,0 +1,21 @@
+from dreampose.fsutil import replace_dir
+
+
+def test_replace_dir_swaps_in_the_new_tree_and_removes_the_old(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new = tmp_path / ".out.tmp"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_dir(new, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old dirs left
+
+
+def test_replace_dir_creates_when_absent(tmp_path):
+    new = tmp_path / ".x.tmp"
+    new.mkdir()
+    (new / "a").write_text("1")
+    replace_dir(new, tmp_path / "x")
+    assert (tmp_path / "x" / "a").read_text() == "1" and not new.exists()
