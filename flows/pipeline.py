@@ -65,21 +65,38 @@ def _read_scores(root: Path) -> dict[str, Any] | None:
         return None
 
 
+SCORE_COLUMNS = ("l1", "ssim", "psnr", "color_dist")
+
+
 def format_scores(scores: dict[str, Any] | None) -> str:
-    """A plain-text table of ``metrics/scores.json`` (nested dicts flattened to dotted keys)."""
-    if not scores:
+    """``metrics/scores.json`` as a table: one row per method (ours, then each baseline), the weight-free
+    metrics as columns, then the metrics that are unavailable (named once, with the reason)."""
+    if not scores or not isinstance(scores.get("ours"), dict):
         return "(no metrics/scores.json)"
-    # Reasons for unavailable metrics are long sentences; the status line says enough here.
-    flat = {k: v for k, v in tracking.flatten(scores).items() if not k.endswith(".reason")}
-    width = max(len(k) for k in flat)
-    rows = []
-    for k, v in flat.items():
-        val = f"{v:.4f}" if isinstance(v, float) else str(v)
-        rows.append(f"  {k.ljust(width)}  {val}")
-    return "\n".join(rows)
+    rows = {"ours": scores["ours"], **{f"{k} (baseline)": v for k, v in (scores.get("baselines") or {}).items()}}
+    width = max(len(k) for k in rows)
+    lines = ["  " + "method".ljust(width) + "".join(c.rjust(12) for c in SCORE_COLUMNS)]
+    unavailable: dict[str, str] = {}
+    for name, m in rows.items():
+        cells = []
+        for c in SCORE_COLUMNS:
+            v = m.get(c)
+            cells.append(f"{v:12.4f}" if isinstance(v, (int, float)) else "n/a".rjust(12))
+        lines.append("  " + name.ljust(width) + "".join(cells))
+        for k, v in m.items():
+            if isinstance(v, dict) and v.get("status") == "unavailable":
+                unavailable.setdefault(k, v.get("reason", ""))
+    beaten = scores.get("ours_better_than") or {}
+    if beaten:
+        wins = [b for b, r in beaten.items() if all(r.values())]
+        lines.append(f"  ours beats on L1 and SSIM: {', '.join(wins) or 'none'}")
+    lines += [f"  {k}: unavailable ({why})" for k, why in unavailable.items()]
+    return "\n".join(lines)
 
 
-def summary_text(root: Path, params: Params, tracking_uri: str, catalog: dict[str, Any] | None) -> str:
+def summary_text(
+    root: Path, params: Params, tracking_uri: str, catalog: dict[str, Any] | None, run_id: str | None = None
+) -> str:
     videos = [root / "renders" / s / "video.mp4" for s in params.eval.subjects]
     lines = ["", "Videos:"]
     lines += [f"  {v}" + ("" if v.is_file() else "  (missing)") for v in videos] or ["  (no eval subjects)"]
@@ -93,7 +110,8 @@ def summary_text(root: Path, params: Params, tracking_uri: str, catalog: dict[st
             "  review it:  .venv/bin/dreampose review list",
             f"  approve:    .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
         ]
-    lines += ["", "MLflow UI:", f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  # http://127.0.0.1:5000"]
+    lines += ["", f"MLflow: experiment {params.tracking.experiment!r}" + (f", pipeline run {run_id}" if run_id else "")]
+    lines += [f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  # then open http://127.0.0.1:5000"]
     return "\n".join(lines)
 
 
@@ -152,7 +170,7 @@ def pipeline(
         "stages": results,
         "catalog": catalog,
         "tracking_uri": uri,
-        "summary": summary_text(root_p, params, uri, catalog),
+        "summary": summary_text(root_p, params, uri, catalog, run_id=parent),
     }
 
 

@@ -42,16 +42,20 @@ def test_stage_plan_expands_foreach(tmp_path):
         stage_plan(tmp_path / "empty.yaml", [])
 
 
-def test_format_scores_flattens():
+def test_format_scores_is_a_method_table_with_unavailable_reasons():
     text = format_scores(
         {
-            "subject_finetuned": {"l1": 0.03812, "ssim": 0.85},
-            "frames": 8,
-            "fid": {"status": "unavailable", "reason": "x"},
+            "ours": {"l1": 0.03812, "ssim": 0.85, "fid": {"status": "unavailable", "reason": "no inception"}},
+            "baselines": {"copy_input": {"l1": 0.12, "ssim": 0.37}},
+            "ours_better_than": {"copy_input": {"l1": True, "ssim": True}},
         }
     )
-    assert "subject_finetuned.l1" in text and "0.0381" in text and "frames" in text and "fid.status" in text
-    assert "fid.reason" not in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["method", "l1", "ssim", "psnr", "color_dist"]
+    assert lines[1].split() == ["ours", "0.0381", "0.8500", "n/a", "n/a"]
+    assert lines[2].split()[:4] == ["copy_input", "(baseline)", "0.1200", "0.3700"]
+    assert "ours beats on L1 and SSIM: copy_input" in text
+    assert "fid: unavailable (no inception)" in text
     assert format_scores(None) == "(no metrics/scores.json)"
 
 
