@@ -19,3 +19,14 @@ def test_replace_dir_creates_when_absent(tmp_path):
     (new / "a").write_text("1")
     replace_dir(new, tmp_path / "x")
     assert (tmp_path / "x" / "a").read_text() == "1" and not new.exists()
+
+
+def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
+    import hashlib
+
+    data = bytes(range(256)) * 5000  # > 1 MiB, so more than one chunk
+    p = tmp_path / "blob"
+    p.write_bytes(data)
+    from dreampose.fsutil import sha256_file
+
+    assert sha256_file(p) == hashlib.sha256(data).hexdigest()

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dreampose.fsutil import replace_dir
+from dreampose.fsutil import replace_dir, sha256_file
 from dreampose.config import SyntheticConfig
 from dreampose.video import write_video
 
@@ -344,14 +344,6 @@ def render_video(
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), iuv
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def video_ids(cfg: SyntheticConfig) -> dict[str, list[str]]:
     return {
         "train": [f"syn_train_{i:03d}" for i in range(cfg.num_train_subjects)],
@@ -394,7 +386,7 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: Path, seed: int) -> dict[str
                     "status": "ok",
                     "path": f"videos/{split}/{vid}.mp4",
                     "bytes": video_path.stat().st_size,
-                    "sha256": _sha256(video_path),
+                    "sha256": sha256_file(video_path),
                     "frames": int(rgb.shape[0]),
                     "iuv": f"iuv/{split}/{vid}.npz",
                 }

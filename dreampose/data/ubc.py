@@ -28,6 +28,7 @@ import requests
 from tqdm import tqdm
 
 from dreampose.config import UBCConfig
+from dreampose.fsutil import sha256_file
 from dreampose.video import probe_video
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,6 @@ def read_url_list(source: str, timeout_s: float = 30.0) -> list[str]:
         text = path.read_text(encoding="utf-8", errors="replace")
     lines = [ln.strip() for ln in text.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _local = threading.local()
