@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from benchmarks.common import emit
 from dreampose.config import RenderConfig, TinyModelConfig
 from dreampose.models.adapter import ImagePoseAdapter
-from dreampose.models.builders import CLIP_MEAN, CLIP_STD, build_tiny_components
+from dreampose.models.builders import CLIP_MEAN, CLIP_STD, build_tiny_components, sd_v1_scheduler
 from dreampose.models.guidance import dual_guidance
 from dreampose.models.pipeline import DreamPosePipeline, null_image_tokens, null_pose
 from dreampose.models.unet import expand_conv_in
@@ -63,15 +63,7 @@ def sd_components(height: int, width: int) -> dict:
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    sched = sd_v1_scheduler("epsilon")
     for m in (unet, vae, clip, adapter):
         m.eval()
     return {

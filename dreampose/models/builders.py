@@ -38,6 +38,20 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SCHEDULER_CLASSES = {c.__name__: c for c in (PNDMScheduler, DDIMScheduler, DPMSolverMultistepScheduler)}
 
 
+def sd_v1_scheduler(prediction_type: str) -> DDIMScheduler:
+    """DDIM on Stable Diffusion v1.x's noise schedule (scaled-linear betas 0.00085 to 0.012, 1000 steps)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
 def build_tiny_components(
     cfg: TinyModelConfig,
     height: int,
@@ -107,16 +121,7 @@ def build_tiny_components(
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = sd_v1_scheduler(prediction_type)
     for m in (vae, unet, clip, adapter):
         m.eval()  # what from_pretrained returns, so a built and a reloaded pipeline compute alike
     return {
