@@ -29,6 +29,13 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 
 
+def _check_frame_size(params: Params, model_dir: Path) -> None:
+    """``frames.height`` / ``frames.width`` against a saved model's size multiple, before loading or training it."""
+    from dreampose.models.sizes import check_saved_model_frame_size
+
+    check_saved_model_frame_size(model_dir, params.frames.height, params.frames.width)
+
+
 def _log_summary(summary: dict[str, Any]) -> None:
     """Numbers go to MLflow metrics, the whole summary to a JSON artifact."""
     if not tracking.tracking_enabled():
@@ -124,6 +131,7 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
     """``models/base``: UNet + adapter finetuned on the training pairs (held-out loss before/after)."""
     from dreampose.training import finetune
 
+    _check_frame_size(params, root / PRETRAINED)
     inputs = {"pretrained": root / PRETRAINED, "train_manifest": root / MANIFESTS / "train.parquet"}
     cfg = params.train_base
     with tracking.stage_run("finetune_base", cfg.model_dump(), params.tracking.experiment, inputs=inputs) as r:
@@ -149,6 +157,7 @@ def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]
     """``models/subjects/<id>``: phase 1 UNet + adapter (aligned crops), phase 2 VAE decoder, on one subject."""
     from dreampose.training import finetune
 
+    _check_frame_size(params, root / BASE)
     out = root / SUBJECTS / subject
     inputs = {"base": root / BASE, "subject_manifest": root / MANIFESTS / "subject.parquet"}
     cfg = params.train_subject
@@ -197,6 +206,7 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
     """``renders/<subject>``: the subject model animated along its test pose windows."""
     from dreampose.render import render_subject
 
+    _check_frame_size(params, root / SUBJECTS / subject)
     out = root / RENDERS / subject
     inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
     with tracking.stage_run(
