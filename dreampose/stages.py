@@ -98,9 +98,15 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
     from dreampose.data.manifest import build_manifests
 
     inputs = {"frames_index": root / FRAMES / "index.parquet", "densepose_index": root / DENSEPOSE / "index.parquet"}
-    with tracking.stage_run("manifest", params.manifest.model_dump(), params.tracking.experiment, inputs=inputs):
+    run_params = {**params.manifest.model_dump(), "fvd_clip_len": params.score.fvd_clip_len}
+    with tracking.stage_run("manifest", run_params, params.tracking.experiment, inputs=inputs):
         summary = build_manifests(
-            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, list(params.eval.subjects)
+            params.manifest,
+            root / FRAMES,
+            root / DENSEPOSE,
+            root / MANIFESTS,
+            list(params.eval.subjects),
+            fvd_clip_len=params.score.fvd_clip_len,
         )
         _log_summary(summary)
     return summary
@@ -213,7 +219,13 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
         "render", params.render.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
     ):
         summary = render_subject(
-            params.render, root / SUBJECTS / subject, root / MANIFESTS / "test.parquet", subject, root, out
+            params.render,
+            root / SUBJECTS / subject,
+            root / MANIFESTS / "test.parquet",
+            subject,
+            root,
+            out,
+            fvd_manifest=root / MANIFESTS / "fvd.parquet",
         )
         _log_summary({k: v for k, v in summary.items() if k != "frames"})
         _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
