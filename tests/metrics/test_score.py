@@ -179,7 +179,7 @@ def test_score_and_report_commands(tmp_path, repo, capsys):
 
     assert main(["--root", str(tmp_path), "report"]) == 0
     report = capsys.readouterr().out
-    assert "DreamPose (published)" in report and "ours (synthetic demo, 8 frames)" in report
+    assert "DreamPose (published)" in report and "ours @ native px (synthetic demo, 8 frames)" in report
     assert "unavailable [1]" in report
 
     (tmp_path / "renders" / SUBJECTS[0] / "frames" / "00004.png").unlink()
