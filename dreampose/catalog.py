@@ -510,6 +510,9 @@ def run_catalog_item(
     checked = validate_photo(photo, h, w)
     if not (base_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
+    from dreampose.models.sizes import check_saved_model_frame_size
+
+    check_saved_model_frame_size(base_dir, h, w)
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
     p_iuv, p_iuv_source = photo_pose(checked, seq, params)

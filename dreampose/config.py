@@ -198,7 +198,13 @@ class ScoreConfig(_Strict):
     inception_weights: str = "models/metrics/pt_inception-2015-12-05.pth"
     i3d_weights: str = "models/metrics/i3d_torchscript.pt"
     aed_weights: str = "models/metrics/reid.pt"
-    fvd_clip_len: int = Field(16, ge=2)
+    fvd_clip_len: int = Field(16, ge=2, description="FVD clips: this many consecutive test frames (fvd.parquet)")
+    table1_size: int | None = Field(
+        None,
+        ge=16,
+        description="also score with frames resized (aspect kept) so their longer side is this many pixels, "
+        "the resolution of the paper's Table 1 (256); None: native resolution only",
+    )
     baselines: bool = Field(True, description="also render and score copy-input, pose-zeroed, image-swapped, base")
 
 

@@ -254,14 +254,31 @@ def load_iuv(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- entry points
 
 
+def fvd_rows(fvd_manifest: Path, subject: str) -> pd.DataFrame:
+    """The subject's FVD clip rows (consecutive frames, sorted), empty when the manifest has none for it."""
+    fvd_manifest = Path(fvd_manifest)
+    if not fvd_manifest.is_file():
+        raise FileNotFoundError(f"{fvd_manifest}: no FVD clip manifest (re-run `dreampose manifest`)")
+    df = pd.read_parquet(fvd_manifest)
+    return df[df["subject_id"] == subject].sort_values("target_frame").reset_index(drop=True)
+
+
 def render_subject(
-    cfg: RenderConfig, model_dir: Path, test_manifest: Path, subject: str, root: Path, out_dir: Path, pipe=None
+    cfg: RenderConfig,
+    model_dir: Path,
+    test_manifest: Path,
+    subject: str,
+    root: Path,
+    out_dir: Path,
+    pipe=None,
+    fvd_manifest: Path | None = None,
 ) -> dict[str, Any]:
     """Render one evaluation subject's test targets with its finetuned model into ``out_dir``.
 
     Writes ``frames/NNNNN.png`` (one per target, by target frame), ``video.mp4``,
     ``side_by_side.mp4`` (input photo | colour-coded IUV | generated | ground truth),
-    ``poster.png`` and ``render.json``. ``pipe`` overrides loading ``model_dir`` (tests, flows).
+    ``poster.png`` and ``render.json``. With ``fvd_manifest``, also the subject's FVD clip
+    (consecutive frames) as ``fvd/frames/NNNNN.png``. ``pipe`` overrides loading ``model_dir`` (tests, flows).
     """
     from dreampose.data.dataset import load_pose_sequence
 
@@ -283,6 +300,15 @@ def render_subject(
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     counts = render_to_dir(pipe, image, poses, frame_ids, cfg, out_dir / "frames", desc=f"render {subject}")
+    fvd: dict[str, Any] = {}
+    if fvd_manifest is not None:
+        clip = fvd_rows(fvd_manifest, subject)
+        clip_ids = [int(f) for f in clip["target_frame"]]
+        if clip_ids:
+            clip_poses = load_pose_sequence(iuv_path, clip_ids, window=len(clip["pose_frames"].iloc[0]))
+            c = render_to_dir(pipe, image, clip_poses, clip_ids, cfg, out_dir / "fvd" / "frames", desc=f"fvd {subject}")
+            counts = {k: counts[k] + c[k] for k in counts}
+        fvd = {"fvd_frames": clip_ids}
     t_render = time.perf_counter() - t1
 
     generated = np.stack([read_rgb(out_dir / "frames" / FRAME_NAME.format(f)) for f in frame_ids])
@@ -298,6 +324,7 @@ def render_subject(
         "input_path": str(rows["input_path"].iloc[0]),
         "frames": frame_ids,
         "num_frames": len(frame_ids),
+        **fvd,
         **counts,
         "settings": cfg.model_dump(),
         "columns": ["input", "pose", "generated", "ground_truth"],

@@ -4,6 +4,10 @@ The published rows are Karras et al. 2023 (DreamPose), Table 1: the UBC Fashion 
 (100 videos, 50 targets each). They are quoted for orientation only; our row is measured on the
 dataset named beside it (the synthetic demo unless ``data.source`` is ``ubc``), so the numbers are
 comparable only when that dataset is UBC Fashion at the same protocol.
+
+Resolution: when scores.json has a ``table1`` block (``score.table1_size`` set; the paper preset
+uses 256), the row set against the paper is ours at that size, with our native-resolution row
+beside it; otherwise only the native row is shown, labelled as such.
 """
 
 from __future__ import annotations
@@ -47,22 +51,38 @@ def _cell(value: Any) -> tuple[str, str | None]:
     return str(value), None
 
 
+def _size(value: Any) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, list) else "?"
+
+
 def report_rows(scores: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """Table rows (label, cells) and numbered footnotes for unavailable metrics."""
+    """Table rows (label, cells) and numbered footnotes for unavailable metrics.
+
+    Ours at the paper's resolution (the ``table1`` block) comes first when present, then ours at native size.
+    """
     rows = [(f"{name} (published)", [f"{v:g}" for v in vals]) for name, vals in PAPER_TABLE1.items()]
     notes: list[str] = []
     reasons: dict[str, int] = {}
-    cells = []
-    for col in COLUMNS:
-        text, reason = _cell(scores["ours"].get(OUR_KEYS[col]))
-        if reason is not None:
-            if reason not in reasons:
-                notes.append(reason)
-                reasons[reason] = len(notes)
-            text = f"unavailable [{reasons[reason]}]"
-        cells.append(text)
-    dataset = scores.get("dataset", "unknown dataset")
-    rows.append((f"ours ({dataset}, {scores.get('num_frames', '?')} frames)", cells))
+
+    def cells(ours: dict[str, Any]) -> list[str]:
+        out = []
+        for col in COLUMNS:
+            text, reason = _cell(ours.get(OUR_KEYS[col]))
+            if reason is not None:
+                if reason not in reasons:
+                    notes.append(reason)
+                    reasons[reason] = len(notes)
+                text = f"unavailable [{reasons[reason]}]"
+            out.append(text)
+        return out
+
+    what = f"({scores.get('dataset', 'unknown dataset')}, {scores.get('num_frames', '?')} frames)"
+    t1 = scores.get("table1")
+    if isinstance(t1, dict) and isinstance(t1.get("ours"), dict):
+        rows.append((f"ours @ {_size(t1.get('size'))} px {what}", cells(t1["ours"])))
+        rows.append((f"ours @ native {_size(t1.get('native_size'))} px", cells(scores["ours"])))
+    else:
+        rows.append((f"ours @ native px {what}", cells(scores["ours"])))
     return rows, notes
 
 
@@ -80,6 +100,8 @@ def format_report(scores: dict[str, Any]) -> str:
         line("-" * label_w, ["-" * w for w in widths]),
     ]
     out += [line(label, cells) for label, cells in rows]
+    if "table1" not in scores:
+        out.append("Table 1 is at 256 px; ours is at its native size (score.table1_size: 256 adds a 256 px row).")
     extra = {k: scores["ours"].get(k) for k in ("psnr", "color_dist")}
     out.append("ours, not in Table 1: " + ", ".join(f"{k} {_cell(v)[0]}" for k, v in extra.items()))
     out += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]

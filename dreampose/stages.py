@@ -29,6 +29,13 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 
 
+def _check_frame_size(params: Params, model_dir: Path) -> None:
+    """``frames.height`` / ``frames.width`` against a saved model's size multiple, before loading or training it."""
+    from dreampose.models.sizes import check_saved_model_frame_size
+
+    check_saved_model_frame_size(model_dir, params.frames.height, params.frames.width)
+
+
 def _log_summary(summary: dict[str, Any]) -> None:
     """Numbers go to MLflow metrics, the whole summary to a JSON artifact."""
     if not tracking.tracking_enabled():
@@ -91,9 +98,15 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
     from dreampose.data.manifest import build_manifests
 
     inputs = {"frames_index": root / FRAMES / "index.parquet", "densepose_index": root / DENSEPOSE / "index.parquet"}
-    with tracking.stage_run("manifest", params.manifest.model_dump(), params.tracking.experiment, inputs=inputs):
+    run_params = {**params.manifest.model_dump(), "fvd_clip_len": params.score.fvd_clip_len}
+    with tracking.stage_run("manifest", run_params, params.tracking.experiment, inputs=inputs):
         summary = build_manifests(
-            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, list(params.eval.subjects)
+            params.manifest,
+            root / FRAMES,
+            root / DENSEPOSE,
+            root / MANIFESTS,
+            list(params.eval.subjects),
+            fvd_clip_len=params.score.fvd_clip_len,
         )
         _log_summary(summary)
     return summary
@@ -124,6 +137,7 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
     """``models/base``: UNet + adapter finetuned on the training pairs (held-out loss before/after)."""
     from dreampose.training import finetune
 
+    _check_frame_size(params, root / PRETRAINED)
     inputs = {"pretrained": root / PRETRAINED, "train_manifest": root / MANIFESTS / "train.parquet"}
     cfg = params.train_base
     with tracking.stage_run("finetune_base", cfg.model_dump(), params.tracking.experiment, inputs=inputs) as r:
@@ -149,6 +163,7 @@ def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]
     """``models/subjects/<id>``: phase 1 UNet + adapter (aligned crops), phase 2 VAE decoder, on one subject."""
     from dreampose.training import finetune
 
+    _check_frame_size(params, root / BASE)
     out = root / SUBJECTS / subject
     inputs = {"base": root / BASE, "subject_manifest": root / MANIFESTS / "subject.parquet"}
     cfg = params.train_subject
@@ -197,13 +212,20 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
     """``renders/<subject>``: the subject model animated along its test pose windows."""
     from dreampose.render import render_subject
 
+    _check_frame_size(params, root / SUBJECTS / subject)
     out = root / RENDERS / subject
     inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
     with tracking.stage_run(
         "render", params.render.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
     ):
         summary = render_subject(
-            params.render, root / SUBJECTS / subject, root / MANIFESTS / "test.parquet", subject, root, out
+            params.render,
+            root / SUBJECTS / subject,
+            root / MANIFESTS / "test.parquet",
+            subject,
+            root,
+            out,
+            fvd_manifest=root / MANIFESTS / "fvd.parquet",
         )
         _log_summary({k: v for k, v in summary.items() if k != "frames"})
         _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")

@@ -18,7 +18,16 @@ from dreampose.render import (
     side_by_side,
 )
 from dreampose.video import probe_video
-from tests.metrics._workspace import SUBJECTS, CountingPipeline, H, W, make_iuv, make_workspace, tiny_pipeline
+from tests.metrics._workspace import (
+    SUBJECTS,
+    CountingPipeline,
+    H,
+    W,
+    make_fvd_manifest,
+    make_iuv,
+    make_workspace,
+    tiny_pipeline,
+)
 
 CFG = RenderConfig(num_inference_steps=2, frame_batch_size=2, fps=8)
 
@@ -101,3 +110,20 @@ def test_render_sequence_without_ground_truth(tmp_path):
     assert probe_video(tmp_path / "item" / "side_by_side.mp4").width == 3 * W
     again = render_sequence(pipe, np.full((H, W, 3), 90, np.uint8), iuv, CFG, tmp_path / "item")
     assert (again["rendered"], again["skipped"], pipe.frames) == (0, 3, 3)
+
+
+def test_render_subject_renders_the_fvd_clip_beside_the_targets(tmp_path):
+    manifest = make_workspace(tmp_path, targets=(4, 8))
+    fvd_manifest = make_fvd_manifest(tmp_path, start=5, length=3)
+    pipe = tiny_pipeline()
+    plain = render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, tmp_path / "plain", pipe=pipe)
+    out = tmp_path / "with_fvd"
+    meta = render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, out, pipe=pipe, fvd_manifest=fvd_manifest)
+    assert meta["frames"] == plain["frames"] == [4, 8] and meta["fvd_frames"] == [5, 6, 7]
+    assert meta["rendered"] == 5
+    assert sorted(p.name for p in (out / "fvd/frames").glob("*.png")) == ["00005.png", "00006.png", "00007.png"]
+    for name in ("00004.png", "00008.png"):  # the target renders are the same as without the clip
+        assert (out / "frames" / name).read_bytes() == (tmp_path / "plain/frames" / name).read_bytes()
+    assert probe_video(out / "video.mp4").num_frames == 2
+    with pytest.raises(FileNotFoundError, match="no FVD clip manifest"):
+        render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, out, pipe=pipe, fvd_manifest=tmp_path / "x")

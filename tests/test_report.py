@@ -26,7 +26,7 @@ def test_report_puts_published_rows_beside_ours(tmp_path):
     assert "published" in lines[0] and "UBC Fashion" in lines[0]
     dp = next(line for line in lines if line.startswith("DreamPose (published)"))
     assert dp.split()[2:] == ["0.0256", "0.885", "0.235", "0.068", "13.04", "238.75", "0.011"]
-    ours = next(line for line in lines if line.startswith("ours (synthetic demo, 32 frames)"))
+    ours = next(line for line in lines if line.startswith("ours @ native px (synthetic demo, 32 frames)"))
     assert "0.0380" in ours and "0.8560" in ours and "12.5000" in ours
     assert ours.count("unavailable [3]") == 2  # the same reason is one footnote
     assert "[3] I3D weights not found at c.pt" in lines
@@ -39,3 +39,24 @@ def test_report_needs_scores(tmp_path):
     (tmp_path / "scores.json").write_text(json.dumps({"l1": 1}))
     with pytest.raises(ValueError, match="no 'ours' section"):
         report(tmp_path / "scores.json")
+
+
+def test_report_compares_the_paper_with_ours_at_its_resolution_and_shows_native_beside(tmp_path):
+    native = {"l1": 0.05, "ssim": 0.7, "fid": {"status": "unavailable", "reason": "no inception"}}
+    small = {"l1": 0.03, "ssim": 0.8, "fid": {"status": "unavailable", "reason": "no inception"}}
+    scores = {
+        "dataset": "UBC Fashion test",
+        "num_frames": 5000,
+        "ours": native,
+        "table1": {"size": [256, 205], "native_size": [640, 512], "ours": small},
+    }
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    lines = report(tmp_path / "scores.json").splitlines()
+    labels = [line.split("  ")[0].strip() for line in lines]
+    i = labels.index("ours @ 256x205 px (UBC Fashion test, 5000 frames)")
+    assert labels[i + 1] == "ours @ native 640x512 px"
+    assert lines[i].split()[9:11] == ["0.0300", "0.8000"] and lines[i + 1].split()[5:7] == ["0.0500", "0.7000"]
+    assert any(line.endswith("] no inception") for line in lines) and not any(
+        "ours is at its native size" in line for line in lines
+    )
+    assert "ours is at its native size" in format_report({"ours": native})

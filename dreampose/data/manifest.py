@@ -3,7 +3,10 @@
 - ``train.parquet``: train split, ``pairs_per_video`` seeded (input, target) pairs per video;
 - ``subject.parquet``: per evaluation subject, the frames its subject finetune sees (input = target);
 - ``test.parquet``: test split, the paper's protocol: one input frame, ``test_num_targets`` targets each at
-  least ``test_min_gap`` frames away, spread evenly over the allowed range.
+  least ``test_min_gap`` frames away, spread evenly over the allowed range;
+- ``fvd.parquet`` (when a clip length is given): test split, one clip per video of ``fvd_clip_len``
+  *consecutive* frames for FVD (the paper's "FVD (16f)"), the first run of frames with a person that
+  starts at least ``test_min_gap`` frames after the input frame. Same columns as the others.
 
 Frames without a person (``data/densepose/index.parquet``) are never used as input or target. Frame
 numbers index the video's rows of the frames index and so its DensePose archive. Paths are relative to
@@ -43,6 +46,7 @@ SCHEMA = pa.schema(
     ]
 )
 MANIFESTS = ("train", "subject", "test")
+FVD = "fvd"  # consecutive test frames for FVD, written when a clip length is given
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -66,6 +70,16 @@ def spread_targets(allowed: Sequence[int], num: int) -> list[int]:
     # Evenly spaced positions with step >= 1 after rounding, so the picks are distinct.
     pos = np.floor(np.arange(num) * (len(allowed) - 1) / (num - 1) + 0.5).astype(int)
     return [allowed[p] for p in pos]
+
+
+def fvd_clip_start(has_person: Sequence[bool], earliest: int, clip_len: int) -> int | None:
+    """The first ``t >= earliest`` with ``has_person[t : t + clip_len]`` all true, or ``None`` if there is none."""
+    run = 0
+    for t in range(max(earliest, 0), len(has_person)):
+        run = run + 1 if has_person[t] else 0
+        if run == clip_len:
+            return t - clip_len + 1
+    return None
 
 
 def _video_seed(seed: int, video: str) -> np.random.Generator:
@@ -123,11 +137,15 @@ def build_manifests(
     densepose_dir: Path,
     out_dir: Path,
     eval_subjects: Sequence[str],
+    fvd_clip_len: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``train``/``subject``/``test`` ``.parquet`` under ``out_dir``; returns counts.
+    """Write ``train``/``subject``/``test`` ``.parquet`` under ``out_dir`` (and ``fvd.parquet`` when
+    ``fvd_clip_len`` is given); returns counts.
 
     ``frames_dir`` is ``<root>/data/frames``; densepose paths are written relative to that ``<root>``.
     """
+    if fvd_clip_len is not None and fvd_clip_len < 2:
+        raise ValueError(f"fvd_clip_len must be >= 2, got {fvd_clip_len}")
     frames_dir, densepose_dir, out_dir = Path(frames_dir), Path(densepose_dir), Path(out_dir)
     root = frames_dir.resolve().parents[1]
     df = _load_indexes(frames_dir, densepose_dir)
@@ -135,7 +153,8 @@ def build_manifests(
     missing = [s for s in eval_subjects if s not in known]
     if missing:
         raise ValueError(f"eval.subjects {missing} are not videos of the frames index ({len(known)} videos)")
-    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in MANIFESTS}
+    names = (*MANIFESTS, FVD) if fvd_clip_len is not None else MANIFESTS
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in names}
     skipped = int((~df["person_found"]).sum())
     for (split, video), g in df.groupby(["split", "video"], sort=True):
         dp_rel = os.path.relpath((densepose_dir / split / f"{video}.npz").resolve(), root)
@@ -173,8 +192,21 @@ def build_manifests(
                 )
             targets = spread_targets(allowed, cfg.test_num_targets)
             rows["test"] += _rows(g, [(inp, t) for t in targets], dp_rel, cfg.pose_window, split, video)
+            if fvd_clip_len is not None:
+                start = fvd_clip_start(g["person_found"].tolist(), inp + max(cfg.test_min_gap, 1), fvd_clip_len)
+                if start is None:
+                    log.warning(
+                        "manifest: test video %s has no %d consecutive frames with a person at least %d frames "
+                        "after its input frame; no FVD clip",
+                        video,
+                        fvd_clip_len,
+                        cfg.test_min_gap,
+                    )
+                else:
+                    clip = [(inp, t) for t in range(start, start + fvd_clip_len)]
+                    rows[FVD] += _rows(g, clip, dp_rel, cfg.pose_window, split, video)
     counts: dict[str, Any] = {}
-    for name in MANIFESTS:
+    for name in names:
         table = pa.Table.from_pylist(rows[name], schema=SCHEMA)
         write_parquet_atomic(table, out_dir / f"{name}.parquet")
         counts[f"{name}_rows"] = table.num_rows

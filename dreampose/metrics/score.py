@@ -1,9 +1,14 @@
 """The score stage: every evaluation subject's renders against its ground-truth target frames.
 
 Metrics (paper Table 1): L1, SSIM, PSNR (pixels); LPIPS (AlexNet) and VGG (LPIPS, VGG-16 trunk);
-FID over all frames; FVD over clips of ``cfg.fvd_clip_len`` consecutive targets; AED (re-id
-embedding distance); plus ``color_dist``, a weight-free appearance distance inside the person mask.
-A metric whose network is absent is reported ``unavailable`` with the reason, never as a number.
+FID over all frames; FVD over one clip per video of ``cfg.fvd_clip_len`` consecutive test frames
+(``data/manifests/fvd.parquet``, rendered to ``renders/<subject>/fvd/frames``; the paper's "FVD (16f)");
+AED (re-id embedding distance); plus ``color_dist``, a weight-free appearance distance inside the person
+mask. A metric whose network is absent is reported ``unavailable`` with the reason, never as a number.
+
+Resolution: the top-level numbers are at the frames' native size. With ``cfg.table1_size`` set, the
+same metrics of ``ours`` are computed again on frames resized (antialiased, aspect kept) so their longer
+side is ``table1_size`` pixels, the resolution of the paper's Table 1, under ``table1`` in scores.json.
 
 Baselines rendered and scored in the same run (``<out_dir>/baselines/<name>/<subject>/frames``):
 ``copy_input`` (the input photo as every frame), ``pose_zeroed`` (the subject model with zero pose
@@ -38,6 +43,7 @@ from dreampose.metrics.pixel import l1, psnr, ssim
 from dreampose.metrics.result import MetricResult
 from dreampose.render import (
     FRAME_NAME,
+    fvd_rows,
     load_iuv,
     load_pipeline,
     read_rgb,
@@ -67,6 +73,9 @@ class SubjectData:
     masks: np.ndarray  # bool (N, H, W)
     image: np.ndarray  # uint8 (H, W, 3)
     poses: torch.Tensor | None = None  # (N, 10, H, W), loaded when a baseline needs it
+    fvd_frames: list[int] = field(default_factory=list)  # consecutive frames of the FVD clip, if any
+    fvd_truth: np.ndarray | None = None  # uint8 (L, H, W, 3)
+    fvd_poses: torch.Tensor | None = None  # (L, 10, H, W), loaded when a baseline needs it
 
 
 @dataclass
@@ -96,6 +105,36 @@ def clips(frames: np.ndarray, clip_len: int) -> np.ndarray:
     k = len(frames) // clip_len
     x = _to_batch(frames[: k * clip_len])
     return x.reshape(k, clip_len, *x.shape[1:]).permute(0, 2, 1, 3, 4).numpy()
+
+
+def table1_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """``(h, w)`` with the longer side ``long_side`` and the aspect kept (640 x 512 at 256 -> 256 x 205)."""
+    if long_side > max(height, width):
+        raise ValueError(
+            f"score.table1_size {long_side} is larger than the {height}x{width} frames; the Table-1 numbers "
+            "are a downsampled copy (set it to null for frames this small)"
+        )
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, h, w, 3)``, antialiased bilinear (what an image library's resize does)."""
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    x = torch.nn.functional.interpolate(_to_batch(np.array(frames)), size=size, mode="bilinear", antialias=True)
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def resize_subject(s: SubjectData, size: tuple[int, int]) -> SubjectData:
+    """The subject's ground truth, masks, photo and FVD clip at ``size`` (masks by nearest neighbour)."""
+    m = torch.from_numpy(s.masks[:, None].astype(np.float32))
+    masks = torch.nn.functional.interpolate(m, size=size, mode="nearest")[:, 0].numpy() > 0.5
+    fvd_truth = resize_frames(s.fvd_truth, size) if s.fvd_truth is not None else None
+    return SubjectData(
+        s.subject, s.frames, resize_frames(s.truth, size), masks, resize_frames(s.image[None], size)[0],
+        fvd_frames=s.fvd_frames, fvd_truth=fvd_truth,
+    )  # fmt: skip
 
 
 def load_renders(render_dir: Path, frames: Sequence[int], truth: np.ndarray) -> np.ndarray:
@@ -134,10 +173,38 @@ def _subject_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: 
     return s.poses
 
 
+def _fvd_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: Path) -> torch.Tensor:
+    from dreampose.data.dataset import load_pose_sequence
+
+    if s.fvd_poses is None:
+        rows = subject_rows(df, s.subject, test_manifest)
+        window = len(rows["pose_frames"].iloc[0])
+        s.fvd_poses = load_pose_sequence(root / rows["densepose_path"].iloc[0], s.fvd_frames, window)
+    return s.fvd_poses
+
+
+def attach_fvd_clips(data: list[SubjectData], fvd_manifest: Path, root: Path) -> str | None:
+    """Load each subject's FVD clip ground truth from ``fvd_manifest``; returns why FVD cannot run, or None."""
+    fvd_manifest = Path(fvd_manifest)
+    if not fvd_manifest.is_file():
+        return f"no FVD clip manifest at {fvd_manifest} (re-run `dreampose manifest`)"
+    for s in data:
+        rows = fvd_rows(fvd_manifest, s.subject)
+        s.fvd_frames = [int(f) for f in rows["target_frame"]]
+        s.fvd_truth = np.stack([read_rgb(root / p) for p in rows["target_path"]]) if len(rows) else None
+    return None
+
+
 def score_frames(
-    method: MethodScores, s: SubjectData, generated: np.ndarray, backbones: Backbones, clip_len: int
+    method: MethodScores,
+    s: SubjectData,
+    generated: np.ndarray,
+    backbones: Backbones,
+    clip_len: int,
+    fvd_generated: np.ndarray | None = None,
 ) -> None:
-    """Add one subject's per-frame metrics and features to ``method``."""
+    """Add one subject's per-frame metrics and features to ``method``; FVD features come from the consecutive
+    clip ``fvd_generated`` against ``s.fvd_truth`` (none when either is missing)."""
     n = len(s.frames)
     vals: dict[str, np.ndarray] = {
         "l1": l1(generated, s.truth),
@@ -157,9 +224,10 @@ def score_frames(
     if backbones.inception is not None:
         method.inception["gen"].append(_batched(backbones.inception, gen_t))
         method.inception["real"].append(_batched(backbones.inception, real_t))
-    if backbones.i3d is not None and n >= clip_len:
-        method.i3d["gen"].append(_batched(backbones.i3d, torch.from_numpy(clips(generated, clip_len))))
-        method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.truth, clip_len))))
+    has_clip = fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= clip_len
+    if backbones.i3d is not None and has_clip:
+        method.i3d["gen"].append(_batched(backbones.i3d, torch.from_numpy(clips(fvd_generated, clip_len))))
+        method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))))
     if backbones.reid is not None:
         e_gen, e_real = _batched(backbones.reid, gen_t), _batched(backbones.reid, real_t)
         vals["aed"] = np.linalg.norm(e_gen - e_real, axis=1)
@@ -178,7 +246,9 @@ def _frechet(feats: dict[str, list[np.ndarray]], what: str, reason: str | None) 
     return MetricResult.ok(frechet_distance_features(gen, real))
 
 
-def summarize(method: MethodScores, backbones: Backbones, clip_len: int) -> dict[str, MetricResult]:
+def summarize(
+    method: MethodScores, backbones: Backbones, clip_len: int, fvd_reason: str | None = None
+) -> dict[str, MetricResult]:
     """Means of the per-frame metrics over all frames, and the set-level FID / FVD / AED."""
     df = pd.DataFrame(method.per_frame)
     out: dict[str, MetricResult] = {}
@@ -193,7 +263,8 @@ def summarize(method: MethodScores, backbones: Backbones, clip_len: int) -> dict
         else:
             out[name] = MetricResult.unavailable("no frame had a person mask" if name == "color_dist" else "no frames")
     out["fid"] = _frechet(method.inception, "frames", None if backbones.inception else backbones.reason("inception"))
-    out["fvd"] = _frechet(method.i3d, f"clips of {clip_len} frames", None if backbones.i3d else backbones.reason("i3d"))
+    reason = fvd_reason if backbones.i3d else backbones.reason("i3d")
+    out["fvd"] = _frechet(method.i3d, f"clips of {clip_len} consecutive frames", reason)
     if backbones.reid is None:
         out["aed"] = MetricResult.unavailable(backbones.reason("reid"))
     else:
@@ -259,10 +330,14 @@ def render_baselines(
     subjects_model_dir: Path | None,
     base_model_dir: Path | None,
     load_pipe: Callable[[Path], Any],
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
-    """Generated frames per baseline and subject; baselines that cannot run get a reason instead."""
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """Generated frames per baseline and subject, the same for the FVD clips of subjects that have one
+    loaded (``s.fvd_truth``); baselines that cannot run get a reason instead."""
     frames: dict[str, dict[str, np.ndarray]] = {
         "copy_input": {s.subject: np.stack([s.image] * len(s.frames)) for s in data}
+    }
+    fvd: dict[str, dict[str, np.ndarray]] = {
+        "copy_input": {s.subject: np.stack([s.image] * len(s.fvd_frames)) for s in data if s.fvd_truth is not None}
     }
     reasons: dict[str, str] = {}
     model_baselines = [b for b in BASELINES if b != "copy_input"]
@@ -277,7 +352,7 @@ def render_baselines(
             reasons.setdefault(b, "needs at least two evaluation subjects")
     for b in model_baselines:
         if b not in reasons:
-            frames[b] = {}
+            frames[b], fvd[b] = {}, {}
     base_pipe = load_pipe(Path(base_model_dir)) if "base_model" in frames else None
     for i, s in enumerate(data):
         poses = _subject_poses(df, s, test_manifest, root)
@@ -297,7 +372,12 @@ def render_baselines(
             d = out_dir / "baselines" / name / s.subject
             render_to_dir(pipe, image, pose, s.frames, render_cfg, d / "frames", desc=f"{name} {s.subject}")
             frames[name][s.subject] = load_renders(d, s.frames, s.truth)
-    return frames, reasons
+            if s.fvd_truth is not None:
+                clip_poses = _fvd_poses(df, s, test_manifest, root)
+                clip_poses = torch.zeros_like(clip_poses) if name == "pose_zeroed" else clip_poses
+                render_to_dir(pipe, image, clip_poses, s.fvd_frames, render_cfg, d / "fvd" / "frames", desc=name)
+                fvd[name][s.subject] = load_renders(d / "fvd", s.fvd_frames, s.fvd_truth)
+    return frames, fvd, reasons
 
 
 def score_renders(
@@ -314,35 +394,52 @@ def score_renders(
     backbones: Backbones | None = None,
     load_pipe: Callable[[Path], Any] = load_pipeline,
     dataset: str = "synthetic demo",
+    fvd_manifest: Path | None = None,
 ) -> dict[str, Any]:
     """Score ``renders_dir/<subject>/frames`` against the ground truth; write the DVC metrics and plots.
 
     Writes ``out_dir/scores.json`` (ours, baselines, the comparison, unavailable metrics with reasons),
     ``out_dir/per_video.parquet`` (one row per method and subject) and ``plots_dir/per_frame.csv``
     (ours, one row per subject and frame). Returns the scores.json content plus ``table`` (text).
+    FVD clips come from ``fvd_manifest`` (default: ``fvd.parquet`` beside ``test_manifest``) and are read
+    only when an I3D network is available.
     """
     root, out_dir, plots_dir = Path(root), Path(out_dir), Path(plots_dir)
     df = read_test_manifest(test_manifest)
     subjects = list(subjects) or sorted(df["subject_id"].unique())
     data = [load_subject(df, s, test_manifest, root) for s in subjects]
     ours_frames = {s.subject: load_renders(Path(renders_dir) / s.subject, s.frames, s.truth) for s in data}
+    native = tuple(data[0].truth.shape[1:3])
+    t1_size = table1_shape(*native, cfg.table1_size) if cfg.table1_size is not None else None
     if backbones is None:
         backbones = load_backbones(cfg, root)
+    fvd_reason = None
+    if backbones.i3d is not None:
+        fvd_manifest = Path(fvd_manifest) if fvd_manifest is not None else Path(test_manifest).with_name("fvd.parquet")
+        fvd_reason = attach_fvd_clips(data, fvd_manifest, root)
+    ours_fvd = {
+        s.subject: load_renders(Path(renders_dir) / s.subject / "fvd", s.fvd_frames, s.fvd_truth)
+        for s in data
+        if s.fvd_truth is not None
+    }
 
     generated = {"ours": ours_frames}
+    generated_fvd = {"ours": ours_fvd}
     reasons: dict[str, str] = {}
     if cfg.baselines:
-        more, reasons = render_baselines(
+        more, more_fvd, reasons = render_baselines(
             df, data, test_manifest, root, render_cfg, out_dir, subjects_model_dir, base_model_dir, load_pipe
         )
         generated.update(more)
+        generated_fvd.update(more_fvd)
 
     methods: dict[str, MethodScores] = {}
     for name, per_subject in generated.items():
         m = methods[name] = MethodScores()
         for s in data:
-            score_frames(m, s, per_subject[s.subject], backbones, cfg.fvd_clip_len)
-    summaries = {name: summarize(m, backbones, cfg.fvd_clip_len) for name, m in methods.items()}
+            clip = generated_fvd[name].get(s.subject)
+            score_frames(m, s, per_subject[s.subject], backbones, cfg.fvd_clip_len, clip)
+    summaries = {name: summarize(m, backbones, cfg.fvd_clip_len, fvd_reason) for name, m in methods.items()}
     ours = summaries.pop("ours")
 
     scores: dict[str, Any] = {
@@ -356,6 +453,19 @@ def score_renders(
         },
         "ours_better_than": comparison(ours, summaries),
     }
+    if t1_size is not None:
+        m = MethodScores()
+        for s in data:
+            clip = ours_fvd.get(s.subject)
+            clip = resize_frames(clip, t1_size) if clip is not None else None
+            small = resize_subject(s, t1_size)
+            score_frames(m, small, resize_frames(ours_frames[s.subject], t1_size), backbones, cfg.fvd_clip_len, clip)
+        t1 = summarize(m, backbones, cfg.fvd_clip_len, fvd_reason)
+        scores["table1"] = {
+            "size": list(t1_size),
+            "native_size": list(native),
+            "ours": {k: v.to_json() for k, v in t1.items()},
+        }
     write_json(scores, out_dir / "scores.json")
     per_video = pd.concat([_per_video(n, m) for n, m in methods.items()], ignore_index=True)
     _write_parquet(per_video, out_dir / "per_video.parquet")

@@ -28,12 +28,15 @@ from dreampose.fsutil import replace_dir
 from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
 from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.pipeline import DreamPosePipeline
+from dreampose.models.sizes import check_frame_size, size_multiple
 from dreampose.models.unet import expand_conv_in
 
 log = logging.getLogger("dreampose.models")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Side of the latent patch the adapter turns into one token (both builders).
+ADAPTER_PATCH = 2
 # Sampler classes a Stable Diffusion v1.x ``scheduler/`` folder may name.
 _SCHEDULER_CLASSES = {c.__name__: c for c in (PNDMScheduler, DDIMScheduler, DPMSolverMultistepScheduler)}
 
@@ -113,7 +116,10 @@ def build_tiny_components(
             )
         )
         adapter = ImagePoseAdapter(
-            clip_dim=cfg.clip_hidden, cross_attention_dim=cfg.cross_attention_dim, latent_channels=4, patch_size=2
+            clip_dim=cfg.clip_hidden,
+            cross_attention_dim=cfg.cross_attention_dim,
+            latent_channels=4,
+            patch_size=ADAPTER_PATCH,
         )
     feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": clip_size},
@@ -173,7 +179,7 @@ def load_pretrained_components(
         clip_dim=image_encoder.config.hidden_size,
         cross_attention_dim=unet.config.cross_attention_dim,
         latent_channels=vae.config.latent_channels,
-        patch_size=2,
+        patch_size=ADAPTER_PATCH,
     ).eval()
     return {
         "vae": vae,
@@ -183,6 +189,19 @@ def load_pretrained_components(
         "feature_extractor": feature_extractor,
         "scheduler": scheduler,
     }
+
+
+def model_size_multiple(cfg: ModelConfig) -> int:
+    """The size multiple of the model ``cfg`` builds, from configs only: the tiny model's channel lists, or the
+    ``vae/`` and ``unet/`` ``config.json`` of ``cfg.pretrained.sd_path`` (read, not the weights)."""
+    if cfg.source == "tiny":
+        return size_multiple(len(cfg.tiny.vae_channels), len(cfg.tiny.unet_channels), ADAPTER_PATCH)
+    sd = Path(cfg.pretrained.sd_path).expanduser() if _is_local(cfg.pretrained.sd_path) else cfg.pretrained.sd_path
+    if isinstance(sd, Path) and not sd.is_dir():
+        raise FileNotFoundError(f"model.pretrained.sd_path: no such directory {cfg.pretrained.sd_path}")
+    vae = AutoencoderKL.load_config(sd, subfolder="vae")
+    unet = UNet2DConditionModel.load_config(sd, subfolder="unet")
+    return size_multiple(len(vae["block_out_channels"]), len(unet["block_out_channels"]), ADAPTER_PATCH)
 
 
 # ----- tiny VAE pre-training -----------------------------------------------------------------------
@@ -340,6 +359,8 @@ def build_base_model(
     ``tiny`` pre-trains the VAE on the frames listed in ``frames_dir / "index.parquet"`` (paths relative
     to ``root``, default ``frames_dir.parent.parent``, the workspace of ``data/frames``). Returns a summary.
     """
+    # Before any work: a size the model cannot take would otherwise fail only at render time.
+    check_frame_size(height, width, model_size_multiple(cfg), f"the {cfg.source} model (model.source)")
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"source": cfg.source, "prediction_type": cfg.prediction_type}
     if cfg.source == "tiny":

@@ -5,7 +5,7 @@ import pytest
 
 from dreampose.config import DensePoseConfig, ManifestConfig
 from dreampose.data.densepose import run_densepose
-from dreampose.data.manifest import SCHEMA, build_manifests, inspect_manifests, spread_targets
+from dreampose.data.manifest import SCHEMA, build_manifests, fvd_clip_start, inspect_manifests, spread_targets
 from tests.data.test_densepose import make_workspace
 
 
@@ -89,3 +89,33 @@ def test_inspect_prints_counts_and_writes_preview(tmp_path):
         assert im.size == (3 * 12, 16)
         arr = np.asarray(im)
     assert arr[:, 24:].any()  # the IUV panel shows the body
+
+
+def test_fvd_clip_start_is_the_first_full_run_with_a_person():
+    assert fvd_clip_start([True] * 20, 8, 4) == 8
+    person = [True] * 20
+    person[10] = False
+    assert fvd_clip_start(person, 8, 4) == 11  # 8..11 would include the person-less frame 10
+    assert fvd_clip_start(person, 8, 10) is None
+    assert fvd_clip_start([True] * 5, 8, 2) is None
+
+
+def test_fvd_manifest_lists_consecutive_frames_after_the_gap(tmp_path):
+    ws = _prepared(tmp_path, {"train": {"a": 12}, "test": {"t0": 20, "t1": 20}}, empty=frozenset({("t1", 9)}))
+    before = _build(ws, CFG)
+    tables = {n: (ws / f"data/manifests/{n}.parquet").read_bytes() for n in ("train", "subject", "test")}
+    assert not (ws / "data/manifests/fvd.parquet").exists()  # no clip length, no FVD manifest
+    counts = build_manifests(
+        CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ("t0",), fvd_clip_len=4
+    )
+    assert counts == {**before, "fvd_rows": 8, "fvd_videos": 2}
+    # the target manifests are byte-identical with or without the FVD clips
+    assert all((ws / f"data/manifests/{n}.parquet").read_bytes() == b for n, b in tables.items())
+    assert pq.read_schema(ws / "data/manifests/fvd.parquet").equals(SCHEMA, check_metadata=False)
+    fvd = pd.read_parquet(ws / "data/manifests/fvd.parquet")
+    clips = fvd.groupby("video").target_frame.apply(list).to_dict()
+    assert clips == {"t0": [8, 9, 10, 11], "t1": [10, 11, 12, 13]}  # test_min_gap 8; t1 frame 9 has no person
+    assert (fvd.input_frame == 0).all() and (fvd.split == "test").all()
+    assert list(fvd.pose_frames.iloc[0]) == [6, 7, 8, 9, 10]
+    with pytest.raises(ValueError, match="fvd_clip_len must be >= 2"):
+        build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ("t0",), fvd_clip_len=1)

@@ -104,3 +104,27 @@ class CountingPipeline:
         self.calls += 1
         self.frames += len(poses)
         return self.pipe(image, poses, **kwargs)
+
+
+def make_fvd_manifest(root: Path, start: int = 5, length: int = 4, subjects: Sequence[str] = SUBJECTS) -> Path:
+    """``fvd.parquet`` beside the test manifest: ``length`` consecutive frames from ``start`` per subject."""
+    rows = [
+        {
+            "subject_id": s,
+            "video": s,
+            "split": "test",
+            "input_frame": 0,
+            "target_frame": t,
+            "input_path": f"data/frames/test/{s}/00000.png",
+            "target_path": f"data/frames/test/{s}/{t:05d}.png",
+            "densepose_path": f"data/densepose/test/{s}.npz",
+            "pose_frames": pose_window_indices(t, NUM_FRAMES, 5),
+        }
+        for s in subjects
+        for t in range(start, start + length)
+    ]
+    path = root / "data/manifests/fvd.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows, columns=SCHEMA.names)
+    df.astype({"input_frame": "int32", "target_frame": "int32"}).to_parquet(path, index=False)
+    return path

@@ -10,20 +10,20 @@ from dreampose.config import RenderConfig, ScoreConfig
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.score import score_renders
+from dreampose.metrics.score import resize_frames, score_renders, table1_shape
 from dreampose.render import read_rgb
-from tests.metrics._workspace import SUBJECTS, H, W, make_workspace, tiny_pipeline
+from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_workspace, tiny_pipeline
 
 RENDER = RenderConfig(num_inference_steps=2, frame_batch_size=4)
 NO_BASELINES = ScoreConfig(baselines=False, fvd_clip_len=2)
 
 
-def _fake_renders(root, manifest, noise=8, seed=0):
+def _fake_renders(root, manifest, noise=8, seed=0, subdir="frames"):
     """Ground truth plus a little noise, as if a good model had rendered it."""
     rng = np.random.default_rng(seed)
     for _, row in pd.read_parquet(manifest).iterrows():
         gt = read_rgb(root / row["target_path"]).astype(int)
-        out = root / "renders" / row["subject_id"] / "frames" / f"{row['target_frame']:05d}.png"
+        out = root / "renders" / row["subject_id"] / subdir / f"{row['target_frame']:05d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(gt + rng.integers(-noise, noise + 1, gt.shape), 0, 255).astype(np.uint8)).save(out)
 
@@ -54,7 +54,9 @@ def _score(root, manifest, cfg=NO_BASELINES, backbones=None, **kw):
 def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
     manifest = make_workspace(tmp_path)
     _fake_renders(tmp_path, manifest)
-    backbones, net2d, _ = _backbones()
+    fvd_manifest = make_fvd_manifest(tmp_path)
+    _fake_renders(tmp_path, fvd_manifest, seed=1, subdir="fvd/frames")
+    backbones, net2d, net3d = _backbones()
     result = _score(tmp_path, manifest, backbones=backbones)
 
     df = pd.read_parquet(manifest)
@@ -74,7 +76,21 @@ def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
         aed = torch.linalg.norm(net2d(to_t(gen)) - net2d(to_t(gt)), dim=1).mean().item()
     assert scores["ours"]["fid"] == pytest.approx(fid, rel=1e-5)
     assert scores["ours"]["aed"] == pytest.approx(aed, rel=1e-5)
-    assert isinstance(scores["ours"]["fvd"], float)  # 2 clips of 2 frames per subject
+    # FVD: clips of consecutive frames from fvd.parquet (5..8 = two clips of 2 per subject), not test targets.
+    fvd_df = pd.read_parquet(fvd_manifest)
+    fvd_gen = np.stack(
+        [
+            read_rgb(tmp_path / "renders" / s / "fvd/frames" / f"{t:05d}.png")
+            for s, t in fvd_df[["subject_id", "target_frame"]].values
+        ]
+    )
+    fvd_gt = np.stack([read_rgb(tmp_path / p) for p in fvd_df.target_path])
+    as_clips = lambda x: to_t(x).reshape(4, 2, 3, H, W).permute(0, 2, 1, 3, 4)  # noqa: E731
+    with torch.no_grad():
+        fvd = frechet_distance_features(
+            net3d(as_clips(fvd_gen)).double().numpy(), net3d(as_clips(fvd_gt)).double().numpy()
+        )
+    assert scores["ours"]["fvd"] == pytest.approx(fvd, rel=1e-5)
     assert scores["num_frames"] == 8 and result["table"].startswith("method")
 
     per_video = pd.read_parquet(tmp_path / "metrics/per_video.parquet")
@@ -163,9 +179,50 @@ def test_score_and_report_commands(tmp_path, repo, capsys):
 
     assert main(["--root", str(tmp_path), "report"]) == 0
     report = capsys.readouterr().out
-    assert "DreamPose (published)" in report and "ours (synthetic demo, 8 frames)" in report
+    assert "DreamPose (published)" in report and "ours @ native px (synthetic demo, 8 frames)" in report
     assert "unavailable [1]" in report
 
     (tmp_path / "renders" / SUBJECTS[0] / "frames" / "00004.png").unlink()
     assert main(["--root", str(tmp_path), "score"]) == 2
     assert "rendered frames missing" in capsys.readouterr().err
+
+
+def test_fvd_without_a_clip_manifest_is_unavailable_with_the_reason(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    backbones, _, _ = _backbones()
+    ours = _score(tmp_path, manifest, backbones=backbones)["ours"]
+    assert ours["fvd"]["status"] == "unavailable" and "no FVD clip manifest" in ours["fvd"]["reason"]
+    assert isinstance(ours["fid"], float)
+
+
+def test_table1_shape_keeps_the_aspect():
+    assert table1_shape(640, 512, 256) == (256, 205)
+    assert table1_shape(32, 24, 16) == (16, 12)
+    assert table1_shape(32, 24, 32) == (32, 24)
+    with pytest.raises(ValueError, match="table1_size 64 is larger than the 32x24 frames"):
+        table1_shape(32, 24, 64)
+
+
+def test_table1_block_scores_downsampled_frames_and_leaves_native_keys_alone(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    native = _score(tmp_path, manifest)
+    assert "table1" not in native  # table1_size unset (the demo): scores.json as before
+    result = _score(tmp_path, manifest, cfg=NO_BASELINES.model_copy(update={"table1_size": 16}))
+    assert {k: result[k] for k in native if k != "table"} == {k: native[k] for k in native if k != "table"}
+    t1 = json.loads((tmp_path / "metrics/scores.json").read_text())["table1"]
+    assert t1["size"] == [16, 12] and t1["native_size"] == [H, W]
+    df = pd.read_parquet(manifest)
+    gen = np.stack(
+        [
+            read_rgb(tmp_path / "renders" / s / "frames" / f"{t:05d}.png")
+            for s, t in df[["subject_id", "target_frame"]].values
+        ]
+    )
+    gt = np.stack([read_rgb(tmp_path / p) for p in df.target_path])
+    small_gen, small_gt = resize_frames(gen, (16, 12)), resize_frames(gt, (16, 12))
+    assert small_gen.shape == (8, 16, 12, 3) and small_gen.dtype == np.uint8
+    assert t1["ours"]["l1"] == pytest.approx(l1(small_gen, small_gt).mean())
+    assert t1["ours"]["ssim"] == pytest.approx(ssim(small_gen, small_gt).mean())
+    assert t1["ours"]["l1"] != pytest.approx(native["ours"]["l1"])  # averaging the noise away lowers L1
