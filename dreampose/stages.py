@@ -92,9 +92,7 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
 
     inputs = {"frames_index": root / FRAMES / "index.parquet", "densepose_index": root / DENSEPOSE / "index.parquet"}
     with tracking.stage_run("manifest", params.manifest.model_dump(), params.tracking.experiment, inputs=inputs):
-        summary = build_manifests(
-            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, list(params.eval.subjects)
-        )
+        summary = build_manifests(params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS)
         _log_summary(summary)
     return summary
 
@@ -214,6 +212,13 @@ def score(params: Params, root: Path) -> dict[str, Any]:
     """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
     from dreampose.metrics.score import is_finite, score_renders
 
+    if not params.eval.subjects:
+        from dreampose.config import ConfigError
+
+        raise ConfigError(
+            "eval.subjects is empty, so no subject was finetuned or rendered: run `dreampose eval-subjects --write` "
+            "after the manifest stage (the pipeline flow does this itself), or list test video ids in params.yaml"
+        )
     dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
     run_params = {"score": params.score.model_dump(), "render": params.render.model_dump()}
     inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}

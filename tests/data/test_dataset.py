@@ -17,7 +17,7 @@ CFG = ManifestConfig(pairs_per_video=16, test_num_targets=2, test_min_gap=4, sub
 def _workspace(tmp_path, ext="jpg"):
     ws = make_workspace(tmp_path, {"train": {"a": 12}, "test": {"t0": 8}}, ext=ext)
     run_densepose(DensePoseConfig(), ws / "data/frames", ws / "data/raw", ws / "data/densepose")
-    build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ["t0"])
+    build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests")
     return ws
 
 
@@ -97,9 +97,7 @@ def test_integration_with_generator_and_frames_stage(tmp_path):
     )
     assert summary["frames"] == 24 and summary["frames_with_person"] > 0
     cfg = ManifestConfig(pairs_per_video=4, test_num_targets=2, test_min_gap=4)
-    counts = build_manifests(
-        cfg, tmp_path / "data/frames", tmp_path / "data/densepose", tmp_path / "data/manifests", ["syn_test_000"]
-    )
+    counts = build_manifests(cfg, tmp_path / "data/frames", tmp_path / "data/densepose", tmp_path / "data/manifests")
     assert counts["train_rows"] == 4 and counts["test_rows"] == 2
     ds = PairDataset(tmp_path / "data/manifests/train.parquet", tmp_path, 24, 16)
     item = ds[0]
