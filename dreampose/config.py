@@ -218,7 +218,13 @@ class ScoreConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """Evaluation subjects (test video ids): ``subjects`` lists them; when it is empty,
+    ``dreampose eval-subjects --write`` (which the pipeline flow runs after the manifest stage) fills it with the
+    protocol's subjects: the usable test videos of ``data/manifests/test.parquet`` in id order, the first
+    ``num_subjects`` of them (all when ``null``; the paper evaluates on the 100 UBC test videos)."""
+
     subjects: tuple[str, ...] = ()
+    num_subjects: int | None = Field(None, ge=1)
 
 
 class TrackingConfig(_Strict):
