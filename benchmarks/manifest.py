@@ -65,7 +65,7 @@ def main() -> None:
         _indexes(root)
         t_naive = timed(lambda: naive(cfg, root), repeat=1)
         t_ours = timed(
-            lambda: build_manifests(cfg, root / "data/frames", root / "data/densepose", root / "data/manifests", []),
+            lambda: build_manifests(cfg, root / "data/frames", root / "data/densepose", root / "data/manifests"),
             repeat=3,
         )
     emit(

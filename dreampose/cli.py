@@ -59,6 +59,19 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_subjects(args: argparse.Namespace) -> int:
+    import json
+
+    from dreampose.eval_subjects import protocol_subjects, write_eval_subjects
+
+    subjects = protocol_subjects(args.root, args.params)
+    if args.write:
+        write_eval_subjects(Path(args.root) / args.params, subjects)
+        print(f"{Path(args.root) / args.params}: eval.subjects <- {len(subjects)} test videos", file=sys.stderr)
+    print(json.dumps(subjects))
+    return 0
+
+
 def _review(args: argparse.Namespace) -> int:
     import json
 
@@ -126,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     use.set_defaults(func=_config_use)
     chk = cfg_sub.add_parser("check", help="validate the params file")
     chk.set_defaults(func=_config_check)
+
+    ev = sub.add_parser(
+        "eval-subjects",
+        help="the protocol's evaluation subjects from data/manifests/test.parquet (eval.num_subjects of them)",
+        description="Print the usable test videos in id order, at most eval.num_subjects; with --write, set them "
+        "as eval.subjects in the params file (its comments and layout kept). Run after the manifest stage.",
+    )
+    ev.add_argument("--write", action="store_true", help="write the list into the params file's eval.subjects")
+    ev.set_defaults(func=_eval_subjects)
 
     rev = sub.add_parser("review", help="review catalog items' registered models: list | approve | reject")
     rev_sub = rev.add_subparsers(dest="review_command", required=True, metavar="<action>")

@@ -101,12 +101,7 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
     run_params = {**params.manifest.model_dump(), "fvd_clip_len": params.score.fvd_clip_len}
     with tracking.stage_run("manifest", run_params, params.tracking.experiment, inputs=inputs):
         summary = build_manifests(
-            params.manifest,
-            root / FRAMES,
-            root / DENSEPOSE,
-            root / MANIFESTS,
-            list(params.eval.subjects),
-            fvd_clip_len=params.score.fvd_clip_len,
+            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, fvd_clip_len=params.score.fvd_clip_len
         )
         _log_summary(summary)
     return summary
@@ -236,6 +231,13 @@ def score(params: Params, root: Path) -> dict[str, Any]:
     """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
     from dreampose.metrics.score import is_finite, score_renders
 
+    if not params.eval.subjects:
+        from dreampose.config import ConfigError
+
+        raise ConfigError(
+            "eval.subjects is empty, so no subject was finetuned or rendered: run `dreampose eval-subjects --write` "
+            "after the manifest stage (the pipeline flow does this itself), or list test video ids in params.yaml"
+        )
     dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
     run_params = {"score": params.score.model_dump(), "render": params.render.model_dump()}
     inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}

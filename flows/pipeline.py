@@ -1,6 +1,7 @@
 """The whole pipeline as one Prefect flow: ``python -m flows.pipeline`` (what ``make demo`` runs).
 
-One task per DVC stage in ``dvc.yaml`` order, ``foreach`` stages mapped over ``eval.subjects``;
+One task per DVC stage in ``dvc.yaml`` order, ``foreach`` stages mapped over ``eval.subjects`` (an empty list
+is filled with the protocol's subjects, ``dreampose eval-subjects --write``, before the first of them);
 DVC skips every stage whose inputs did not change, so a second run does no stage work. An MLflow
 parent run wraps the flow run (each stage's run is its child) and records the Prefect flow-run id.
 The flow ends with one catalog item (a held-out subject's photo driven by its test poses), so the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,9 +24,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
+from dreampose.eval_subjects import fill_eval_subjects
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
 NETWORK_STAGES = frozenset({"download"})
+logger = logging.getLogger("flows.pipeline")
 
 
 def stage_plan(dvc_yaml: Path, subjects: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
@@ -39,6 +43,12 @@ def stage_plan(dvc_yaml: Path, subjects: list[str] | tuple[str, ...]) -> list[tu
     if not plan:
         raise ValueError(f"{dvc_yaml}: no stages")
     return plan
+
+
+def foreach_stages(dvc_yaml: Path) -> set[str]:
+    """Names of the ``foreach`` stages (expanded from ``eval.subjects``)."""
+    doc = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
+    return {n for n, spec in (doc.get("stages") or {}).items() if isinstance(spec, dict) and "foreach" in spec}
 
 
 def demo_catalog_inputs(params: Params, root: Path) -> dict[str, str] | None:
@@ -144,7 +154,15 @@ def pipeline(
                 raise ValueError(f"--until {until!r}: no such stage in dvc.yaml (stages: {names})")
             plan = plan[: names.index(until) + 1]
             catalog_demo = False
+        per_subject = foreach_stages(root_p / "dvc.yaml")
         for name, targets in plan:
+            if name in per_subject:
+                if not params.eval.subjects:
+                    # DVC reads the list from the params file when it parses dvc.yaml, so it goes there first.
+                    filled = fill_eval_subjects(root_p, params_file)
+                    logger.info("eval.subjects was empty: wrote %d test videos into %s", len(filled), params_file)
+                    params = load_params(root_p / params_file)
+                targets = [f"{name}@{s}" for s in params.eval.subjects]
             task_fn = network_stage_task if name in NETWORK_STAGES else stage_task
             futures = task_fn.map(targets, root=str(root_p), parent_run_id=parent, wait_for=previous)
             results.extend(futures.result())

@@ -5,10 +5,18 @@ poses (IUV resized nearest-neighbour before ``uv_to_model``), so pose and pixels
 image is the conditioning photo and is left whole. Crops are a pure function of ``(seed, key, index, draw)``
 where ``key`` is set by the training loop per micro-batch (:meth:`PairDataset.set_augment_key`), so a resumed
 run draws exactly the crops an uninterrupted run draws. Without a key, every call draws fresh crops.
+
+Host memory is bounded: a paper-size video's IUV (640x512, ~360 frames) is ~350 MB decoded, so keeping every
+video's array (the old per-video dict) grew to ~150 GB over the UBC train split. :class:`IUVFrames` keeps whole
+arrays only for small videos, in an LRU bounded by ``cache_bytes``; a larger video is streamed from its archive
+and only the requested frames are kept (:func:`read_iuv_frames`). Either way the frames are bit-identical to
+``load_iuv_npz(path)[frames]``. Each DataLoader worker holds its own copy, so the bound is per worker.
 """
 
 from __future__ import annotations
 
+import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,120 @@ from dreampose.data.densepose.iuv import pose_window, uv_to_model
 from dreampose.data.densepose.synthetic import load_iuv_npz
 
 MANIFEST_COLUMNS = ("subject_id", "input_path", "target_path", "densepose_path", "pose_frames")
+IUV_MEMBER = "iuv.npy"
+CACHE_BYTES = 256 << 20  # LRU of whole decoded IUV arrays, per dataset instance (so per DataLoader worker)
+CACHE_ENTRY_FRACTION = 16  # a video is cached whole only if it takes at most 1/16 of the budget (16 MiB)
+
+
+def _open_iuv(path: Path) -> tuple[zipfile.ZipFile, Any, tuple[int, ...]]:
+    """The open archive, its ``iuv.npy`` member positioned at the data, and the array's shape (checked)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no IUV archive (run the download/densepose stage that writes it)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
+    try:
+        if IUV_MEMBER not in zf.namelist():
+            raise ValueError(f"{path}: IUV archive has no 'iuv' array (keys: {[n[:-4] for n in zf.namelist()]})")
+        f = zf.open(IUV_MEMBER)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        zf.close()
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran:
+        f.close()
+        zf.close()
+        raise ValueError(f"{path}: 'iuv' must be uint8 (T, H, W, 3), got {dtype} {shape}")
+    return zf, f, tuple(int(d) for d in shape)
+
+
+def iuv_shape(path: str | Path) -> tuple[int, int, int, int]:
+    """``(T, H, W, 3)`` of an IUV archive, from its header alone (nothing is decompressed past it)."""
+    zf, f, shape = _open_iuv(Path(path))
+    f.close()
+    zf.close()
+    return shape  # type: ignore[return-value]
+
+
+def _check_frames(path: Path, frames: Sequence[int], length: int) -> list[int]:
+    frames = [int(t) for t in frames]
+    if not frames:
+        raise ValueError(f"{path}: no frames requested")
+    if min(frames) < 0 or max(frames) >= length:
+        bad = max(frames) if max(frames) >= length else min(frames)
+        raise ValueError(f"{path}: pose frame {bad} beyond its {length} frames")
+    return frames
+
+
+def read_iuv_frames(path: str | Path, frames: Sequence[int]) -> np.ndarray:
+    """``load_iuv_npz(path)[frames]`` without decoding the whole video: the ``iuv.npy`` member is streamed up to
+    the last requested frame and only the requested frames are kept, so memory is ``O(len(frames))``. A stored
+    (uncompressed) archive is read by seeking; a deflated one is inflated up to that frame and no further.
+    """
+    path = Path(path)
+    zf, f, shape = _open_iuv(path)
+    with zf, f:
+        frames = _check_frames(path, frames, shape[0])
+        frame_bytes = int(np.prod(shape[1:]))
+        start = f.tell()
+        got: dict[int, np.ndarray] = {}
+        try:
+            for t in sorted(set(frames)):
+                f.seek(start + t * frame_bytes)  # forward only: a deflated member inflates and drops the gap
+                buf = f.read(frame_bytes)
+                if len(buf) != frame_bytes:
+                    raise ValueError(f"{path}: corrupt IUV archive (frame {t} is truncated)")
+                got[t] = np.frombuffer(buf, np.uint8).reshape(shape[1:])
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
+    return np.stack([got[t] for t in frames])
+
+
+class IUVFrames:
+    """Frames of IUV archives with bounded memory: an LRU of whole decoded arrays holding at most ``max_bytes``,
+    for videos of at most ``max_bytes // CACHE_ENTRY_FRACTION``; larger videos are read window by window."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        if max_bytes < 0:
+            raise ValueError(f"IUV cache budget must be >= 0 bytes, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.max_entry_bytes = self.max_bytes // CACHE_ENTRY_FRACTION
+        self._arrays: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._shapes: dict[Path, tuple[int, ...]] = {}
+        self.cached_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def shape(self, path: Path) -> tuple[int, ...]:
+        if path not in self._shapes:
+            self._shapes[path] = iuv_shape(path)
+        return self._shapes[path]
+
+    def frames(self, path: str | Path, frames: Sequence[int]) -> np.ndarray:
+        """``load_iuv_npz(path)[frames]`` (uint8 ``(len(frames), H, W, 3)``), bit for bit."""
+        path = Path(path)
+        if path in self._arrays:
+            self._arrays.move_to_end(path)
+            arr = self._arrays[path]
+            return arr[_check_frames(path, frames, len(arr))]
+        shape = self.shape(path)
+        size = int(np.prod(shape))
+        if size > self.max_entry_bytes:
+            return read_iuv_frames(path, frames)
+        arr = load_iuv_npz(path)
+        _check_frames(path, frames, len(arr))
+        self._arrays[path] = arr
+        self.cached_bytes += arr.nbytes
+        while self.cached_bytes > self.max_bytes:
+            _, old = self._arrays.popitem(last=False)
+            self.cached_bytes -= old.nbytes
+        return arr[[int(t) for t in frames]]
 
 
 def load_image(path: Path, height: int, width: int) -> torch.Tensor:
@@ -66,7 +188,8 @@ def crop_resize(x: torch.Tensor, box: tuple[int, int, int, int], mode: str) -> t
 
 class PairDataset(Dataset):
     """Items: ``input_pixels``, ``target_pixels`` float32 ``(3, H, W)`` in [-1, 1]; ``poses`` float32
-    ``(2 * window, H, W)`` via ``uv_to_model``; ``subject_id``. DensePose archives are cached per video.
+    ``(2 * window, H, W)`` via ``uv_to_model``; ``subject_id``. DensePose frames come through a bounded
+    :class:`IUVFrames` (``cache_bytes`` of whole small videos; large videos are read window by window).
     """
 
     def __init__(
@@ -77,6 +200,7 @@ class PairDataset(Dataset):
         width: int,
         augment: tuple[float, float] | None = None,
         seed: int = 0,
+        cache_bytes: int = CACHE_BYTES,
     ):
         path = Path(manifest_path)
         if not path.is_file():
@@ -91,7 +215,7 @@ class PairDataset(Dataset):
         self.height, self.width = height, width
         self.augment = augment
         self.seed = seed
-        self._cache: dict[str, np.ndarray] = {}
+        self.iuv = IUVFrames(cache_bytes)
         self._key: int | None = None
         self._draws: dict[int, int] = {}
         self._calls = 0
@@ -99,10 +223,9 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _iuv(self, rel: str) -> np.ndarray:
-        if rel not in self._cache:
-            self._cache[rel] = load_iuv_npz(self.root / rel)
-        return self._cache[rel]
+    def pose_frames(self, rel: str, frames: Sequence[int]) -> np.ndarray:
+        """uint8 ``(len(frames), h, w, 3)`` IUV of the archive at ``root / rel``."""
+        return self.iuv.frames(self.root / rel, frames)
 
     def set_augment_key(self, key: int) -> None:
         """Key the crops of the following draws (the loop passes one per micro-batch; resume sets it again)."""
@@ -124,11 +247,8 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
-        iuv = self._iuv(row["densepose_path"])
         frames = [int(f) for f in row["pose_frames"]]
-        if max(frames) >= len(iuv):
-            raise ValueError(f"{row['densepose_path']}: pose frame {max(frames)} beyond its {len(iuv)} frames")
-        pose_iuv = torch.from_numpy(iuv[frames]).permute(0, 3, 1, 2)  # (5, 3, h, w) uint8
+        pose_iuv = torch.from_numpy(self.pose_frames(row["densepose_path"], frames)).permute(0, 3, 1, 2)  # (5,3,h,w)
         if pose_iuv.shape[-2:] != (self.height, self.width):
             pose_iuv = F.interpolate(pose_iuv.float(), size=(self.height, self.width), mode="nearest").to(torch.uint8)
         target = load_image(self.root / row["target_path"], self.height, self.width)

@@ -1,12 +1,16 @@
 """Parquet pair manifests: which input frame conditions which target frame, with its pose window.
 
 - ``train.parquet``: train split, ``pairs_per_video`` seeded (input, target) pairs per video;
-- ``subject.parquet``: per evaluation subject, the frames its subject finetune sees (input = target);
+- ``subject.parquet``: per usable test video (every possible evaluation subject), the frames its subject
+  finetune sees (input = target), so the manifests do not depend on which subjects ``eval.subjects`` lists;
 - ``test.parquet``: test split, the paper's protocol: one input frame, ``test_num_targets`` targets each at
   least ``test_min_gap`` frames away, spread evenly over the allowed range;
 - ``fvd.parquet`` (when a clip length is given): test split, one clip per video of ``fvd_clip_len``
   *consecutive* frames for FVD (the paper's "FVD (16f)"), the first run of frames with a person that
   starts at least ``test_min_gap`` frames after the input frame. Same columns as the others.
+- ``skipped.json``: the videos left out and why (unreadable in the frames stage, no person in a training
+  video, a test video whose input frame has no person or that has too few targets). The stage fails only
+  when fewer than ``min_train_videos`` / ``min_test_videos`` usable videos remain.
 
 Frames without a person (``data/densepose/index.parquet``) are never used as input or target. Frame
 numbers index the video's rows of the frames index and so its DensePose archive. Paths are relative to
@@ -15,6 +19,7 @@ the workspace root (the directory holding ``data/``). Columns are documented in 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zlib
@@ -47,6 +52,7 @@ SCHEMA = pa.schema(
 )
 MANIFESTS = ("train", "subject", "test")
 FVD = "fvd"  # consecutive test frames for FVD, written when a clip length is given
+SKIPPED = "skipped.json"
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -131,69 +137,84 @@ def _rows(
     ]
 
 
+def test_targets(cfg: ManifestConfig, person_found: Sequence[bool]) -> tuple[list[int], str | None]:
+    """The protocol's target frames of one test video, or ``([], why)`` when the video cannot serve."""
+    n, inp = len(person_found), cfg.test_input_frame
+    if inp >= n:
+        return [], f"input frame {inp} is beyond its {n} frames"
+    if not person_found[inp]:
+        return [], f"no person was found in input frame {inp}"
+    allowed = [f for f in range(n) if person_found[f] and abs(f - inp) >= max(cfg.test_min_gap, 1)]
+    if len(allowed) < cfg.test_num_targets:
+        return [], (
+            f"{n} frames leave {len(allowed)} targets with a person at least {cfg.test_min_gap} frames from input "
+            f"frame {inp}; manifest.test_num_targets is {cfg.test_num_targets}"
+        )
+    return spread_targets(allowed, cfg.test_num_targets), None
+
+
+def _quarantined(frames_dir: Path) -> list[dict[str, str]]:
+    """The frames stage's unreadable videos (``quarantine.json``), as skipped entries."""
+    path = frames_dir / "quarantine.json"
+    if not path.is_file():
+        return []
+    videos = json.loads(path.read_text()).get("videos", [])
+    return [dict(split=q["split"], video=q["video"], stage="frames", reason=q["reason"]) for q in videos]
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def build_manifests(
     cfg: ManifestConfig,
     frames_dir: Path,
     densepose_dir: Path,
     out_dir: Path,
-    eval_subjects: Sequence[str],
     fvd_clip_len: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``train``/``subject``/``test`` ``.parquet`` under ``out_dir`` (and ``fvd.parquet`` when
-    ``fvd_clip_len`` is given); returns counts.
+    """Write ``train``/``subject``/``test`` ``.parquet`` (and ``fvd.parquet`` when ``fvd_clip_len`` is given) and
+    ``skipped.json`` under ``out_dir``; returns counts.
 
-    ``frames_dir`` is ``<root>/data/frames``; densepose paths are written relative to that ``<root>``.
+    ``frames_dir`` is ``<root>/data/frames``; densepose paths are written relative to that ``<root>``. Videos
+    that cannot serve are skipped (and listed); ``ValueError`` when too few usable ones remain.
     """
     if fvd_clip_len is not None and fvd_clip_len < 2:
         raise ValueError(f"fvd_clip_len must be >= 2, got {fvd_clip_len}")
     frames_dir, densepose_dir, out_dir = Path(frames_dir), Path(densepose_dir), Path(out_dir)
     root = frames_dir.resolve().parents[1]
     df = _load_indexes(frames_dir, densepose_dir)
-    known = set(df["video"])
-    missing = [s for s in eval_subjects if s not in known]
-    if missing:
-        raise ValueError(f"eval.subjects {missing} are not videos of the frames index ({len(known)} videos)")
     names = (*MANIFESTS, FVD) if fvd_clip_len is not None else MANIFESTS
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in names}
-    skipped = int((~df["person_found"]).sum())
+    skipped = _quarantined(frames_dir)
+    frames_no_person = int((~df["person_found"]).sum())
     for (split, video), g in df.groupby(["split", "video"], sort=True):
         dp_rel = os.path.relpath((densepose_dir / split / f"{video}.npz").resolve(), root)
-        ok = np.flatnonzero(g["person_found"].to_numpy())
-        n = len(g)
+        person = g["person_found"].tolist()
+        ok = np.flatnonzero(person)
         if split == "train":
             if len(ok) == 0:
-                log.warning("manifest: %s/%s has no frame with a person; no training pairs", split, video)
+                skipped.append(dict(split=split, video=video, stage="manifest", reason="no frame with a person"))
                 continue
             rng = _video_seed(cfg.seed, video)
             inp = rng.choice(ok, cfg.pairs_per_video)
             tgt = rng.choice(ok, cfg.pairs_per_video)
             pairs = [(int(a), int(b)) for a, b in zip(inp, tgt, strict=True)]
             rows["train"] += _rows(g, pairs, dp_rel, cfg.pose_window, split, video)
-        if video in eval_subjects:
+        elif split == "test":
+            targets, why = test_targets(cfg, person)
+            if why:
+                skipped.append(dict(split=split, video=video, stage="manifest", reason=why))
+                continue
             first = cfg.test_input_frame
-            frames = [f for f in range(first, min(first + cfg.subject_frames, n)) if g["person_found"].iat[f]]
-            if not frames:
-                raise ValueError(
-                    f"subject {video}: no usable finetune frame in {first}..{first + cfg.subject_frames - 1} "
-                    f"({n} frames; frames without a person are skipped)"
-                )
+            frames = [f for f in range(first, min(first + cfg.subject_frames, len(g))) if person[f]]
             rows["subject"] += _rows(g, [(f, f) for f in frames], dp_rel, cfg.pose_window, split, video)
-        if split == "test":
-            inp = cfg.test_input_frame
-            if inp >= n or not g["person_found"].iat[inp]:
-                why = f"it has {n} frames" if inp >= n else "no person was found in it"
-                raise ValueError(f"test video {video}: input frame {inp} unusable ({why})")
-            allowed = [int(f) for f in ok if abs(int(f) - inp) >= max(cfg.test_min_gap, 1)]
-            if len(allowed) < cfg.test_num_targets:
-                raise ValueError(
-                    f"test video {video}: {n} frames leave {len(allowed)} targets with a person at least "
-                    f"{cfg.test_min_gap} frames from input frame {inp}; manifest.test_num_targets is "
-                    f"{cfg.test_num_targets}"
-                )
-            targets = spread_targets(allowed, cfg.test_num_targets)
-            rows["test"] += _rows(g, [(inp, t) for t in targets], dp_rel, cfg.pose_window, split, video)
+            rows["test"] += _rows(g, [(first, t) for t in targets], dp_rel, cfg.pose_window, split, video)
             if fvd_clip_len is not None:
-                start = fvd_clip_start(g["person_found"].tolist(), inp + max(cfg.test_min_gap, 1), fvd_clip_len)
+                start = fvd_clip_start(person, first + max(cfg.test_min_gap, 1), fvd_clip_len)
                 if start is None:
                     log.warning(
                         "manifest: test video %s has no %d consecutive frames with a person at least %d frames "
@@ -203,18 +224,44 @@ def build_manifests(
                         cfg.test_min_gap,
                     )
                 else:
-                    clip = [(inp, t) for t in range(start, start + fvd_clip_len)]
+                    clip = [(first, t) for t in range(start, start + fvd_clip_len)]
                     rows[FVD] += _rows(g, clip, dp_rel, cfg.pose_window, split, video)
+    usable = {split: len({r["video"] for r in rows[split]}) for split in ("train", "test")}
+    minimum = {"train": cfg.min_train_videos, "test": cfg.min_test_videos}
+    _write_json_atomic({"usable": usable, "minimum": minimum, "count": len(skipped), "videos": skipped},
+                       out_dir / SKIPPED)  # fmt: skip
+    for v in skipped:
+        log.warning("manifest: skipped %s/%s (%s: %s)", v["split"], v["video"], v["stage"], v["reason"])
+    short = [s for s in ("train", "test") if usable[s] < minimum[s]]
+    if short:
+        listed = "; ".join(f"{v['split']}/{v['video']}: {v['reason']}" for v in skipped if v["split"] in short)
+        raise ValueError(
+            ", ".join(f"only {usable[s]} usable {s} videos, need {minimum[s]} (manifest.min_{s}_videos)" for s in short)
+            + f"; skipped: {listed or 'none'} (also in {out_dir / SKIPPED})"
+        )
     counts: dict[str, Any] = {}
     for name in names:
         table = pa.Table.from_pylist(rows[name], schema=SCHEMA)
         write_parquet_atomic(table, out_dir / f"{name}.parquet")
         counts[f"{name}_rows"] = table.num_rows
         counts[f"{name}_videos"] = len({r["video"] for r in rows[name]})
-    counts["frames_skipped_no_person"] = skipped
-    if skipped:
-        log.info("manifest: skipped %d frames without a person", skipped)
+    counts["frames_skipped_no_person"] = frames_no_person
+    counts["videos_skipped"] = len(skipped)
+    counts["skipped"] = [f"{v['split']}/{v['video']}: {v['reason']}" for v in skipped]
+    if frames_no_person:
+        log.info("manifest: skipped %d frames without a person", frames_no_person)
     return counts
+
+
+def select_eval_subjects(test_manifest: pd.DataFrame, num: int | None) -> list[str]:
+    """The protocol's evaluation subjects: every usable test video (one with rows in ``test.parquet``), in id
+    order, the first ``num`` of them (all when ``num`` is None). Raises when the manifest has no test video."""
+    if "subject_id" not in test_manifest.columns:
+        raise ValueError("test manifest lacks the subject_id column")
+    ids = sorted({str(s) for s in test_manifest["subject_id"]})
+    if not ids:
+        raise ValueError("the test manifest has no usable test video to evaluate on")
+    return ids if num is None else ids[:num]
 
 
 def overlay_iuv(frame: np.ndarray, iuv: np.ndarray, alpha: float = 0.6) -> np.ndarray:

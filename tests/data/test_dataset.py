@@ -17,7 +17,7 @@ CFG = ManifestConfig(pairs_per_video=16, test_num_targets=2, test_min_gap=4, sub
 def _workspace(tmp_path, ext="jpg"):
     ws = make_workspace(tmp_path, {"train": {"a": 12}, "test": {"t0": 8}}, ext=ext)
     run_densepose(DensePoseConfig(), ws / "data/frames", ws / "data/raw", ws / "data/densepose")
-    build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ["t0"])
+    build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests")
     return ws
 
 
@@ -97,9 +97,7 @@ def test_integration_with_generator_and_frames_stage(tmp_path):
     )
     assert summary["frames"] == 24 and summary["frames_with_person"] > 0
     cfg = ManifestConfig(pairs_per_video=4, test_num_targets=2, test_min_gap=4)
-    counts = build_manifests(
-        cfg, tmp_path / "data/frames", tmp_path / "data/densepose", tmp_path / "data/manifests", ["syn_test_000"]
-    )
+    counts = build_manifests(cfg, tmp_path / "data/frames", tmp_path / "data/densepose", tmp_path / "data/manifests")
     assert counts["train_rows"] == 4 and counts["test_rows"] == 2
     ds = PairDataset(tmp_path / "data/manifests/train.parquet", tmp_path, 24, 16)
     item = ds[0]
@@ -135,3 +133,67 @@ def test_crops_are_a_pure_function_of_seed_key_index_and_draw(tmp_path):
     assert not torch.equal(a[0], crops(8, [0])[0])
     with pytest.raises(ValueError, match="augment key"):
         warm.set_augment_key(-1)
+
+
+def _archives(tmp_path, n, frames=6, h=8, w=6, compressed=True):
+    rng = np.random.default_rng(0)
+    save = np.savez_compressed if compressed else np.savez
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"v{i}.npz"
+        save(p, iuv=rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8))
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed):
+    from dreampose.data.dataset import iuv_shape, read_iuv_frames
+    from dreampose.data.densepose.synthetic import load_iuv_npz
+
+    (path,) = _archives(tmp_path, 1, frames=9, compressed=compressed)
+    whole = load_iuv_npz(path)
+    assert iuv_shape(path) == whole.shape
+    for frames in ([0, 0, 0, 1, 2], [4, 5, 6, 7, 8], [8, 2, 8], [3]):
+        got = read_iuv_frames(path, frames)
+        assert got.dtype == np.uint8 and np.array_equal(got, whole[frames]), frames
+    with pytest.raises(ValueError, match="pose frame 9 beyond its 9 frames"):
+        read_iuv_frames(path, [7, 8, 9])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="corrupt IUV archive"):
+        read_iuv_frames(tmp_path / "bad.npz", [0])
+    np.savez(tmp_path / "other.npz", pose=whole)
+    with pytest.raises(ValueError, match="no 'iuv' array"):
+        read_iuv_frames(tmp_path / "other.npz", [0])
+
+
+def test_iuv_cache_never_exceeds_its_bound_and_streams_large_videos(tmp_path):
+    from dreampose.data.dataset import CACHE_ENTRY_FRACTION, IUVFrames
+    from dreampose.data.densepose.synthetic import load_iuv_npz
+
+    paths = _archives(tmp_path, 20)  # 6 * 8 * 6 * 3 = 864 bytes each
+    cache = IUVFrames(max_bytes=864 * 3 + 100)
+    assert cache.max_entry_bytes == (864 * 3 + 100) // CACHE_ENTRY_FRACTION < 864  # too big to cache whole
+    for p in paths * 2:
+        assert np.array_equal(cache.frames(p, [1, 2, 3]), load_iuv_npz(p)[[1, 2, 3]])
+        assert len(cache) == 0 and cache.cached_bytes == 0
+    cache = IUVFrames(max_bytes=864 * CACHE_ENTRY_FRACTION + 1)  # whole videos, CACHE_ENTRY_FRACTION at most
+    peak = 0
+    for i, p in enumerate(paths * 2):
+        assert np.array_equal(cache.frames(p, [5, 0]), load_iuv_npz(p)[[5, 0]])
+        assert cache.cached_bytes <= cache.max_bytes and cache.cached_bytes == 864 * len(cache)
+        peak = max(peak, len(cache))
+        assert len(cache) == min(i + 1, cache.max_bytes // 864)
+    assert peak == cache.max_bytes // 864 < len(paths)
+    with pytest.raises(ValueError, match="beyond its 6 frames"):
+        cache.frames(paths[-1], [6])  # a cached video checks the range too
+
+
+def test_dataset_memory_is_bounded_and_items_unchanged(tmp_path):
+    ws = _workspace(tmp_path)
+    big = PairDataset(ws / "data/manifests/train.parquet", ws, H, W)
+    none = PairDataset(ws / "data/manifests/train.parquet", ws, H, W, cache_bytes=0)  # every window streamed
+    for i in range(len(big)):
+        a, b = big[i], none[i]
+        assert torch.equal(a["poses"], b["poses"]) and torch.equal(a["target_pixels"], b["target_pixels"])
+    assert len(big.iuv) == 1 and len(none.iuv) == 0

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -5,7 +8,14 @@ import pytest
 
 from dreampose.config import DensePoseConfig, ManifestConfig
 from dreampose.data.densepose import run_densepose
-from dreampose.data.manifest import SCHEMA, build_manifests, fvd_clip_start, inspect_manifests, spread_targets
+from dreampose.data.manifest import (
+    SCHEMA,
+    build_manifests,
+    fvd_clip_start,
+    inspect_manifests,
+    select_eval_subjects,
+    spread_targets,
+)
 from tests.data.test_densepose import make_workspace
 
 
@@ -15,8 +25,8 @@ def _prepared(tmp_path, videos, empty=frozenset()):
     return ws
 
 
-def _build(ws, cfg, subjects=("t0",)):
-    return build_manifests(cfg, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", subjects)
+def _build(ws, cfg):
+    return build_manifests(cfg, ws / "data/frames", ws / "data/densepose", ws / "data/manifests")
 
 
 CFG = ManifestConfig(pairs_per_video=10, test_num_targets=4, test_min_gap=8, test_input_frame=0, subject_frames=2)
@@ -45,6 +55,8 @@ def test_manifests_schema_protocol_and_skipped_frames(tmp_path):
         "test_rows": 4,
         "test_videos": 1,
         "frames_skipped_no_person": 3,
+        "videos_skipped": 0,
+        "skipped": [],
     }
     for name in ("train", "subject", "test"):
         assert pq.read_schema(ws / f"data/manifests/{name}.parquet").equals(SCHEMA, check_metadata=False)
@@ -69,13 +81,53 @@ def test_manifests_schema_protocol_and_skipped_frames(tmp_path):
     assert not train.equals(pd.read_parquet(ws / "data/manifests/train.parquet"))
 
 
-def test_too_short_test_video_and_unknown_subject_are_clear_errors(tmp_path):
-    ws = _prepared(tmp_path, {"train": {"a": 4}, "test": {"t0": 10}})
-    with pytest.raises(ValueError, match=r"test video t0: 10 frames leave 2 targets .* at least 8 .* is 4"):
-        _build(ws, CFG)
-    with pytest.raises(ValueError, match="nobody"):
-        _build(ws, CFG, subjects=("nobody",))
+def test_unusable_videos_are_skipped_and_reported_until_too_few_remain(tmp_path):
+    # t1: no person in its input frame; t2: too short for 4 targets 8 frames away; c: no person at all;
+    # t3: its video was unreadable in the frames stage (quarantine.json).
+    ws = _prepared(
+        tmp_path,
+        {"train": {"a": 12, "c": 3}, "test": {"t0": 20, "t1": 20, "t2": 10}},
+        empty=frozenset({("t1", 0), ("c", 0), ("c", 1), ("c", 2)}),
+    )
+    quarantine = {"count": 1, "videos": [{"video": "t3", "split": "test", "path": "x", "reason": "no video stream"}]}
+    (ws / "data/frames/quarantine.json").write_text(json.dumps(quarantine))
+    counts = _build(ws, CFG.model_copy(update={"min_train_videos": 1, "min_test_videos": 1}))
+    assert counts["test_videos"] == counts["subject_videos"] == 1 and counts["train_videos"] == 1
+    assert counts["videos_skipped"] == 4
+    assert counts["skipped"] == [
+        "test/t3: no video stream",
+        "test/t1: no person was found in input frame 0",
+        "test/t2: 10 frames leave 2 targets with a person at least 8 frames from input frame 0; "
+        "manifest.test_num_targets is 4",
+        "train/c: no frame with a person",
+    ]
+    report = json.loads((ws / "data/manifests/skipped.json").read_text())
+    assert report["usable"] == {"train": 1, "test": 1} and report["count"] == 4
+    assert [(v["split"], v["video"], v["stage"]) for v in report["videos"]][:2] == [
+        ("test", "t3", "frames"),
+        ("test", "t1", "manifest"),
+    ]
+    assert set(pd.read_parquet(ws / "data/manifests/subject.parquet").video) == {"t0"}
+
+    shutil.rmtree(ws / "data/manifests")
+    with pytest.raises(ValueError, match=r"only 1 usable test videos, need 2 \(manifest.min_test_videos\); skipped: "
+                       r"test/t3: no video stream; test/t1: no person .*skipped.json"):  # fmt: skip
+        _build(ws, CFG.model_copy(update={"min_test_videos": 2}))
     assert not (ws / "data/manifests/train.parquet").exists()  # nothing half-written
+    assert json.loads((ws / "data/manifests/skipped.json").read_text())["count"] == 4  # but the reasons are
+
+
+def test_subject_manifest_covers_every_usable_test_video_and_selection(tmp_path):
+    ws = _prepared(tmp_path, {"train": {"a": 12}, "test": {"t2": 20, "t0": 20, "t1": 20}})
+    _build(ws, CFG)
+    subject = pd.read_parquet(ws / "data/manifests/subject.parquet")
+    assert subject.video.tolist() == ["t0", "t0", "t1", "t1", "t2", "t2"]  # subject_frames=2 each
+    test = pd.read_parquet(ws / "data/manifests/test.parquet")
+    assert select_eval_subjects(test, None) == ["t0", "t1", "t2"]
+    assert select_eval_subjects(test, 2) == ["t0", "t1"]
+    assert select_eval_subjects(test.iloc[::-1], 5) == ["t0", "t1", "t2"]  # id order, capped by what exists
+    with pytest.raises(ValueError, match="no usable test video"):
+        select_eval_subjects(test.iloc[:0], 2)
 
 
 def test_inspect_prints_counts_and_writes_preview(tmp_path):
@@ -106,7 +158,7 @@ def test_fvd_manifest_lists_consecutive_frames_after_the_gap(tmp_path):
     tables = {n: (ws / f"data/manifests/{n}.parquet").read_bytes() for n in ("train", "subject", "test")}
     assert not (ws / "data/manifests/fvd.parquet").exists()  # no clip length, no FVD manifest
     counts = build_manifests(
-        CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ("t0",), fvd_clip_len=4
+        CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", fvd_clip_len=4
     )
     assert counts == {**before, "fvd_rows": 8, "fvd_videos": 2}
     # the target manifests are byte-identical with or without the FVD clips
@@ -118,4 +170,4 @@ def test_fvd_manifest_lists_consecutive_frames_after_the_gap(tmp_path):
     assert (fvd.input_frame == 0).all() and (fvd.split == "test").all()
     assert list(fvd.pose_frames.iloc[0]) == [6, 7, 8, 9, 10]
     with pytest.raises(ValueError, match="fvd_clip_len must be >= 2"):
-        build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", ("t0",), fvd_clip_len=1)
+        build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", fvd_clip_len=1)

@@ -81,3 +81,22 @@ def test_pipeline_runs_every_stage_then_skips(tmp_path, prefect_harness):
     again = pipeline(root=str(repo), catalog_demo=False)
     assert all(r["skipped"] for r in again["stages"]), again["stages"]
     assert (repo / "parent_a.txt").read_text() == parent_id  # nothing re-ran
+
+
+@pytest.mark.slow
+def test_pipeline_fills_empty_eval_subjects_before_the_foreach_stages(tmp_path, prefect_harness):
+    import pandas as pd
+
+    from dreampose.config import load_params
+    from flows.pipeline import pipeline
+
+    params = "# paper-like: no hand-written list\neval:\n  subjects: []\n  num_subjects: 2\n"
+    params += "tracking:\n  experiment: fill\n"
+    repo = make_dvc_repo(tmp_path / "ws", DVC_YAML, params)
+    (repo / "data/manifests").mkdir(parents=True)  # what the manifest stage leaves: three usable test videos
+    pd.DataFrame({"subject_id": ["c", "b", "a", "a"]}).to_parquet(repo / "data/manifests/test.parquet")
+    out = pipeline(root=str(repo), catalog_demo=False, until="finetune_subject")
+    assert [r["stage"] for r in out["stages"]] == ["download", "finetune_subject@a", "finetune_subject@b"]
+    assert load_params(repo / "params.yaml").eval.subjects == ("a", "b")
+    assert (repo / "params.yaml").read_text().startswith("# paper-like: no hand-written list\n")
+    assert (repo / "parent_a.txt").is_file() and (repo / "parent_b.txt").is_file()
