@@ -19,6 +19,7 @@ is where the photo is the only source of appearance; beating it with a swapped p
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from dreampose.render import (
     subject_rows,
     write_json,
 )
+from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.score")
 
@@ -312,14 +314,16 @@ def score_renders(
     subjects_model_dir: Path | None = None,
     base_model_dir: Path | None = None,
     backbones: Backbones | None = None,
-    load_pipe: Callable[[Path], Any] = load_pipeline,
+    load_pipe: Callable[[Path], Any] | None = None,
     dataset: str = "synthetic demo",
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Score ``renders_dir/<subject>/frames`` against the ground truth; write the DVC metrics and plots.
 
     Writes ``out_dir/scores.json`` (ours, baselines, the comparison, unavailable metrics with reasons),
     ``out_dir/per_video.parquet`` (one row per method and subject) and ``plots_dir/per_frame.csv``
     (ours, one row per subject and frame). Returns the scores.json content plus ``table`` (text).
+    ``runtime`` places the baseline pipelines (device, dtype, offload) and the metric networks (device, fp32).
     """
     root, out_dir, plots_dir = Path(root), Path(out_dir), Path(plots_dir)
     df = read_test_manifest(test_manifest)
@@ -327,7 +331,9 @@ def score_renders(
     data = [load_subject(df, s, test_manifest, root) for s in subjects]
     ours_frames = {s.subject: load_renders(Path(renders_dir) / s.subject, s.frames, s.truth) for s in data}
     if backbones is None:
-        backbones = load_backbones(cfg, root)
+        backbones = load_backbones(cfg, root, runtime.device if runtime is not None else None)
+    if load_pipe is None:
+        load_pipe = functools.partial(load_pipeline, runtime=runtime)
 
     generated = {"ours": ours_frames}
     reasons: dict[str, str] = {}
