@@ -136,7 +136,7 @@ def load_pipeline(model_dir: Path, runtime: Runtime | None = None):
     if runtime is None or runtime.dtype == torch.float32:
         pipe = DreamPosePipeline.from_pretrained(model_dir)
     else:
-        pipe = DreamPosePipeline.from_pretrained(model_dir, torch_dtype=runtime.dtype)
+        pipe = DreamPosePipeline.from_pretrained(model_dir, dtype=runtime.dtype)
     return place_pipeline(pipe, runtime)
 
 

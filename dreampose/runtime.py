@@ -98,7 +98,7 @@ def place_pipeline(pipe, runtime: Runtime | None):
     """
     if runtime is None or runtime == CPU:
         return pipe
-    if pipe.unet.dtype != runtime.dtype:  # (load with ``torch_dtype`` to skip this cast and diffusers' warning)
+    if pipe.unet.dtype != runtime.dtype:  # (load with ``dtype=`` to skip this cast and diffusers' warning)
         pipe.to(dtype=runtime.dtype)
     if runtime.cpu_offload:
         pipe.enable_model_cpu_offload(device=runtime.device)
