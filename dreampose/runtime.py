@@ -98,8 +98,15 @@ def place_pipeline(pipe, runtime: Runtime | None):
     """
     if runtime is None or runtime == CPU:
         return pipe
-    if pipe.unet.dtype != runtime.dtype:  # (load with ``dtype=`` to skip this cast and diffusers' warning)
-        pipe.to(dtype=runtime.dtype)
+    if pipe.unet.dtype != runtime.dtype:  # (loading with ``dtype=`` makes this a no-op)
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "modules to keep in float32: []" warning is empty here
+        try:
+            pipe.to(dtype=runtime.dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
     if runtime.cpu_offload:
         pipe.enable_model_cpu_offload(device=runtime.device)
         return pipe
