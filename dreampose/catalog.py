@@ -425,6 +425,8 @@ def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) ->
     h.update(json.dumps(seq.frame_ids).encode())
     h.update(base_digest.encode())
     settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    if params.runtime.dtype != "fp32":  # reduced-precision renders differ; fp32 keys stay as they always were
+        settings["runtime_dtype"] = params.runtime.dtype
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
@@ -502,7 +504,9 @@ def run_catalog_item(
     ``ValueError``/``FileNotFoundError`` before anything is written or registered.
     """
     from dreampose import registry, tracking
+    from dreampose.runtime import resolve_runtime
 
+    runtime = resolve_runtime(params.runtime)  # a device this machine lacks fails before any work
     root = Path(root).resolve()
     base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
     item_id = item_id_from(photo, item_id)
@@ -526,11 +530,15 @@ def run_catalog_item(
             if found is not None:
                 return _reused(found, item_id)
     item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key)
-    return _train_render_register(params, root, base_dir, item, enabled)
+    return _train_render_register(params, root, base_dir, item, enabled, runtime)
 
 
-def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enabled: bool) -> dict[str, Any]:
-    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``."""
+def _train_render_register(
+    params, root: Path, base_dir: Path, item: _Item, enabled: bool, runtime=None
+) -> dict[str, Any]:
+    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
+
+    The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
     import contextlib
 
     from dreampose import registry, tracking
@@ -540,7 +548,11 @@ def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enab
     run_ctx = (
         tracking.stage_run(
             "catalog_item",
-            {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()},
+            {
+                "train_subject": params.train_subject.model_dump(),
+                "render": params.render.model_dump(),
+                "runtime": runtime.describe() if runtime is not None else None,
+            },
             params.tracking.experiment,
             tags={"catalog_item": item.item_id, "catalog.input_key": item.key},
         )
@@ -567,9 +579,10 @@ def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enab
                     run_dir / "model",
                     size=size,
                     logger=MlflowLogger() if run is not None else None,
+                    device=runtime.device if runtime is not None else None,
                 )
                 t_train = time.perf_counter() - t0
-                pipe = load_pipeline(run_dir / "model")
+                pipe = load_pipeline(run_dir / "model", runtime)
             render = render_sequence(
                 pipe,
                 item.photo.pixels,

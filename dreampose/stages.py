@@ -48,6 +48,13 @@ def _log_summary(summary: dict[str, Any]) -> None:
     mlflow.log_dict(summary, "summary.json")
 
 
+def runtime(params: Params):
+    """The inference runtime (``params.runtime``) resolved for this machine: a clear error for a device it lacks."""
+    from dreampose.runtime import resolve_runtime
+
+    return resolve_runtime(params.runtime)
+
+
 def download(params: Params, root: Path) -> dict[str, Any]:
     """``data/raw``: synthetic videos (+ ground-truth IUV) or the UBC Fashion videos."""
     out = root / RAW
@@ -81,14 +88,18 @@ def densepose(params: Params, root: Path) -> dict[str, Any]:
     from dreampose.data.densepose import run_densepose
 
     cfg = params.densepose
+    rt = runtime(params)
     # Weight/config paths in params.yaml are relative to the workspace root, not the working directory.
     cfg = cfg.model_copy(
         update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
     )
     with tracking.stage_run(
-        "densepose", params.densepose.model_dump(), params.tracking.experiment, inputs={"frames": root / FRAMES}
+        "densepose",
+        {**params.densepose.model_dump(), "runtime": rt.describe()},
+        params.tracking.experiment,
+        inputs={"frames": root / FRAMES},
     ):
-        summary = run_densepose(cfg, root / FRAMES, root / RAW, root / DENSEPOSE)
+        summary = run_densepose(cfg, root / FRAMES, root / RAW, root / DENSEPOSE, device=rt.device)
         _log_summary(summary)
     return summary
 
@@ -145,6 +156,7 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
             heldout_manifest=root / MANIFESTS / "test.parquet",
             size=(params.frames.height, params.frames.width),
             logger=finetune.MlflowLogger() if r is not None else None,
+            device=runtime(params).device,
         )
         _log_summary(summary)
         if r is not None:
@@ -174,6 +186,7 @@ def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]
             out,
             size=(params.frames.height, params.frames.width),
             logger=finetune.MlflowLogger() if r is not None else None,
+            device=runtime(params).device,
         )
         _log_summary(summary)
         if r is not None:
@@ -209,10 +222,10 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
     _check_frame_size(params, root / SUBJECTS / subject)
     out = root / RENDERS / subject
+    rt = runtime(params)
     inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
-    with tracking.stage_run(
-        "render", params.render.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
-    ):
+    run_params = {**params.render.model_dump(), "runtime": rt.describe()}
+    with tracking.stage_run("render", run_params, params.tracking.experiment, inputs=inputs, tags={"subject": subject}):
         summary = render_subject(
             params.render,
             root / SUBJECTS / subject,
@@ -221,6 +234,7 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
             root,
             out,
             fvd_manifest=root / MANIFESTS / "fvd.parquet",
+            runtime=rt,
         )
         _log_summary({k: v for k, v in summary.items() if k != "frames"})
         _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
@@ -239,7 +253,8 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             "after the manifest stage (the pipeline flow does this itself), or list test video ids in params.yaml"
         )
     dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
-    run_params = {"score": params.score.model_dump(), "render": params.render.model_dump()}
+    rt = runtime(params)
+    run_params = {"score": params.score.model_dump(), "render": params.render.model_dump(), "runtime": rt.describe()}
     inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}
     with tracking.stage_run("score", run_params, params.tracking.experiment, inputs=inputs):
         result = score_renders(
@@ -254,6 +269,7 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             subjects_model_dir=root / SUBJECTS,
             base_model_dir=root / BASE,
             dataset=dataset,
+            runtime=rt,
         )
         table = result.pop("table")
         print(table)

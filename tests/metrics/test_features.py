@@ -102,3 +102,23 @@ def test_absent_weights_become_reasons(tmp_path):
     assert set(b.reasons) == {"lpips", "vgg", "inception", "i3d", "reid"}
     assert "models/metrics/i3d_torchscript.pt" in b.reasons["i3d"]
     assert b.reasons["reid"].startswith("re-identification weights not found")
+
+
+def test_metric_networks_take_inputs_to_their_own_device():
+    """Networks placed on another device (``meta`` here, CUDA in a run) receive their inputs there."""
+    from dreampose.metrics.features import _InceptionFeatures, _ReidFeatures, module_device
+
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return [self.conv(x).mean((2, 3), keepdim=True)]
+
+    x = torch.rand(2, 3, 32, 24)
+    inc = _InceptionFeatures(Pool()).to("meta")
+    assert module_device(inc) == torch.device("meta") and inc(x).device == torch.device("meta")
+    reid = _ReidFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())).to("meta")
+    assert reid(x).device == torch.device("meta")
+    assert _InceptionFeatures(Pool())(x).shape == (2, 4)  # and on CPU, as before

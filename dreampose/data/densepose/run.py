@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dreampose.fsutil import replace_dir
 from dreampose.config import DensePoseConfig
 from dreampose.data.densepose.base import DensePoseBackend
+from dreampose.fsutil import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ INDEX_SCHEMA = pa.schema(
 FRAMES_COLUMNS = ("video", "split", "frame", "source_frame", "path", "width", "height")
 
 
-def make_backend(cfg: DensePoseConfig, raw_dir: Path, height: int, width: int) -> DensePoseBackend:
-    """The backend named by ``cfg.backend``; ``cfg.weights`` / ``detectron2_config`` are used as given."""
+def make_backend(
+    cfg: DensePoseConfig, raw_dir: Path, height: int, width: int, device: str | torch.device = "auto"
+) -> DensePoseBackend:
+    """The backend named by ``cfg.backend`` on ``device`` (``runtime.device``, or a resolved one);
+    ``cfg.weights`` / ``detectron2_config`` are used as given."""
     if cfg.backend == "synthetic":
         from dreampose.data.densepose.synthetic import SyntheticBackend
 
@@ -48,10 +52,10 @@ def make_backend(cfg: DensePoseConfig, raw_dir: Path, height: int, width: int) -
     if cfg.backend == "torchscript":
         from dreampose.data.densepose.torchscript import TorchScriptBackend
 
-        return TorchScriptBackend(cfg.weights, cfg.min_score, cfg.device)
+        return TorchScriptBackend(cfg.weights, cfg.min_score, device)
     from dreampose.data.densepose.detectron2 import Detectron2Backend
 
-    return Detectron2Backend(cfg.detectron2_config, cfg.weights, cfg.min_score, cfg.device)
+    return Detectron2Backend(cfg.detectron2_config, cfg.weights, cfg.min_score, device)
 
 
 def read_frames_index(frames_dir: Path) -> pd.DataFrame:
@@ -82,15 +86,17 @@ def run_densepose(
     raw_dir: Path,
     out_dir: Path,
     backend: DensePoseBackend | None = None,
+    device: str | torch.device = "auto",
 ) -> dict[str, Any]:
     """Write ``<out_dir>/<split>/<video>.npz`` (key ``iuv``, uint8 ``(T, H, W, 3)``, in frames-index order)
     and ``<out_dir>/index.parquet``. Frames without a person get zeros and ``person_found = False``;
-    a video without anybody is a warning, all frames empty is an error. ``backend`` overrides ``cfg.backend``.
+    a video without anybody is a warning, all frames empty is an error. ``backend`` overrides ``cfg.backend``;
+    ``device`` (``runtime.device``) is where a model backend runs.
     """
     frames_dir, raw_dir, out_dir = Path(frames_dir), Path(raw_dir), Path(out_dir)
     index = read_frames_index(frames_dir)
     height, width = int(index["height"].iloc[0]), int(index["width"].iloc[0])
-    backend = backend or make_backend(cfg, raw_dir, height, width)
+    backend = backend or make_backend(cfg, raw_dir, height, width, device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -151,6 +157,7 @@ def run_densepose(
     seconds = time.perf_counter() - t0
     return {
         "backend": backend.name,
+        "device": str(backend.device) if hasattr(backend, "device") else None,
         "videos": int(index["video"].nunique()),
         "frames": len(records),
         "frames_with_person": found,
