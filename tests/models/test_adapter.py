@@ -148,9 +148,9 @@ def test_unet_output_at_init_is_exactly_the_clip_only_output(many_token_componen
     full, clip_only, x, t = _tokens_and_inputs(pipe)
     n_clip = pipe.adapter.num_clip_tokens(pipe.image_encoder.config)
     assert clip_only.shape[1] == n_clip == 10 and full.shape[1] == n_clip + 192
+    assert torch.equal(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only))
     layers = [m for m in pipe.unet.modules() if isinstance(m, DecoupledImageAttention)]
     assert len(layers) == 4 and all(m.num_clip_tokens == n_clip for m in layers)
-    assert torch.equal(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only))
     # The CLIP-only output is the pretrained UNet's own (no VAE tokens -> plain cross-attention) ...
     reference = _unet(plain["unet"], x, t, clip_only)
     assert torch.equal(_unet(pipe.unet, x, t, clip_only), reference)
@@ -190,29 +190,36 @@ FEATURES = {
     "fused_qkv": lambda pipe: pipe.unet.fuse_qkv_projections(),
     "default_processor": lambda pipe: pipe.unet.set_default_attn_processor(),
     "lora": lambda pipe: _lora(pipe.unet),
-    "gradient_checkpointing": lambda pipe: pipe.unet.enable_gradient_checkpointing(),
 }
 
 
-@pytest.mark.parametrize("feature", sorted(FEATURES))
-def test_processor_swaps_and_lora_keep_the_decoupling(many_token_components, feature):
-    """Features that replace the attention processor keep both properties: exact at gate 0, decoupled when open."""
-    _, pipe = _fresh(many_token_components)
-    full, clip_only, x, t = _tokens_and_inputs(pipe)
+def _open_gate_inputs(pipe: DreamPosePipeline):
     with torch.no_grad():
         pipe.adapter.vae_gate.fill_(0.5)
-    open_full = pipe.encode_image(torch.rand(2, 3, MH, MW, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+        return pipe.encode_image(torch.rand(2, 3, MH, MW, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+
+
+@pytest.fixture(scope="module")
+def open_gate_reference(many_token_components):
+    """The decoupled UNet's output with the gate open, on the default processors."""
+    _, pipe = _fresh(many_token_components)
+    _, _, x, t = _tokens_and_inputs(pipe)
+    return _unet(pipe.unet, x, t, _open_gate_inputs(pipe))
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_processor_swaps_and_lora_keep_the_decoupling(many_token_components, open_gate_reference, feature):
+    """Features that replace the attention processor keep both properties: exact at gate 0, decoupled when open."""
+    pipe = DreamPosePipeline(**copy.deepcopy(many_token_components))
+    full, clip_only, x, t = _tokens_and_inputs(pipe)
     FEATURES[feature](pipe)
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
-    assert all(
-        isinstance(m, DecoupledImageAttention) for m in pipe.unet.modules() if getattr(m, "is_cross_attention", 0)
-    )
+    cross = [m for m in pipe.unet.modules() if getattr(m, "is_cross_attention", False)]
+    assert cross and all(isinstance(m, DecoupledImageAttention) for m in cross)
     assert torch.equal(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only)), processors
-    if feature == "lora":
-        return  # different weights: no reference output to compare with
-    _, reference = _fresh(many_token_components)
-    want = _unet(reference.unet, x, t, open_full)
-    torch.testing.assert_close(_unet(pipe.unet, x, t, open_full), want, rtol=1e-4, atol=1e-5)
+    if feature != "lora":  # LoRA changed the weights: no reference to compare with
+        got = _unet(pipe.unet, x, t, _open_gate_inputs(pipe))
+        torch.testing.assert_close(got, open_gate_reference, rtol=1e-4, atol=1e-5)
 
 
 def test_gate_gets_a_gradient_at_init():
