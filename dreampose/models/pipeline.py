@@ -35,7 +35,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from dreampose.models.adapter import ImagePoseAdapter
+from dreampose.models.adapter import ImagePoseAdapter, install_image_attention
 from dreampose.models.guidance import BRANCHES, dual_guidance
 
 SCHEDULERS = ("pndm", "ddim", "dpmsolver++")
@@ -115,6 +115,9 @@ class DreamPosePipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
             scheduler=scheduler,
         )
+        # The adapter's VAE tokens get their own softmax in every cross-attention layer (exactly CLIP-only at
+        # gate 0; see models/adapter.py). Not saved with the UNet, so installed on every build and load.
+        install_image_attention(unet, adapter, image_encoder)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
