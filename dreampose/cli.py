@@ -91,7 +91,8 @@ def _review(args: argparse.Namespace) -> int:
     if args.review_command == "approve":
         info = registry.approve(args.model, args.version, by=args.by)
         print(f"approved {info.name} version {info.version} ({info.tags.get(registry.ITEM_TAG)}) by {args.by}")
-        print(f'load it: mlflow.pyfunc.load_model("{registry.approved_uri(info.name, info.tags[registry.ITEM_TAG])}")')
+        uri = registry.approved_uri(info.name, info.tags[registry.ITEM_TAG])
+        print(f'load it: mlflow.pyfunc.load_model("{uri}")')
     else:
         info = registry.reject(args.model, args.version, args.reason, by=args.by)
         print(f"rejected {info.name} version {info.version} by {args.by}: {info.tags.get(registry.REASON_TAG)}")

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 PAGE_NAME = "review.html"
-MIN_VIDEO_HEIGHT = 384  # px the enlarged video is at least this tall
-STRIP_COLUMN_WIDTH = 160  # px per strip column after enlarging, so the labels fit
+MIN_VIDEO_HEIGHT = 320  # px the enlarged video is at least this tall
+STRIP_COLUMN_WIDTH = 112  # px per strip column after enlarging, so the labels fit
 LABEL_BAND = 22
 
 # name -> (label, direction, what it measures). "lower"/"higher" is better; None: informational.
@@ -105,7 +105,7 @@ def labelled_strip(
         raise ValueError(f"strip columns differ in size: {sorted(sizes)}")
     t = max((a.shape[0] for a in arrays.values() if a.ndim == 4), default=1)
     idx = np.unique(np.linspace(0, t - 1, min(rows, t)).round().astype(int))
-    h, w = next(iter(sizes))[:2]
+    w = next(iter(sizes))[1]
     k = max(1, round(column_width / w))
     cells = [[a[i] if a.ndim == 4 else a for a in arrays.values()] for i in idx]
     body = enlarge(np.concatenate([np.concatenate(r, axis=1) for r in cells], axis=0), k)
@@ -189,7 +189,8 @@ def commands(page: ReviewPage) -> dict[str, str]:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+h2{font-size:17px;margin:18px 0 8px}
 h1{font-size:22px;margin:0 0 4px} .sub{color:#666;margin:0 0 18px}
 .row{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}
 figure{margin:0} figcaption{font-size:13px;color:#555;margin-top:4px}
@@ -228,7 +229,8 @@ def render_html(page: ReviewPage) -> str:
     rows = metric_rows(page.scores, page.reference)
     metric_html = "".join(
         f"<tr data-metric='{esc(r['key'])}'><td>{esc(r['label'])}<div class=what>{esc(r['what'])}</div></td>"
-        f"<td class=num>{esc(r['value'])}</td><td>{esc(r['direction'])}</td><td class=num>{esc(r['reference'])}</td></tr>"
+        f"<td class=num>{esc(r['value'])}</td><td>{esc(r['direction'])}</td>"
+        f"<td class=num>{esc(r['reference'])}</td></tr>"
         for r in rows
     )
     cmds = commands(page)
@@ -254,11 +256,12 @@ def render_html(page: ReviewPage) -> str:
 <figcaption>Generated video: {len(gen)} frames at {page.fps:g} fps ({seconds:.1f} s), shown at half speed,
 looping, enlarged {k}×</figcaption></figure>
 </div>
-<h2>Input | pose | generated{" | ground truth" if page.truth is not None else ""}</h2>
+<div class="row">
+<div><h2>Input | pose | generated{" | ground truth" if page.truth is not None else ""}</h2>
 <figure><img id="strip" class="px" alt="labelled strip" src="{png_data_uri(strip)}"
  width="{strip.shape[1]}" height="{strip.shape[0]}">
-<figcaption>Evenly spaced frames, top to bottom.</figcaption></figure>
-<h2>Quality</h2>
+<figcaption>Evenly spaced frames, top to bottom.</figcaption></figure></div>
+<div><h2>Quality</h2>
 <table id="metrics"><tr><th>metric</th><th>value</th><th>direction</th><th>{esc(page.reference_label)}</th></tr>
 {metric_html}</table>
 {f"<ul>{notes}</ul>" if notes else ""}
@@ -266,7 +269,8 @@ looping, enlarged {k}×</figcaption></figure>
 <pre id="approve">{esc(cmds["approve"])}</pre>
 <pre id="reject">{esc(cmds["reject"])}</pre>
 <p>Once approved, the model loads by its item's alias:</p>
-<pre id="load">{esc(cmds["load"])}</pre>
+<pre id="load">{esc(cmds["load"])}</pre></div>
+</div>
 <script>{SCRIPT}</script>
 </body></html>
 """
