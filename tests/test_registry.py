@@ -152,3 +152,16 @@ def test_review_cli_list_approve_reject(name, logged_model, tmp_path, capsys):
     assert "no version 9" in capsys.readouterr().err
     assert cli.main([*base, "review", "show", "no-such-item", "--no-open"]) == 2
     assert "no version" in capsys.readouterr().err
+
+
+def test_run_names_and_metric_groups(store, monkeypatch, tmp_path):
+    from dreampose import tracking
+    from dreampose.training.finetune import MlflowLogger
+
+    assert tracking.stage_run_name("render", {"subject": "syn_test_001"}) == "render@syn_test_001"
+    assert tracking.stage_run_name("score") == "score"
+    mlflow.set_tracking_uri(store)
+    exp = mlflow.create_experiment("registry-groups", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp) as run:
+        MlflowLogger().log_metrics({"loss": 0.5, "lr": 1e-3}, step=1)
+    assert set(mlflow.get_run(run.info.run_id).data.metrics) == {"train/loss", "train/lr"}
