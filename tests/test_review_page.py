@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pytest
 
 from dreampose import review_page as rp
-from tests.browser import BrowserUnavailable, body_data, dump_dom, ensure_chromium
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Chromium, installed with apt on first use (CI runs as root on Debian); DREAMPOSE_NO_BROWSER=1 skips."""
-    if os.environ.get("DREAMPOSE_NO_BROWSER") == "1":
-        pytest.skip("DREAMPOSE_NO_BROWSER=1")
-    try:
-        return ensure_chromium()
-    except BrowserUnavailable as err:
-        pytest.fail(f"the review-page browser test needs Chromium: {err} (or set DREAMPOSE_NO_BROWSER=1)")
+from tests.browser import body_data, dump_dom
 
 
 def _page(truth: bool = True, **kw) -> rp.ReviewPage:

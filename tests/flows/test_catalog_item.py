@@ -90,12 +90,12 @@ def _registered_frames(run_dir: Path, ids) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness, tmp_path):
+def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness, tmp_path, chromium):
     pytest.importorskip("dreampose.training.finetune")
     import mlflow
 
     from flows.catalog_item import catalog_item
-    from tests.browser import body_data, dump_dom, ensure_chromium
+    from tests.browser import body_data, dump_dom
 
     out = catalog_item(
         photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), ground_truth="truth"
@@ -122,7 +122,7 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
 
     # The review page, fetched from the store as `dreampose review show` does, plays in a real browser.
     page = Path(mlflow.artifacts.download_artifacts(v.links["review_page"], dst_path=str(tmp_path)))
-    data = body_data(dump_dom(ensure_chromium(), page))
+    data = body_data(dump_dom(chromium, page))
     assert data["video"] == "playing" and data["images"] == "loaded" and data["item"] == "sku-1"
 
     # Approved, it is a real MLflow model whose frames equal the registered render.
