@@ -1,8 +1,8 @@
 """A catalog item's subject model as a real MLflow model (``pyfunc`` flavor).
 
 The MLflow model directory holds ``MLmodel``, the wrapper and three artifacts:
-``artifacts/pipeline/`` (the diffusers folder, loadable with ``DreamPosePipeline.from_pretrained``),
-``artifacts/photo.png`` (the product photo the subject was finetuned on) and ``artifacts/render.json``
+``artifacts/model/`` (the diffusers folder, loadable with ``DreamPosePipeline.from_pretrained``),
+``artifacts/photo.png`` (the product photo the subject was finetuned on) and ``artifacts/render_settings.json``
 (render settings and pose window). ``predict`` takes a pose sequence and returns frames:
 
     model = mlflow.pyfunc.load_model("models:/dreampose-subject@approved-sku-42")
@@ -112,7 +112,7 @@ def save_subject_model(
     import mlflow
 
     path = Path(path)
-    settings = path.with_name(path.name + ".settings.json")
+    settings = path.with_name("render_settings.json")
     settings.write_text(json.dumps({"render": render, "pose_window": int(pose_window)}, indent=2))
     try:
         h, w = example.shape[1:3]

@@ -136,7 +136,7 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
 
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/model", dst_path=str(tmp_path)))
     assert (local / "MLmodel").is_file()
-    assert DreamPosePipeline.from_pretrained(str(local / "artifacts" / "pipeline")).unet is not None
+    assert DreamPosePipeline.from_pretrained(str(local / "artifacts" / "model")).unet is not None
 
     again = catalog_item(
         photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), reuse=True
