@@ -485,6 +485,7 @@ class _Item:
     photo_iuv: np.ndarray
     photo_iuv_source: str
     key: str
+    base_digest: str = ""
 
 
 def run_catalog_item(
@@ -496,12 +497,14 @@ def run_catalog_item(
     ground_truth: str | None = None,
     reuse: bool = False,
     base_dir: Path | None = None,
+    flow_run_id: str | None = None,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
 
     ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
     model, subject/render settings), return it instead of training again. Bad input raises
-    ``ValueError``/``FileNotFoundError`` before anything is written or registered.
+    ``ValueError``/``FileNotFoundError`` before anything is written or registered. ``flow_run_id``
+    (the Prefect flow run, when there is one) is tagged on the MLflow run.
     """
     from dreampose import registry, tracking
     from dreampose.runtime import resolve_runtime
@@ -520,7 +523,8 @@ def run_catalog_item(
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
     p_iuv, p_iuv_source = photo_pose(checked, seq, params)
-    key = input_key(checked.pixels, seq, model_digest(base_dir), params)
+    base_digest = model_digest(base_dir)
+    key = input_key(checked.pixels, seq, base_digest, params)
     name = params.tracking.registered_model
     enabled = tracking.tracking_enabled()
     if enabled:
@@ -529,12 +533,26 @@ def run_catalog_item(
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
-    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key)
-    return _train_render_register(params, root, base_dir, item, enabled, runtime)
+    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
+    return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime)
+
+
+def _run_tags(item: _Item, flow_run_id: str | None) -> dict[str, str]:
+    """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
+    tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = str(flow_run_id)
+    return tags
 
 
 def _train_render_register(
-    params, root: Path, base_dir: Path, item: _Item, enabled: bool, runtime=None
+    params,
+    root: Path,
+    base_dir: Path,
+    item: _Item,
+    enabled: bool,
+    flow_run_id: str | None = None,
+    runtime=None,
 ) -> dict[str, Any]:
     """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
 
@@ -554,7 +572,8 @@ def _train_render_register(
                 "runtime": runtime.describe() if runtime is not None else None,
             },
             params.tracking.experiment,
-            tags={"catalog_item": item.item_id, "catalog.input_key": item.key},
+            tags=_run_tags(item, flow_run_id),
+            run_name=f"catalog_item@{item.item_id}",
         )
         if enabled
         else contextlib.nullcontext(None)
@@ -578,7 +597,7 @@ def _train_render_register(
                     run_dir,
                     run_dir / "model",
                     size=size,
-                    logger=MlflowLogger() if run is not None else None,
+                    logger=MlflowLogger(prefix="train/") if run is not None else None,
                     device=runtime.device if runtime is not None else None,
                 )
                 t_train = time.perf_counter() - t0
@@ -617,31 +636,108 @@ def _train_render_register(
             raise
         if run is None:
             return {**summary, "model_name": None, "version": None, "review": None}
-        import mlflow
+        info = _log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+    return {
+        **summary,
+        "model_name": info.name,
+        "version": info.version,
+        "review": info.review,
+        "review_page": info.links.get("review_page"),
+        "approved_uri": registry.approved_uri(info.name, item.item_id),
+    }
 
-        mlflow.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)})
-        mlflow.log_artifacts(str(run_dir / "model"), "model")
-        for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
-            if (run_dir / "render" / f).is_file():
-                mlflow.log_artifact(str(run_dir / "render" / f), "render")
-        mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
-        mlflow.log_dict(summary, "metrics.json")
-        art = mlflow.get_artifact_uri()
-        info = registry.register_version(
-            params.tracking.registered_model,
-            source=f"{art}/model",
-            run_id=run_id,
-            item_id=item.item_id,
-            tags={
-                registry.INPUT_KEY_TAG: item.key,
-                "link.video": f"{art}/render/video.mp4",
-                "link.side_by_side": f"{art}/render/side_by_side.mp4",
-                "link.poster": f"{art}/render/poster.png",
-                "link.metrics": f"{art}/metrics.json",
-                "photo": item.photo.source[:500],
-                "poses": item.seq.source[:500],
-            },
-            description=f"catalog item {item.item_id}",
-        )
-        mlflow.set_tag("registered_version", info.version)
-    return {**summary, "model_name": info.name, "version": info.version, "review": info.review}
+
+def _log_model(params, item: _Item, run_dir: Path) -> None:
+    """The subject model as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
+    import mlflow
+
+    from dreampose.mlflow_model import save_subject_model
+
+    staging = run_dir / "mlflow_model"
+    save_subject_model(
+        staging,
+        run_dir / "model",
+        run_dir / "input" / "photo.png",
+        params.render.model_dump(),
+        params.manifest.pose_window,
+        example=item.seq.iuv[item.seq.frame_ids[:1]],
+    )
+    try:
+        mlflow.log_artifacts(str(staging), "model")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the diffusers folder in model/
+
+
+def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.ndarray, scores) -> Path:
+    """Write the version's self-contained review page into the run directory."""
+    from dreampose.render import iuv_to_rgb
+    from dreampose.review_page import PAGE_NAME, ReviewPage, demo_reference, write_page
+
+    page = ReviewPage(
+        item_id=item.item_id,
+        model_name=info.name,
+        version=info.version,
+        photo=item.photo.pixels,
+        pose=np.stack([iuv_to_rgb(item.seq.iuv[t]) for t in item.seq.frame_ids]),
+        generated=frames,
+        truth=item.truth,
+        fps=params.render.fps,
+        scores=scores,
+        reference=demo_reference(root),
+        reference_label="demo evaluation (metrics/scores.json)",
+        run_id=run_id,
+        notes=[*item.photo.notes, f"photo pose: {item.photo_iuv_source}", f"poses: {item.seq.source}"],
+    )
+    return write_page(page, root / "catalog" / item.item_id / run_id / PAGE_NAME)
+
+
+def _description(run, model_name: str, item_id: str) -> str:
+    """The version's description (Markdown in the MLflow UI): a link to the review page and the load URI."""
+    from dreampose import registry
+
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/review.html"
+    uri = registry.approved_uri(model_name, item_id)
+    return (
+        f"Catalog item **{item_id}**. [Open the review page]({page}) (or `dreampose review show {item_id}`).\n\n"
+        f'Once approved it loads as `mlflow.pyfunc.load_model("{uri}")`.'
+    )
+
+
+def _log_and_register(params, root: Path, item: _Item, run_id: str, run_dir: Path, scores, summary, frames) -> Any:
+    """Quality metrics, the pyfunc model, media, the registered version and its review page."""
+    import mlflow
+
+    from dreampose import registry
+
+    mlflow.log_metrics({f"quality/{k}": v for k, v in scores.items() if np.isfinite(v)})
+    _log_model(params, item, run_dir)
+    for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
+        if (run_dir / "render" / f).is_file():
+            mlflow.log_artifact(str(run_dir / "render" / f), "render")
+    mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
+    mlflow.log_dict(summary, "metrics.json")
+    runs = f"runs:/{run_id}"
+    run = mlflow.active_run()
+    info = registry.register_version(
+        params.tracking.registered_model,
+        source=f"{mlflow.get_artifact_uri()}/model",
+        run_id=run_id,
+        item_id=item.item_id,
+        tags={
+            registry.INPUT_KEY_TAG: item.key,
+            "link.review_page": f"{runs}/review.html",
+            "link.video": f"{runs}/render/video.mp4",
+            "link.side_by_side": f"{runs}/render/side_by_side.mp4",
+            "link.poster": f"{runs}/render/poster.png",
+            "link.metrics": f"{runs}/metrics.json",
+            "base_model.sha256": item.base_digest,
+            "photo": item.photo.source[:500],
+            "poses": item.seq.source[:500],
+        },
+        description=_description(run, params.tracking.registered_model, item.item_id),
+    )
+    page = _review_page(params, root, item, info, run_id, frames, scores)
+    mlflow.log_artifact(str(page))
+    mlflow.set_tag("registered_version", info.version)
+    mlflow.set_tag("registered_model", f"models:/{info.name}/{info.version}")
+    return info

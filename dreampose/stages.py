@@ -36,15 +36,15 @@ def _check_frame_size(params: Params, model_dir: Path) -> None:
     check_saved_model_frame_size(model_dir, params.frames.height, params.frames.width)
 
 
-def _log_summary(summary: dict[str, Any]) -> None:
-    """Numbers go to MLflow metrics, the whole summary to a JSON artifact."""
+def _log_summary(summary: dict[str, Any], group: str = "") -> None:
+    """Numbers go to MLflow metrics (named ``<group><key>``), the whole summary to a JSON artifact."""
     if not tracking.tracking_enabled():
         return
     import mlflow
 
     nums = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if nums:
-        mlflow.log_metrics(nums)
+        mlflow.log_metrics({f"{group}{k}": v for k, v in nums.items()})
     mlflow.log_dict(summary, "summary.json")
 
 
@@ -158,7 +158,7 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
             logger=finetune.MlflowLogger() if r is not None else None,
             device=runtime(params).device,
         )
-        _log_summary(summary)
+        _log_summary(summary, "train/")
         if r is not None:
             import mlflow
 
@@ -188,7 +188,7 @@ def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]
             logger=finetune.MlflowLogger() if r is not None else None,
             device=runtime(params).device,
         )
-        _log_summary(summary)
+        _log_summary(summary, "train/")
         if r is not None:
             import mlflow
 
@@ -236,7 +236,7 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
             fvd_manifest=root / MANIFESTS / "fvd.parquet",
             runtime=rt,
         )
-        _log_summary({k: v for k, v in summary.items() if k != "frames"})
+        _log_summary({k: v for k, v in summary.items() if k != "frames"}, "render/")
         _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
     return summary
 
@@ -277,7 +277,8 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             import mlflow
 
             flat = tracking.flatten({"ours": result["ours"], "baselines": result["baselines"]})
-            mlflow.log_metrics({k: float(v) for k, v in flat.items() if is_finite(v)})
+            # MLflow names only (quality/ours.l1 ...); metrics/scores.json keeps its own keys for DVC.
+            mlflow.log_metrics({f"quality/{k}": float(v) for k, v in flat.items() if is_finite(v)})
             mlflow.log_text(table, "scores_table.txt")
         files = [root / METRICS / "scores.json", root / METRICS / "per_video.parquet", root / PLOTS / "per_frame.csv"]
         _log_files(files, "scores")

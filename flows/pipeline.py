@@ -116,9 +116,9 @@ def summary_text(
             "",
             f"Catalog item {catalog.get('item_id')}: {catalog.get('model_name')} version {catalog.get('version')}"
             f" (review={catalog.get('review')}){' — reused, inputs unchanged' if catalog.get('reused') else ''}",
-            f"  video: {catalog.get('video')}",
-            "  review it:  .venv/bin/dreampose review list",
-            f"  approve:    .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
+            f"  review page: .venv/bin/dreampose review show {catalog.get('item_id')}",
+            "  queue:       .venv/bin/dreampose review list",
+            f"  approve:     .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
         ]
     lines += ["", f"MLflow: experiment {params.tracking.experiment!r}" + (f", pipeline run {run_id}" if run_id else "")]
     lines += [f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  # then open http://127.0.0.1:5000"]

@@ -38,3 +38,17 @@ def _seed_and_isolate(monkeypatch, tmp_path):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for page checks, installed with apt on first use (``make test`` on a clean Debian
+    machine runs as root); ``DREAMPOSE_NO_BROWSER=1`` skips the browser checks instead."""
+    from tests.browser import BrowserUnavailable, ensure_chromium
+
+    if os.environ.get("DREAMPOSE_NO_BROWSER") == "1":
+        pytest.skip("DREAMPOSE_NO_BROWSER=1")
+    try:
+        return ensure_chromium()
+    except BrowserUnavailable as err:
+        pytest.fail(f"the review-page browser checks need Chromium: {err} (or set DREAMPOSE_NO_BROWSER=1)")

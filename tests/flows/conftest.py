@@ -99,4 +99,20 @@ def make_catalog_workspace(ws: Path) -> Path:
     save_pipeline_atomic(DreamPosePipeline(**comps), ws / "models" / "base")
     write_iuv_dir(ws / "poses")
     person_photo(ws / "photo.png")
+    write_truth_dir(ws / "truth")
     return ws
+
+
+def write_truth_dir(path: Path, frames: int = 6) -> Path:
+    """Ground-truth frames for ``write_iuv_dir``'s poses: the figure sliding right, one PNG per pose frame."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        img = np.full((64, 48, 3), 200, np.uint8)
+        x0 = 10 + t * 2
+        img[4:12, x0 + 4 : x0 + 12] = (220, 170, 140)
+        img[12:60, x0 : x0 + 16] = (30, 60, 200)
+        Image.fromarray(img).save(path / f"{t:03d}.png")
+    return path
