@@ -174,24 +174,35 @@ class Backbones:
     i3d: FeatureNet | None = None
     reid: FeatureNet | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # network -> its weights' ``<file>.note``, if any
 
     def reason(self, name: str) -> str:
         return self.reasons.get(name, f"no {name} network configured")
 
 
+def weights_note(weights: Path) -> str | None:
+    """The text of ``<weights>.note`` (e.g. "random weights, stand-in"), reported with the scores it affects."""
+    side = Path(weights).with_name(Path(weights).name + ".note")
+    return side.read_text().strip() if side.is_file() else None
+
+
 def load_backbones(cfg: ScoreConfig, root: Path) -> Backbones:
-    """Load every configured network that exists; absent or unusable files become reasons."""
+    """Load every configured network that exists; absent or unusable files become reasons, notes are kept."""
     out = Backbones()
     loaders = {
-        "lpips": (lambda: load_lpips(root / cfg.lpips_weights, "alex")),
-        "vgg": (lambda: load_lpips(root / cfg.vgg_weights, "vgg")),
-        "inception": (lambda: load_inception(root / cfg.inception_weights)),
-        "i3d": (lambda: load_i3d(root / cfg.i3d_weights)),
-        "reid": (lambda: load_reid(root / cfg.aed_weights)),
+        "lpips": (root / cfg.lpips_weights, lambda p: load_lpips(p, "alex")),
+        "vgg": (root / cfg.vgg_weights, lambda p: load_lpips(p, "vgg")),
+        "inception": (root / cfg.inception_weights, load_inception),
+        "i3d": (root / cfg.i3d_weights, load_i3d),
+        "reid": (root / cfg.aed_weights, load_reid),
     }
-    for name, load in loaders.items():
+    for name, (path, load) in loaders.items():
         try:
-            setattr(out, name, load())
+            setattr(out, name, load(path))
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             out.reasons[name] = str(err)
+            continue
+        note = weights_note(path)
+        if note:
+            out.notes[name] = note
     return out

@@ -355,6 +355,7 @@ def score_renders(
             **{b: {"status": "unavailable", "reason": r} for b, r in reasons.items()},
         },
         "ours_better_than": comparison(ours, summaries),
+        "backbone_notes": dict(backbones.notes),  # e.g. random stand-in weights: those metrics mean nothing
     }
     write_json(scores, out_dir / "scores.json")
     per_video = pd.concat([_per_video(n, m) for n, m in methods.items()], ignore_index=True)

@@ -102,3 +102,14 @@ def test_absent_weights_become_reasons(tmp_path):
     assert set(b.reasons) == {"lpips", "vgg", "inception", "i3d", "reid"}
     assert "models/metrics/i3d_torchscript.pt" in b.reasons["i3d"]
     assert b.reasons["reid"].startswith("re-identification weights not found")
+
+
+def test_backbone_notes_come_from_sidecar_files(tmp_path):
+    cfg = ScoreConfig(i3d_weights="i3d.pt", aed_weights="reid.pt")
+    torch.jit.script(_TinyI3D()).save(str(tmp_path / "i3d.pt"))
+    torch.jit.script(_TinyReid()).save(str(tmp_path / "reid.pt"))
+    (tmp_path / "i3d.pt.note").write_text("random weights\n")
+    (tmp_path / "absent.pt.note").write_text("a note without weights is not reported\n")
+    b = load_backbones(cfg, tmp_path)
+    assert b.notes == {"i3d": "random weights"}
+    assert b.i3d is not None and b.reid is not None and b.lpips is None
