@@ -236,7 +236,19 @@ def _load_iuv_dir(path: Path) -> np.ndarray:
     raise ValueError(f"poses directory {path}: no IUV .npz or .png files")
 
 
-def _video_iuv(path: Path, params, height: int, width: int) -> np.ndarray:
+def _densepose_backend(params, root: Path, height: int, width: int):
+    """The configured DensePose backend, its weight/config paths taken relative to the workspace ``root``
+    (as the densepose stage does), so the item works from any working directory."""
+    from dreampose.data.densepose.run import make_backend
+
+    cfg = params.densepose
+    cfg = cfg.model_copy(
+        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
+    )
+    return make_backend(cfg, root / "data" / "raw", height, width)
+
+
+def _video_iuv(path: Path, params, height: int, width: int, root: Path = Path(".")) -> np.ndarray:
     """Run the configured DensePose backend over a driving video's frames."""
     if params.densepose.backend == "synthetic":
         raise ValueError(
@@ -245,12 +257,11 @@ def _video_iuv(path: Path, params, height: int, width: int) -> np.ndarray:
         )
     import pandas as pd
 
-    from dreampose.data.densepose.run import make_backend
     from dreampose.video import read_video
 
     frames, _fps = read_video(path)
     frames = np.stack([np.asarray(resize_center_crop(Image.fromarray(f), height, width)) for f in frames])
-    backend = make_backend(params.densepose, Path("."), height, width)
+    backend = _densepose_backend(params, root, height, width)
     rows = pd.DataFrame({"video": path.stem, "split": "catalog", "frame": range(len(frames))})
     results = []
     for start in range(0, len(frames), params.densepose.batch_size):
@@ -307,7 +318,7 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
         iuv = fit_iuv(load_iuv_npz(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        iuv = _video_iuv(path, params, height, width)
+        iuv = _video_iuv(path, params, height, width, root)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.exists():
         raise ValueError(f"poses {poses}: expected a directory of IUV files, an .npz or a video ({VIDEO_SUFFIXES})")
@@ -335,16 +346,14 @@ def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, params) 
 # ---------------------------------------------------------------- photo pose and scoring
 
 
-def photo_pose(photo: Photo, seq: PoseSequence, params) -> tuple[np.ndarray, str]:
+def photo_pose(photo: Photo, seq: PoseSequence, params, root: Path = Path(".")) -> tuple[np.ndarray, str]:
     """The photo's own IUV: detected by a real DensePose backend (no person → error), else known from the
     workspace (a test video's input frame), else the sequence's first pose (the synthetic-backend limitation)."""
     if params.densepose.backend != "synthetic":
         import pandas as pd
 
-        from dreampose.data.densepose.run import make_backend
-
         h, w = photo.pixels.shape[:2]
-        backend = make_backend(params.densepose, Path("."), h, w)
+        backend = _densepose_backend(params, root, h, w)
         rows = pd.DataFrame({"video": ["photo"], "split": ["catalog"], "frame": [0]})
         result = backend.predict(photo.pixels[None], rows)[0]
         if not result.person_found:
@@ -522,7 +531,7 @@ def run_catalog_item(
     check_saved_model_frame_size(base_dir, h, w)
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
-    p_iuv, p_iuv_source = photo_pose(checked, seq, params)
+    p_iuv, p_iuv_source = photo_pose(checked, seq, params, root)
     base_digest = model_digest(base_dir)
     key = input_key(checked.pixels, seq, base_digest, params)
     name = params.tracking.registered_model

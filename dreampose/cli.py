@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dreampose.config import PARAMS_FILE, ConfigError, load_params
+import yaml
+
+from dreampose.config import PARAMS_FILE, ConfigError, layered_params, load_params
 
 # name -> (function in dreampose.stages, help text, takes --subject)
 STAGES: dict[str, tuple[str, str, bool]] = {
@@ -46,10 +48,16 @@ def _config_use(args: argparse.Namespace) -> int:
     if not src.is_file():
         choices = sorted(p.stem for p in (Path(args.root) / PRESETS_DIR).glob("*.yaml"))
         raise UserError(f"no preset {args.preset!r}; choose one of {choices}")
-    load_params(src)  # validate before overwriting anything
     dst = Path(args.root) / PARAMS_FILE
-    shutil.copyfile(src, dst)
-    print(f"{dst} <- {src}")
+    if args.override is None:
+        load_params(src)  # validate before overwriting anything
+        shutil.copyfile(src, dst)
+        print(f"{dst} <- {src}")
+        return 0
+    merged, _ = layered_params(src, args.override)  # validated before anything is overwritten
+    header = f"# {src} with {args.override} merged on top (dreampose config use --override); edit those instead\n"
+    dst.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    print(f"{dst} <- {src} + {args.override}")
     return 0
 
 
@@ -173,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="<action>")
     use = cfg_sub.add_parser("use", help="copy presets/<preset>.yaml over params.yaml (validated first)")
     use.add_argument("preset", help="demo or paper")
+    use.add_argument(
+        "--override", default=None, help="a YAML file merged over the preset (mappings key by key), validated first"
+    )
     use.set_defaults(func=_config_use)
     chk = cfg_sub.add_parser("check", help="validate the params file")
     chk.set_defaults(func=_config_check)

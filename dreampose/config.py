@@ -339,3 +339,36 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, path)
+
+
+def merge_overrides(base: object, override: object) -> object:
+    """``override`` laid over ``base``: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge_overrides(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _read_yaml(path: Path) -> object:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def layered_params(preset: str | Path, override: str | Path) -> tuple[dict, Params]:
+    """A preset with an override file merged on top: the merged mapping and its validated ``Params``.
+
+    Errors name the override file (it is the one that added or changed the offending key).
+    """
+    preset, override = Path(preset), Path(override)
+    base, top = _read_yaml(preset) or {}, _read_yaml(override) or {}
+    for path, raw in ((preset, base), (override, top)):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = merge_overrides(base, top)
+    return merged, parse_params(merged, f"{preset} + {override}")

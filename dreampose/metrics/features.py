@@ -188,25 +188,36 @@ class Backbones:
     i3d: FeatureNet | None = None
     reid: FeatureNet | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # network -> its weights' ``<file>.note``, if any
 
     def reason(self, name: str) -> str:
         return self.reasons.get(name, f"no {name} network configured")
 
 
+def weights_note(weights: Path) -> str | None:
+    """The text of ``<weights>.note`` (e.g. "random weights, stand-in"), reported with the scores it affects."""
+    side = Path(weights).with_name(Path(weights).name + ".note")
+    return side.read_text().strip() if side.is_file() else None
+
+
 def load_backbones(cfg: ScoreConfig, root: Path, device: torch.device | None = None) -> Backbones:
     """Load every configured network that exists, on ``device`` (fp32; ``None`` = CPU); absent or unusable
-    files become reasons."""
+    files become reasons, notes are kept."""
     out = Backbones()
     loaders = {
-        "lpips": (lambda: load_lpips(root / cfg.lpips_weights, "alex", device=device)),
-        "vgg": (lambda: load_lpips(root / cfg.vgg_weights, "vgg", device=device)),
-        "inception": (lambda: load_inception(root / cfg.inception_weights, device)),
-        "i3d": (lambda: load_i3d(root / cfg.i3d_weights, device)),
-        "reid": (lambda: load_reid(root / cfg.aed_weights, device)),
+        "lpips": (root / cfg.lpips_weights, lambda p: load_lpips(p, "alex", device=device)),
+        "vgg": (root / cfg.vgg_weights, lambda p: load_lpips(p, "vgg", device=device)),
+        "inception": (root / cfg.inception_weights, lambda p: load_inception(p, device)),
+        "i3d": (root / cfg.i3d_weights, lambda p: load_i3d(p, device)),
+        "reid": (root / cfg.aed_weights, lambda p: load_reid(p, device)),
     }
-    for name, load in loaders.items():
+    for name, (path, load) in loaders.items():
         try:
-            setattr(out, name, load())
+            setattr(out, name, load(path))
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             out.reasons[name] = str(err)
+            continue
+        note = weights_note(path)
+        if note:
+            out.notes[name] = note
     return out

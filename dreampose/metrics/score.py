@@ -458,6 +458,7 @@ def score_renders(
             **{b: {"status": "unavailable", "reason": r} for b, r in reasons.items()},
         },
         "ours_better_than": comparison(ours, summaries),
+        "backbone_notes": dict(backbones.notes),  # e.g. random stand-in weights: those metrics mean nothing
     }
     if t1_size is not None:
         m = MethodScores()

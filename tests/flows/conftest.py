@@ -1,35 +1,19 @@
-"""Prefect test setup: a private PREFECT_HOME and one temporary Prefect server for the session."""
+"""Flow test helpers (the private PREFECT_HOME and the session's Prefect server live in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-
-# Before prefect is imported anywhere: never touch the repository's .prefect/.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dreampose-prefect-test-")
-atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
-os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
 def catalog_workspace(tmp_path_factory) -> Path:
     """One tiny catalog workspace for the session (building the base model costs seconds)."""
     return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def make_dvc_repo(path: Path, dvc_yaml: str, params_yaml: str) -> Path:

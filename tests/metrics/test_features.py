@@ -122,3 +122,14 @@ def test_metric_networks_take_inputs_to_their_own_device():
     reid = _ReidFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())).to("meta")
     assert reid(x).device == torch.device("meta")
     assert _InceptionFeatures(Pool())(x).shape == (2, 4)  # and on CPU, as before
+
+
+def test_backbone_notes_come_from_sidecar_files(tmp_path):
+    cfg = ScoreConfig(i3d_weights="i3d.pt", aed_weights="reid.pt")
+    torch.jit.script(_TinyI3D()).save(str(tmp_path / "i3d.pt"))
+    torch.jit.script(_TinyReid()).save(str(tmp_path / "reid.pt"))
+    (tmp_path / "i3d.pt.note").write_text("random weights\n")
+    (tmp_path / "absent.pt.note").write_text("a note without weights is not reported\n")
+    b = load_backbones(cfg, tmp_path)
+    assert b.notes == {"i3d": "random weights"}
+    assert b.i3d is not None and b.reid is not None and b.lpips is None
