@@ -67,6 +67,17 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from dreampose.preflight import check_inputs, errors, format_findings
+
+    findings = check_inputs(load_params(Path(args.root) / args.params), Path(args.root))
+    print(format_findings(findings))
+    bad = errors(findings)
+    if bad:
+        print(f"{len(bad)} missing input(s): see README 'Running the paper configuration'", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def _eval_subjects(args: argparse.Namespace) -> int:
     import json
 
@@ -188,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk = cfg_sub.add_parser("check", help="validate the params file")
     chk.set_defaults(func=_config_check)
 
+    pre = sub.add_parser(
+        "preflight", help="check that every input the configured stages read is in place (no downloads, no weights)"
+    )
+    pre.set_defaults(func=_preflight)
     ev = sub.add_parser(
         "eval-subjects",
         help="the protocol's evaluation subjects from data/manifests/test.parquet (eval.num_subjects of them)",

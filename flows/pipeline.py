@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
 from dreampose.eval_subjects import fill_eval_subjects
+from dreampose.preflight import require_inputs
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
 NETWORK_STAGES = frozenset({"download"})
@@ -138,6 +139,10 @@ def pipeline(
 
     root_p = Path(root).resolve()
     params = load_params(root_p / params_file)
+    # Every input the stages will read is checked before the first one runs (missing ones listed together).
+    for finding in require_inputs(params, root_p):
+        if finding.level == "warn":
+            logger.warning("preflight: %s: %s", finding.key, finding.message)
     uri = tracking.configure(params.tracking.experiment, root_p)
     results: list[dict[str, Any]] = []
     catalog = None
