@@ -232,19 +232,23 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
 
     @staticmethod
     def _image_to_tensor(image: Any) -> torch.Tensor:
-        """One image input as a float ``(k, 3, H, W)`` tensor in its own range (PIL and uint8 arrays -> [0, 1])."""
+        """One image input as a float tensor in its own range (PIL and uint8 arrays -> [0, 1]): ``(3, H, W)`` for one
+        image, ``(k, 3, H, W)`` for a batch. Arrays become views of their ``(H, W, 3)`` data, as they always did
+        here (CPU kernels may round differently on another memory layout, and renders must not change by a bit).
+        """
         if isinstance(image, PIL.Image.Image):
-            return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image.convert("RGB")))
+            image = np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if image.ndim not in (3, 4) or image.shape[-1] != 3:
                 raise ValueError(f"image array has shape {image.shape}, expected (H, W, 3) or (B, H, W, 3)")
             arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-            return VaeImageProcessor.numpy_to_pt(arr[None] if arr.ndim == 3 else arr)
+            return (
+                torch.from_numpy(arr).permute(2, 0, 1) if arr.ndim == 3 else torch.from_numpy(arr).permute(0, 3, 1, 2)
+            )
         if isinstance(image, torch.Tensor):
-            x = image.unsqueeze(0) if image.ndim == 3 else image
-            if x.ndim != 4 or x.shape[1] != 3:
+            if image.ndim not in (3, 4) or image.shape[-3] != 3:
                 raise ValueError(f"image has shape {tuple(image.shape)}, expected (3, H, W) or (B, 3, H, W)")
-            return x.float()
+            return image.float()
         raise ValueError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
 
     def prepare_images(self, image: Any) -> torch.Tensor:
@@ -261,15 +265,16 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
         sizes = {tuple(p.shape[-2:]) for p in parts}
         if len(sizes) > 1:
             raise ValueError(f"images have different sizes {sorted(sizes)} (H, W); a batch needs one size")
-        x = torch.cat([p.to(parts[0].device) for p in parts])
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = min(float(p.min()) for p in parts), max(float(p.max()) for p in parts)
         if lo < 0:
             if lo < -1.001 or hi > 1.001:
                 raise ValueError(f"image tensor values span [{lo:.3f}, {hi:.3f}], expected [-1, 1] (or [0, 1])")
         else:
             if hi > 1.001:
                 raise ValueError(f"image values span [{lo:.3f}, {hi:.3f}], expected [0, 1] (or [-1, 1])")
-            x = VaeImageProcessor.normalize(x)
+            parts = [p * 2.0 - 1.0 for p in parts]  # VaeImageProcessor.normalize
+        parts = [p.unsqueeze(0) if p.ndim == 3 else p for p in parts]
+        x = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].device) for p in parts])
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"image is {x.shape[-2]}x{x.shape[-1]} (HxW), both must be multiples of {m}")
