@@ -174,8 +174,10 @@ def render_frames(
 ) -> np.ndarray:
     """Render one frame per pose window: ``poses (N, 10, H, W)`` -> uint8 ``(N, H, W, 3)``.
 
-    ``image`` is uint8 ``(H, W, 3)`` or a ``(3, H, W)`` tensor in [-1, 1]. Frames go through the
-    pipeline ``cfg.frame_batch_size`` at a time; ``on_batch(ids, frames)`` runs after each batch
+    ``image`` is uint8 ``(H, W, 3)`` or a ``(3, H, W)`` tensor in [-1, 1]; the pipeline is handed it in
+    [0, 1] (diffusers' image convention), which no pixel values can make ambiguous — a [-1, 1] tensor of a
+    bright photo (white background, light garment) has no negative value and would be read as [0, 1].
+    Frames go through the pipeline ``cfg.frame_batch_size`` at a time; ``on_batch(ids, frames)`` runs after each batch
     (used to write frames as they come, so an interrupted render keeps its work).
     """
     poses = torch.as_tensor(poses, dtype=torch.float32)
@@ -187,13 +189,15 @@ def render_frames(
     ids = list(range(len(poses))) if frame_ids is None else [int(f) for f in frame_ids]
     if len(ids) != len(poses):
         raise ValueError(f"{len(ids)} frame ids for {len(poses)} pose windows")
+    # uint8 -> x / 255 (the pipeline maps it back to x / 127.5 - 1 bit for bit); tensors -> (x + 1) / 2
+    unit = image.astype(np.float32) / 255.0 if isinstance(image, np.ndarray) else (pixels + 1.0) / 2.0
     pipe.set_scheduler(cfg.scheduler)
     out: list[np.ndarray] = []
     step = cfg.frame_batch_size
     for start in tqdm(range(0, len(poses), step), desc=desc, unit="batch", leave=False):
         batch_ids = ids[start : start + step]
         result = pipe(
-            pixels,
+            unit,
             poses[start : start + step],
             num_inference_steps=cfg.num_inference_steps,
             image_guidance_scale=cfg.image_guidance_scale,

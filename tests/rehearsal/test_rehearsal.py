@@ -157,6 +157,10 @@ def test_paper_preset_rehearsal(tmp_path, repo, prefect_harness, rehearsal_repor
     for m in METRICS:
         v = scores["ours"][m]
         assert isinstance(v, (int, float)) and not math.isnan(v), (m, v)
+    assert scores["table1"]["size"] == [params.score.table1_size] * 2  # the paper's Table-1 resolution, scaled
+    for m in METRICS:
+        v = scores["table1"]["ours"][m]
+        assert isinstance(v, (int, float)) and not math.isnan(v), ("table1", m, v)
     assert set(scores["backbone_notes"]) == {"lpips", "vgg", "inception", "i3d", "reid"}
     assert all("random weights" in n for n in scores["backbone_notes"].values())
     assert out["catalog"] is not None and Path(out["catalog"]["video"]).is_file()
