@@ -175,7 +175,7 @@ def test_score_and_report_commands(tmp_path, repo, capsys):
     out = capsys.readouterr().out
     assert out.startswith("method") and '"ours_better_than"' in out
     runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]])
-    assert len(runs) == 1 and runs["metrics.ours.l1"].iloc[0] > 0
+    assert len(runs) == 1 and runs["metrics.quality/ours.l1"].iloc[0] > 0
 
     assert main(["--root", str(tmp_path), "report"]) == 0
     report = capsys.readouterr().out
