@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dreampose.safe_fetch import UrlPolicy, fetch_url
+
 # diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
 # items in one process (threads) must not load or train at the same time; separate processes (the
 # Prefect process worker runs each flow run in its own) are fully independent.
@@ -54,24 +56,23 @@ class Photo:
     notes: tuple[str, ...] = field(default=())
 
 
-def read_photo_bytes(photo: str, timeout_s: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
-    """The photo's bytes from a local path or an http(s) URL (size-capped)."""
+def read_photo_bytes(
+    photo: str,
+    timeout_s: float = 30.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    url_policy: UrlPolicy | None = None,
+) -> bytes:
+    """The photo's bytes from a local path or an http(s) URL (size-capped).
+
+    A URL may not reach loopback, private, link-local or other internal addresses, nor redirect to them,
+    unless ``url_policy`` allows it (``dreampose.safe_fetch``).
+    """
     parsed = urlparse(photo)
     if parsed.scheme in ("http", "https"):
-        import requests
-
         try:
-            with requests.get(photo, stream=True, timeout=timeout_s) as resp:
-                if resp.status_code != 200:
-                    raise ValueError(f"photo URL {photo} answered HTTP {resp.status_code}")
-                buf = io.BytesIO()
-                for chunk in resp.iter_content(1 << 16):
-                    buf.write(chunk)
-                    if buf.tell() > max_bytes:
-                        raise ValueError(f"photo URL {photo} is larger than {max_bytes} bytes")
-                return buf.getvalue()
-        except requests.RequestException as err:
-            raise ValueError(f"photo URL {photo} could not be fetched: {type(err).__name__}") from None
+            return fetch_url(photo, url_policy or UrlPolicy(), timeout_s=timeout_s, max_bytes=max_bytes)
+        except ValueError as err:  # BlockedUrlError stays itself
+            raise type(err)(f"photo {err}") from None
     if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter "scheme" is a Windows drive
         raise ValueError(f"photo {photo!r}: only local paths and http(s) URLs are accepted")
     path = Path(photo)
@@ -80,6 +81,11 @@ def read_photo_bytes(photo: str, timeout_s: float = 30.0, max_bytes: int = MAX_D
     if path.stat().st_size > max_bytes:
         raise ValueError(f"photo {photo} is larger than {max_bytes} bytes")
     return path.read_bytes()
+
+
+def photo_url_policy(cfg, allow_private: bool = False) -> UrlPolicy:
+    """The URL policy of a ``photo_url`` config section; ``allow_private`` (a CLI flag) widens it."""
+    return UrlPolicy.of(cfg.allow_private or allow_private, cfg.allow_hosts, cfg.max_redirects)
 
 
 def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
@@ -131,13 +137,14 @@ def validate_photo(
     width: int,
     min_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    url_policy: UrlPolicy | None = None,
 ) -> Photo:
     """Load, check and convert one catalog photo to uint8 ``(height, width, 3)``.
 
     A side shorter than ``min_side`` (default: 64 px, or the model's side when that is smaller) is
     refused. Raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one line naming the photo.
     """
-    data = read_photo_bytes(photo)
+    data = read_photo_bytes(photo, url_policy=url_policy)
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -494,8 +501,11 @@ def run_catalog_item(
     ground_truth: str | None = None,
     reuse: bool = False,
     base_dir: Path | None = None,
+    allow_private_urls: bool = False,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
+
+    A photo URL follows ``params.photo_url``; ``allow_private_urls`` also admits internal addresses.
 
     ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
     model, subject/render settings), return it instead of training again. Bad input raises
@@ -507,7 +517,7 @@ def run_catalog_item(
     base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
     item_id = item_id_from(photo, item_id)
     h, w = params.frames.height, params.frames.width
-    checked = validate_photo(photo, h, w)
+    checked = validate_photo(photo, h, w, url_policy=photo_url_policy(params.photo_url, allow_private_urls))
     if not (base_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
     from dreampose.models.sizes import check_saved_model_frame_size

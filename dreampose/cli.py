@@ -98,7 +98,13 @@ def _catalog_item(args: argparse.Namespace) -> int:
 
     params = load_params(Path(args.root) / args.params)
     result = run_catalog_item(
-        params, Path(args.root), args.photo, args.poses, item_id=args.item_id, ground_truth=args.ground_truth
+        params,
+        Path(args.root),
+        args.photo,
+        args.poses,
+        item_id=args.item_id,
+        ground_truth=args.ground_truth,
+        allow_private_urls=args.allow_private_urls,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -166,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--poses", required=True, help="a test video id, a directory of IUV .npz/.png, or a video")
     cat.add_argument("--item-id", default=None, help="catalog item id (default: from the photo's file name)")
     cat.add_argument("--ground-truth", default=None, help="optional: ground-truth video id or frames for full metrics")
+    cat.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let a photo URL reach loopback/private/link-local hosts (an intranet; refused by default)",
+    )
     cat.set_defaults(func=_catalog_item)
     return p
 

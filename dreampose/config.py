@@ -233,6 +233,25 @@ class EvalConfig(_Strict):
     num_subjects: int | None = Field(None, ge=1)
 
 
+class PhotoUrlConfig(_Strict):
+    """Catalog photos given as http(s) URLs. Internal addresses (loopback, private, link-local, ...) and
+    redirects to them are refused unless ``allow_private`` (an intranet catalog) or the exact ``host:port``
+    is listed in ``allow_hosts``."""
+
+    allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    max_redirects: int = Field(5, ge=0, le=20)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _host_port(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"allow_hosts entry {entry!r}: expected host:port (e.g. intranet.example:8080)")
+        return tuple(e.lower() for e in v)
+
+
 class TrackingConfig(_Strict):
     experiment: str = "dreampose"
     registered_model: str = "dreampose-subject"
@@ -251,6 +270,7 @@ class Params(_Strict):
     score: ScoreConfig = ScoreConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    photo_url: PhotoUrlConfig = PhotoUrlConfig()
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:

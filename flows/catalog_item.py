@@ -29,12 +29,22 @@ def run_item_task(
     item_id: str | None,
     ground_truth: str | None,
     reuse: bool,
+    allow_private_urls: bool = False,
 ) -> dict[str, Any]:
     """Validate, finetune, render, score, log and register (side effects only: never cached)."""
     from dreampose.catalog import run_catalog_item
 
     params = load_params(Path(root) / params_file)
-    return run_catalog_item(params, Path(root), photo, poses, item_id=item_id, ground_truth=ground_truth, reuse=reuse)
+    return run_catalog_item(
+        params,
+        Path(root),
+        photo,
+        poses,
+        item_id=item_id,
+        ground_truth=ground_truth,
+        reuse=reuse,
+        allow_private_urls=allow_private_urls,
+    )
 
 
 @flow(name="catalog-item", persist_result=False, log_prints=True)
@@ -46,15 +56,17 @@ def catalog_item(
     root: str = ".",
     params_file: str = PARAMS_FILE,
     reuse: bool = False,
+    allow_private_urls: bool = False,
 ) -> dict[str, Any]:
     """One catalog item: ``photo`` (path or http(s) URL), ``poses`` (a test video id, a directory of
     IUV ``.npz``/``.png`` files, or a video for DensePose), optional ``ground_truth`` for full metrics.
 
     ``reuse=True`` returns the version already registered for identical inputs instead of retraining.
+    A photo URL may not reach internal addresses unless ``allow_private_urls`` (or ``photo_url`` in params).
     """
     log = get_run_logger()
     root_p = str(Path(root).resolve())
-    result = run_item_task(root_p, params_file, photo, poses, item_id, ground_truth, reuse)
+    result = run_item_task(root_p, params_file, photo, poses, item_id, ground_truth, reuse, allow_private_urls)
     if result.get("reused"):
         log.info("inputs unchanged: reusing %s version %s", result["model_name"], result["version"])
     else:
@@ -72,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".")
     p.add_argument("--params", default=PARAMS_FILE)
     p.add_argument("--reuse", action="store_true", help="return the existing version for identical inputs")
+    p.add_argument("--allow-private-urls", action="store_true", help="let a photo URL reach internal hosts")
     a = p.parse_args(argv)
     try:
-        catalog_item(a.photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse)
+        catalog_item(a.photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse, a.allow_private_urls)
     except (ValueError, FileNotFoundError) as err:
         print(f"catalog-item: error: {err}", file=sys.stderr)
         return 2
