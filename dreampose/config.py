@@ -8,6 +8,7 @@ loads it and passes the relevant section down as an argument.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +88,26 @@ class DensePoseConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     min_score: float = Field(0.5, ge=0, le=1)
     device: str = "auto"
+
+
+class ClusterConfig(_Strict):
+    """Where the per-video work of ``frames`` and ``densepose`` runs (``dreampose.cluster``): ``null`` in this
+    process, ``local`` a Dask LocalCluster here, ``tcp://host:port`` an existing Dask scheduler whose workers
+    share the workspace's filesystem. Outputs are byte-identical wherever they ran."""
+
+    address: str | None = None
+    local_workers: int = Field(2, ge=1, le=256)
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per node for densepose: one worker per GPU, cuda:i each")
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "local":
+            return v
+        if not re.fullmatch(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", v):
+            raise ValueError(f"{v!r}: expected null, 'local' or a scheduler address 'tcp://host:port'")
+        return v
 
 
 class ManifestConfig(_Strict):
@@ -262,6 +283,7 @@ class Params(_Strict):
     data: DataConfig = DataConfig()
     frames: FramesConfig = FramesConfig()
     densepose: DensePoseConfig = DensePoseConfig()
+    cluster: ClusterConfig = ClusterConfig()
     manifest: ManifestConfig = ManifestConfig()
     model: ModelConfig = ModelConfig()
     train_base: TrainConfig = TrainConfig()

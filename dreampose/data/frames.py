@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from dreampose.fsutil import replace_dir
 from dreampose.config import FramesConfig
+from dreampose.fsutil import replace_dir
 from dreampose.video import iter_video, open_video
 
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
@@ -162,12 +162,34 @@ def _extract_video(
     return rows
 
 
-def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Path | None = None) -> dict[str, Any]:
+def _video_or_quarantine(
+    cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path, pool: ThreadPoolExecutor
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One video's index rows, or no rows and its quarantine entry when it cannot be decoded."""
+    try:
+        return _extract_video(cfg, split, path, video_dir, rel_dir, pool), None
+    except ValueError as err:
+        shutil.rmtree(video_dir, ignore_errors=True)
+        return [], {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
+
+
+def _video_job(
+    cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One video as a cluster task: its own encoder pool of ``cfg.workers`` threads."""
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        return _video_or_quarantine(cfg, split, path, video_dir, rel_dir, root, pool)
+
+
+def extract_frames(
+    cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Path | None = None, client: Any = None
+) -> dict[str, Any]:
     """Write ``out_dir/<split>/<video>/NNNNN.jpg``, ``index.parquet`` and ``quarantine.json``.
 
     ``path`` in the index is relative to ``root`` (default: ``out_dir/../..``, the workspace root
     for the standard ``data/frames`` layout). Built in a temporary directory and swapped in at the
     end; raises ``ValueError`` if no video is readable. Returns a summary with the throughput.
+    ``client``: a ``distributed.Client`` to run the videos on (``dreampose.cluster``); the files are identical.
     """
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     root = Path(root) if root is not None else out_dir.parent.parent
@@ -181,16 +203,24 @@ def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Pat
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     quarantine: list[dict[str, str]] = []
+    jobs = [
+        (cfg, split, path, tmp / split / path.stem, f"{rel_out}/{split}/{path.stem}", root) for split, path in videos
+    ]
     try:
-        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-            for split, path in tqdm(videos, desc="frames", unit="video", leave=False):
-                video_dir = tmp / split / path.stem
-                try:
-                    rows += _extract_video(cfg, split, path, video_dir, f"{rel_out}/{split}/{path.stem}", pool)
-                except ValueError as err:
-                    shutil.rmtree(video_dir, ignore_errors=True)
-                    entry = {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
-                    quarantine.append(entry)
+        if client is None:
+            with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+                results = [
+                    _video_or_quarantine(*job, pool) for job in tqdm(jobs, desc="frames", unit="video", leave=False)
+                ]
+        else:
+            from dreampose.cluster import map_ordered
+
+            with tqdm(total=len(jobs), desc="frames (cluster)", unit="video", leave=False) as bar:
+                results = map_ordered(client, _video_job, jobs, on_done=lambda _f: bar.update(1))
+        for video_rows, entry in results:
+            rows += video_rows
+            if entry is not None:
+                quarantine.append(entry)
         if not rows:
             reasons = "; ".join(q["reason"] for q in quarantine[:3])
             raise ValueError(f"{videos_dir}: none of {len(videos)} videos is readable ({reasons})")
