@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo test lint bench serve clean-demo install
+.PHONY: demo test lint bench serve clean-demo install remote
 
 install: $(VENV_STAMP)
 
@@ -25,6 +25,13 @@ lint: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) -m benchmarks.run_all
+
+# A DVC remote for the pipeline's outputs, then push them: `make remote URL=/mnt/store` (or s3://bucket/dreampose,
+# ssh://host/path). A fresh clone then serves catalog items after `dvc pull models/base` (README "Scaling out").
+remote: $(VENV_STAMP)
+	@test -n "$(URL)" || { echo "usage: make remote URL=<path or s3://... or ssh://...>" >&2; exit 2; }
+	.venv/bin/dreampose remote add "$(URL)"
+	.venv/bin/dvc push
 
 # Local deployment stack on 127.0.0.1: Prefect server :4200, process worker (pool dreampose-local), MLflow UI :5000.
 serve: $(VENV_STAMP)

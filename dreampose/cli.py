@@ -110,6 +110,14 @@ def _catalog_item(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote_add(args: argparse.Namespace) -> int:
+    from dreampose.remote import add_remote
+
+    url = add_remote(Path(args.root), args.url, name=args.name, default=not args.not_default)
+    print(f"DVC remote {args.name!r} -> {url}{'' if args.not_default else ' (default)'}; now `dvc push`")
+    return 0
+
+
 def _run_stage(args: argparse.Namespace) -> int:
     from dreampose import stages
 
@@ -166,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "reject":
             ra.add_argument("--reason", required=True, help="why (stored as tag review_reason)")
     rev.set_defaults(func=_review)
+
+    rem = sub.add_parser("remote", help="DVC remote for the pipeline's outputs: add (then `dvc push`)")
+    rem_sub = rem.add_subparsers(dest="remote_command", required=True, metavar="<action>")
+    ra = rem_sub.add_parser(
+        "add",
+        help="set the default DVC remote: a path, ssh://, s3://, gs://, ... (then `dvc push`; clones `dvc pull`)",
+    )
+    ra.add_argument("url", help="a local/mounted path or a URL such as s3://bucket/dreampose")
+    ra.add_argument("--name", default="store", help="remote name (default: store)")
+    ra.add_argument("--not-default", action="store_true", help="add it without making it the default remote")
+    ra.set_defaults(func=_remote_add)
 
     cat = sub.add_parser("catalog-item", help="one photo + poses -> subject model, video, review=pending version")
     cat.add_argument("--photo", required=True, help="product photo: a path or an http(s) URL")
