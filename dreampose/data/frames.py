@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from dreampose.config import FramesConfig
 from dreampose.fsutil import replace_dir
-from dreampose.video import iter_video, open_video
+from dreampose.video import iter_video, open_stream
 
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 INDEX_SCHEMA = pa.schema(
@@ -47,7 +47,8 @@ INDEX_SCHEMA = pa.schema(
         ("height", pa.int32()),
     ]
 )
-_MAX_PENDING = 64  # encoded-but-unwritten frames held in memory at most
+_MAX_PENDING = 64  # decoded frames waiting for the encoders, per decoding video, at most
+_CHUNK = 8  # frames per encoder task
 
 
 def fit_geometry(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
@@ -119,6 +120,11 @@ def _resize_and_save(frame: np.ndarray, path: Path, cfg: FramesConfig) -> None:
     Image.fromarray(out).save(path, format="JPEG", quality=cfg.jpeg_quality, subsampling=0)
 
 
+def _resize_and_save_all(frames: list[tuple[np.ndarray, Path]], cfg: FramesConfig) -> None:
+    for frame, path in frames:
+        _resize_and_save(frame, path, cfg)
+
+
 def _display(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -130,30 +136,37 @@ def _extract_video(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, pool: ThreadPoolExecutor
 ) -> list[dict[str, Any]]:
     """Frames of one video into ``video_dir``; raises ``ValueError`` if it cannot be decoded."""
-    reader, info = open_video(path)
-    wanted = frame_indices(info.num_frames, cfg.stride, cfg.max_frames)
+    reader, num_frames, fps = open_stream(path)
+    wanted = frame_indices(num_frames, cfg.stride, cfg.max_frames)
     video_dir.mkdir(parents=True)
     rows: list[dict[str, Any]] = []
     pending: deque[Future] = deque()
+    chunk: list[tuple[np.ndarray, Path]] = []
     try:
         for k, (src_idx, frame) in enumerate(iter_video(path, wanted, reader=reader)):
             name = f"{k:05d}.jpg"
-            # resize, encode and the file write (~0.2 ms of syscalls per file) leave the decoding thread
-            pending.append(pool.submit(_resize_and_save, frame, video_dir / name, cfg))
-            if len(pending) >= _MAX_PENDING:
-                pending.popleft().result()
+            # resize, encode and the file write leave the decoding thread, a few frames per task so the
+            # hand-over (a lock, a wake-up, the GIL) is paid once per chunk rather than once per frame
+            chunk.append((frame, video_dir / name))
+            if len(chunk) == _CHUNK:
+                pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
+                chunk = []
+                if len(pending) >= _MAX_PENDING // _CHUNK:
+                    pending.popleft().result()
             rows.append(
                 {
                     "video": path.stem,
                     "split": split,
                     "frame": k,
                     "source_frame": src_idx,
-                    "timestamp": src_idx / info.fps if info.fps > 0 else 0.0,
+                    "timestamp": src_idx / fps if fps > 0 else 0.0,
                     "path": f"{rel_dir}/{name}",
                     "width": cfg.width,
                     "height": cfg.height,
                 }
             )
+        if chunk:
+            pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
     finally:
         for fut in pending:
             fut.result()
@@ -208,10 +221,16 @@ def extract_frames(
     ]
     try:
         if client is None:
-            with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-                results = [
-                    _video_or_quarantine(*job, pool) for job in tqdm(jobs, desc="frames", unit="video", leave=False)
-                ]
+            # cfg.workers videos decode at once (decord releases the GIL), sharing cfg.workers encoder threads
+            with (
+                ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="encode") as pool,
+                ThreadPoolExecutor(max_workers=min(cfg.workers, len(jobs)), thread_name_prefix="decode") as decoders,
+                tqdm(total=len(jobs), desc="frames", unit="video", leave=False) as bar,
+            ):
+                futures = [decoders.submit(_video_or_quarantine, *job, pool) for job in jobs]
+                for fut in futures:
+                    fut.add_done_callback(lambda _f: bar.update(1))
+                results = [fut.result() for fut in futures]  # in video order, whatever order they finished
         else:
             from dreampose.cluster import map_ordered
 
