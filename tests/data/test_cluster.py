@@ -71,7 +71,7 @@ def test_a_worker_failure_reaches_the_caller_with_its_type(raw, client, tmp_path
     shutil.copytree(raw / "data/raw", ws / "data/raw")
     extract_frames(FramesConfig(height=32, width=24), ws / "data/raw/videos", ws / "data/frames")
     cfg = DensePoseConfig(backend="torchscript", weights=str(tmp_path / "missing.pt"))
-    with pytest.raises((ValueError, FileNotFoundError), match="missing.pt"):
+    with pytest.raises((ValueError, FileNotFoundError), match=r"missing\.pt"):
         run_densepose(cfg, ws / "data/frames", ws / "data/raw", ws / "data/densepose", client=client)
     assert not (ws / "data/densepose").exists() and not list((ws / "data").glob(".densepose*"))
 
@@ -128,6 +128,6 @@ def test_local_cluster_with_gpus_spreads_workers_over_devices(monkeypatch):
 
 @pytest.mark.parametrize("address", ["http://host:8786", "tcp://host", "localhost", "tcp://a b:1"])
 def test_cluster_address_is_validated(address):
-    with pytest.raises(ConfigError, match="cluster.address"):
+    with pytest.raises(ConfigError, match=r"cluster\.address"):
         parse_params({"cluster": {"address": address}})
     assert parse_params({"cluster": {"address": "tcp://10.1.2.3:8786"}}).cluster.address == "tcp://10.1.2.3:8786"
