@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo test lint bench serve clean-demo install remote
+.PHONY: demo paper test lint bench serve clean-demo install remote
 
 install: $(VENV_STAMP)
 
@@ -14,6 +14,12 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 
 # Full pipeline through Prefect (ephemeral server) + DVC + MLflow (sqlite under the repo).
 demo: $(VENV_STAMP)
+	$(PY) -m flows.pipeline
+
+# The paper's configuration (GPU, real weights, UBC Fashion): README "Running the paper configuration".
+paper: $(VENV_STAMP)
+	.venv/bin/dreampose config use paper
+	.venv/bin/dreampose preflight
 	$(PY) -m flows.pipeline
 
 test: $(VENV_STAMP)

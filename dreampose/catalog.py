@@ -243,7 +243,19 @@ def _load_iuv_dir(path: Path) -> np.ndarray:
     raise ValueError(f"poses directory {path}: no IUV .npz or .png files")
 
 
-def _video_iuv(path: Path, params, height: int, width: int) -> np.ndarray:
+def _densepose_backend(params, root: Path, height: int, width: int):
+    """The configured DensePose backend, its weight/config paths taken relative to the workspace ``root``
+    (as the densepose stage does), so the item works from any working directory."""
+    from dreampose.data.densepose.run import make_backend
+
+    cfg = params.densepose
+    cfg = cfg.model_copy(
+        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
+    )
+    return make_backend(cfg, root / "data" / "raw", height, width)
+
+
+def _video_iuv(path: Path, params, height: int, width: int, root: Path = Path(".")) -> np.ndarray:
     """Run the configured DensePose backend over a driving video's frames."""
     if params.densepose.backend == "synthetic":
         raise ValueError(
@@ -252,12 +264,11 @@ def _video_iuv(path: Path, params, height: int, width: int) -> np.ndarray:
         )
     import pandas as pd
 
-    from dreampose.data.densepose.run import make_backend
     from dreampose.video import read_video
 
     frames, _fps = read_video(path)
     frames = np.stack([np.asarray(resize_center_crop(Image.fromarray(f), height, width)) for f in frames])
-    backend = make_backend(params.densepose, Path("."), height, width)
+    backend = _densepose_backend(params, root, height, width)
     rows = pd.DataFrame({"video": path.stem, "split": "catalog", "frame": range(len(frames))})
     results = []
     for start in range(0, len(frames), params.densepose.batch_size):
@@ -314,7 +325,7 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
         iuv = fit_iuv(load_iuv_npz(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        iuv = _video_iuv(path, params, height, width)
+        iuv = _video_iuv(path, params, height, width, root)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.exists():
         raise ValueError(f"poses {poses}: expected a directory of IUV files, an .npz or a video ({VIDEO_SUFFIXES})")
@@ -342,16 +353,14 @@ def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, params) 
 # ---------------------------------------------------------------- photo pose and scoring
 
 
-def photo_pose(photo: Photo, seq: PoseSequence, params) -> tuple[np.ndarray, str]:
+def photo_pose(photo: Photo, seq: PoseSequence, params, root: Path = Path(".")) -> tuple[np.ndarray, str]:
     """The photo's own IUV: detected by a real DensePose backend (no person → error), else known from the
     workspace (a test video's input frame), else the sequence's first pose (the synthetic-backend limitation)."""
     if params.densepose.backend != "synthetic":
         import pandas as pd
 
-        from dreampose.data.densepose.run import make_backend
-
         h, w = photo.pixels.shape[:2]
-        backend = make_backend(params.densepose, Path("."), h, w)
+        backend = _densepose_backend(params, root, h, w)
         rows = pd.DataFrame({"video": ["photo"], "split": ["catalog"], "frame": [0]})
         result = backend.predict(photo.pixels[None], rows)[0]
         if not result.person_found:
@@ -432,6 +441,8 @@ def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) ->
     h.update(json.dumps(seq.frame_ids).encode())
     h.update(base_digest.encode())
     settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    if params.runtime.dtype != "fp32":  # reduced-precision renders differ; fp32 keys stay as they always were
+        settings["runtime_dtype"] = params.runtime.dtype
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
@@ -490,6 +501,7 @@ class _Item:
     photo_iuv: np.ndarray
     photo_iuv_source: str
     key: str
+    base_digest: str = ""
 
 
 def run_catalog_item(
@@ -502,6 +514,7 @@ def run_catalog_item(
     reuse: bool = False,
     base_dir: Path | None = None,
     allow_private_urls: bool = False,
+    flow_run_id: str | None = None,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
 
@@ -509,10 +522,13 @@ def run_catalog_item(
 
     ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
     model, subject/render settings), return it instead of training again. Bad input raises
-    ``ValueError``/``FileNotFoundError`` before anything is written or registered.
+    ``ValueError``/``FileNotFoundError`` before anything is written or registered. ``flow_run_id``
+    (the Prefect flow run, when there is one) is tagged on the MLflow run.
     """
     from dreampose import registry, tracking
+    from dreampose.runtime import resolve_runtime
 
+    runtime = resolve_runtime(params.runtime)  # a device this machine lacks fails before any work
     root = Path(root).resolve()
     base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
     item_id = item_id_from(photo, item_id)
@@ -525,8 +541,9 @@ def run_catalog_item(
     check_saved_model_frame_size(base_dir, h, w)
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
-    p_iuv, p_iuv_source = photo_pose(checked, seq, params)
-    key = input_key(checked.pixels, seq, model_digest(base_dir), params)
+    p_iuv, p_iuv_source = photo_pose(checked, seq, params, root)
+    base_digest = model_digest(base_dir)
+    key = input_key(checked.pixels, seq, base_digest, params)
     name = params.tracking.registered_model
     enabled = tracking.tracking_enabled()
     if enabled:
@@ -535,12 +552,30 @@ def run_catalog_item(
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
-    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key)
-    return _train_render_register(params, root, base_dir, item, enabled)
+    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
+    return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime)
 
 
-def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enabled: bool) -> dict[str, Any]:
-    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``."""
+def _run_tags(item: _Item, flow_run_id: str | None) -> dict[str, str]:
+    """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
+    tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = str(flow_run_id)
+    return tags
+
+
+def _train_render_register(
+    params,
+    root: Path,
+    base_dir: Path,
+    item: _Item,
+    enabled: bool,
+    flow_run_id: str | None = None,
+    runtime=None,
+) -> dict[str, Any]:
+    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
+
+    The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
     import contextlib
 
     from dreampose import registry, tracking
@@ -550,9 +585,14 @@ def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enab
     run_ctx = (
         tracking.stage_run(
             "catalog_item",
-            {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()},
+            {
+                "train_subject": params.train_subject.model_dump(),
+                "render": params.render.model_dump(),
+                "runtime": runtime.describe() if runtime is not None else None,
+            },
             params.tracking.experiment,
-            tags={"catalog_item": item.item_id, "catalog.input_key": item.key},
+            tags=_run_tags(item, flow_run_id),
+            run_name=f"catalog_item@{item.item_id}",
         )
         if enabled
         else contextlib.nullcontext(None)
@@ -576,10 +616,11 @@ def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enab
                     run_dir,
                     run_dir / "model",
                     size=size,
-                    logger=MlflowLogger() if run is not None else None,
+                    logger=MlflowLogger(prefix="train/") if run is not None else None,
+                    device=runtime.device if runtime is not None else None,
                 )
                 t_train = time.perf_counter() - t0
-                pipe = load_pipeline(run_dir / "model")
+                pipe = load_pipeline(run_dir / "model", runtime)
             render = render_sequence(
                 pipe,
                 item.photo.pixels,
@@ -614,31 +655,108 @@ def _train_render_register(params, root: Path, base_dir: Path, item: _Item, enab
             raise
         if run is None:
             return {**summary, "model_name": None, "version": None, "review": None}
-        import mlflow
+        info = _log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+    return {
+        **summary,
+        "model_name": info.name,
+        "version": info.version,
+        "review": info.review,
+        "review_page": info.links.get("review_page"),
+        "approved_uri": registry.approved_uri(info.name, item.item_id),
+    }
 
-        mlflow.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)})
-        mlflow.log_artifacts(str(run_dir / "model"), "model")
-        for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
-            if (run_dir / "render" / f).is_file():
-                mlflow.log_artifact(str(run_dir / "render" / f), "render")
-        mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
-        mlflow.log_dict(summary, "metrics.json")
-        art = mlflow.get_artifact_uri()
-        info = registry.register_version(
-            params.tracking.registered_model,
-            source=f"{art}/model",
-            run_id=run_id,
-            item_id=item.item_id,
-            tags={
-                registry.INPUT_KEY_TAG: item.key,
-                "link.video": f"{art}/render/video.mp4",
-                "link.side_by_side": f"{art}/render/side_by_side.mp4",
-                "link.poster": f"{art}/render/poster.png",
-                "link.metrics": f"{art}/metrics.json",
-                "photo": item.photo.source[:500],
-                "poses": item.seq.source[:500],
-            },
-            description=f"catalog item {item.item_id}",
-        )
-        mlflow.set_tag("registered_version", info.version)
-    return {**summary, "model_name": info.name, "version": info.version, "review": info.review}
+
+def _log_model(params, item: _Item, run_dir: Path) -> None:
+    """The subject model as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
+    import mlflow
+
+    from dreampose.mlflow_model import save_subject_model
+
+    staging = run_dir / "mlflow_model"
+    save_subject_model(
+        staging,
+        run_dir / "model",
+        run_dir / "input" / "photo.png",
+        params.render.model_dump(),
+        params.manifest.pose_window,
+        example=item.seq.iuv[item.seq.frame_ids[:1]],
+    )
+    try:
+        mlflow.log_artifacts(str(staging), "model")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the diffusers folder in model/
+
+
+def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.ndarray, scores) -> Path:
+    """Write the version's self-contained review page into the run directory."""
+    from dreampose.render import iuv_to_rgb
+    from dreampose.review_page import PAGE_NAME, ReviewPage, demo_reference, write_page
+
+    page = ReviewPage(
+        item_id=item.item_id,
+        model_name=info.name,
+        version=info.version,
+        photo=item.photo.pixels,
+        pose=np.stack([iuv_to_rgb(item.seq.iuv[t]) for t in item.seq.frame_ids]),
+        generated=frames,
+        truth=item.truth,
+        fps=params.render.fps,
+        scores=scores,
+        reference=demo_reference(root),
+        reference_label="demo evaluation (metrics/scores.json)",
+        run_id=run_id,
+        notes=[*item.photo.notes, f"photo pose: {item.photo_iuv_source}", f"poses: {item.seq.source}"],
+    )
+    return write_page(page, root / "catalog" / item.item_id / run_id / PAGE_NAME)
+
+
+def _description(run, model_name: str, item_id: str) -> str:
+    """The version's description (Markdown in the MLflow UI): a link to the review page and the load URI."""
+    from dreampose import registry
+
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/review.html"
+    uri = registry.approved_uri(model_name, item_id)
+    return (
+        f"Catalog item **{item_id}**. [Open the review page]({page}) (or `dreampose review show {item_id}`).\n\n"
+        f'Once approved it loads as `mlflow.pyfunc.load_model("{uri}")`.'
+    )
+
+
+def _log_and_register(params, root: Path, item: _Item, run_id: str, run_dir: Path, scores, summary, frames) -> Any:
+    """Quality metrics, the pyfunc model, media, the registered version and its review page."""
+    import mlflow
+
+    from dreampose import registry
+
+    mlflow.log_metrics({f"quality/{k}": v for k, v in scores.items() if np.isfinite(v)})
+    _log_model(params, item, run_dir)
+    for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
+        if (run_dir / "render" / f).is_file():
+            mlflow.log_artifact(str(run_dir / "render" / f), "render")
+    mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
+    mlflow.log_dict(summary, "metrics.json")
+    runs = f"runs:/{run_id}"
+    run = mlflow.active_run()
+    info = registry.register_version(
+        params.tracking.registered_model,
+        source=f"{mlflow.get_artifact_uri()}/model",
+        run_id=run_id,
+        item_id=item.item_id,
+        tags={
+            registry.INPUT_KEY_TAG: item.key,
+            "link.review_page": f"{runs}/review.html",
+            "link.video": f"{runs}/render/video.mp4",
+            "link.side_by_side": f"{runs}/render/side_by_side.mp4",
+            "link.poster": f"{runs}/render/poster.png",
+            "link.metrics": f"{runs}/metrics.json",
+            "base_model.sha256": item.base_digest,
+            "photo": item.photo.source[:500],
+            "poses": item.seq.source[:500],
+        },
+        description=_description(run, params.tracking.registered_model, item.item_id),
+    )
+    page = _review_page(params, root, item, info, run_id, frames, scores)
+    mlflow.log_artifact(str(page))
+    mlflow.set_tag("registered_version", info.version)
+    mlflow.set_tag("registered_model", f"models:/{info.name}/{info.version}")
+    return info

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dreampose.config import PARAMS_FILE, ConfigError, load_params
+import yaml
+
+from dreampose.config import PARAMS_FILE, ConfigError, layered_params, load_params
 
 # name -> (function in dreampose.stages, help text, takes --subject)
 STAGES: dict[str, tuple[str, str, bool]] = {
@@ -46,10 +48,16 @@ def _config_use(args: argparse.Namespace) -> int:
     if not src.is_file():
         choices = sorted(p.stem for p in (Path(args.root) / PRESETS_DIR).glob("*.yaml"))
         raise UserError(f"no preset {args.preset!r}; choose one of {choices}")
-    load_params(src)  # validate before overwriting anything
     dst = Path(args.root) / PARAMS_FILE
-    shutil.copyfile(src, dst)
-    print(f"{dst} <- {src}")
+    if args.override is None:
+        load_params(src)  # validate before overwriting anything
+        shutil.copyfile(src, dst)
+        print(f"{dst} <- {src}")
+        return 0
+    merged, _ = layered_params(src, args.override)  # validated before anything is overwritten
+    header = f"# {src} with {args.override} merged on top (dreampose config use --override); edit those instead\n"
+    dst.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    print(f"{dst} <- {src} + {args.override}")
     return 0
 
 
@@ -57,6 +65,17 @@ def _config_check(args: argparse.Namespace) -> int:
     load_params(Path(args.root) / args.params)
     print(f"{args.params}: ok")
     return 0
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from dreampose.preflight import check_inputs, errors, format_findings
+
+    findings = check_inputs(load_params(Path(args.root) / args.params), Path(args.root))
+    print(format_findings(findings))
+    bad = errors(findings)
+    if bad:
+        print(f"{len(bad)} missing input(s): see README 'Running the paper configuration'", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _eval_subjects(args: argparse.Namespace) -> int:
@@ -80,14 +99,51 @@ def _review(args: argparse.Namespace) -> int:
     params = load_params(Path(args.root) / args.params)
     tracking.configure(params.tracking.experiment, Path(args.root))
     if args.review_command == "list":
-        found = registry.list_pending(args.model or params.tracking.registered_model)
-        print(json.dumps([registry.describe(v) for v in found], indent=2))
+        found = registry.list_versions(args.model or params.tracking.registered_model, args.status)
+        if args.json:
+            print(json.dumps([registry.describe(v) for v in found], indent=2))
+        else:
+            print(registry.review_table(found))
         return 0
+    if args.review_command == "show":
+        return _review_show(args, args.model or params.tracking.registered_model)
     if args.review_command == "approve":
-        info = registry.approve(args.model, args.version)
+        info = registry.approve(args.model, args.version, by=args.by)
+        print(f"approved {info.name} version {info.version} ({info.tags.get(registry.ITEM_TAG)}) by {args.by}")
+        uri = registry.approved_uri(info.name, info.tags[registry.ITEM_TAG])
+        print(f'load it: mlflow.pyfunc.load_model("{uri}")')
     else:
-        info = registry.reject(args.model, args.version, args.reason)
-    print(json.dumps(registry.describe(info), indent=2))
+        info = registry.reject(args.model, args.version, args.reason, by=args.by)
+        print(f"rejected {info.name} version {info.version} by {args.by}: {info.tags.get(registry.REASON_TAG)}")
+    return 0
+
+
+def _review_show(args: argparse.Namespace, model: str) -> int:
+    """Download an item's review page from the MLflow store and open it in the default browser."""
+    import tempfile
+    import webbrowser
+
+    import mlflow
+
+    from dreampose import registry
+
+    if args.version is not None:
+        info = registry.get_version(model, args.version)
+        if info.tags.get(registry.ITEM_TAG) != args.item:
+            raise UserError(f"{model} version {info.version} is not catalog item {args.item!r}")
+    else:
+        info = registry.latest_for_item(model, args.item)
+        if info is None:
+            raise UserError(f"no version of {model} is registered for catalog item {args.item!r}")
+    page_uri = info.links.get("review_page")
+    if not page_uri:
+        raise UserError(f"{model} version {info.version} has no review page (registered before pages existed)")
+    dst = Path(tempfile.gettempdir()) / "dreampose-review" / f"{model}-v{info.version}"
+    dst.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=page_uri, dst_path=str(dst)))
+    print(local)
+    if not args.no_open:
+        webbrowser.open(local.resolve().as_uri())
     return 0
 
 
@@ -150,10 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="<action>")
     use = cfg_sub.add_parser("use", help="copy presets/<preset>.yaml over params.yaml (validated first)")
     use.add_argument("preset", help="demo or paper")
+    use.add_argument(
+        "--override", default=None, help="a YAML file merged over the preset (mappings key by key), validated first"
+    )
     use.set_defaults(func=_config_use)
     chk = cfg_sub.add_parser("check", help="validate the params file")
     chk.set_defaults(func=_config_check)
 
+    pre = sub.add_parser(
+        "preflight", help="check that every input the configured stages read is in place (no downloads, no weights)"
+    )
+    pre.set_defaults(func=_preflight)
     ev = sub.add_parser(
         "eval-subjects",
         help="the protocol's evaluation subjects from data/manifests/test.parquet (eval.num_subjects of them)",
@@ -163,14 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--write", action="store_true", help="write the list into the params file's eval.subjects")
     ev.set_defaults(func=_eval_subjects)
 
-    rev = sub.add_parser("review", help="review catalog items' registered models: list | approve | reject")
+    from dreampose.registry import STATUSES, default_reviewer
+
+    model_help = "registered model (default: params.yaml tracking.registered_model)"
+    rev = sub.add_parser("review", help="review catalog items' registered models: list | show | approve | reject")
     rev_sub = rev.add_subparsers(dest="review_command", required=True, metavar="<action>")
-    rl = rev_sub.add_parser("list", help="versions waiting for review, with video, poster and metrics links")
-    rl.add_argument("--model", help="registered model (default: params.yaml tracking.registered_model)")
-    for action, text in (("approve", "set alias 'approved' + tag review=approved"), ("reject", "tag review=rejected")):
+    rl = rev_sub.add_parser("list", help="versions by review status: a table with each item's review page")
+    rl.add_argument("--model", help=model_help)
+    rl.add_argument("--status", choices=STATUSES, default="pending", help="which versions (default: pending)")
+    rl.add_argument("--json", action="store_true", help="JSON for machines instead of the table")
+    rs = rev_sub.add_parser("show", help="open a catalog item's review page (newest version, or --version)")
+    rs.add_argument("item", help="catalog item id")
+    rs.add_argument("--version", default=None, help="model version (default: the item's newest)")
+    rs.add_argument("--model", help=model_help)
+    rs.add_argument("--no-open", action="store_true", help="only download the page and print its path")
+    actions = (
+        ("approve", "approve one item's version: alias approved-<item> + tag review=approved (others stay)"),
+        ("reject", "tag review=rejected with a reason; drops the item's approved alias if it pointed here"),
+    )
+    for action, text in actions:
         ra = rev_sub.add_parser(action, help=text)
         ra.add_argument("model", help="registered model name")
         ra.add_argument("version", help="model version number")
+        ra.add_argument("--by", default=default_reviewer(), help="who decides (default: the OS user)")
         if action == "reject":
             ra.add_argument("--reason", required=True, help="why (stored as tag review_reason)")
     rev.set_defaults(func=_review)

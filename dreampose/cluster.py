@@ -30,7 +30,7 @@ _TRAILING_INT = re.compile(r"(\d+)$")
 def device_for_worker(worker_name: object, gpus: int, configured: str) -> str:
     """The torch device a worker's DensePose uses.
 
-    ``gpus == 0`` or an explicit device other than ``auto``/``cuda`` in ``densepose.device``: ``configured``.
+    ``gpus == 0`` or an explicit device other than ``auto``/``cuda`` (``runtime.device``): ``configured``.
     Otherwise ``cuda:<i mod gpus>`` where ``i`` is the number ending the worker's name (LocalCluster names
     workers 0, 1, ...; ``--name gpu-3`` gives 3). A worker whose name has no index keeps ``configured``.
     """

@@ -8,6 +8,7 @@ loads it and passes the relevant section down as an argument.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -87,7 +88,13 @@ class DensePoseConfig(_Strict):
     detectron2_config: str = "configs/densepose_rcnn_R_50_FPN_s1x.yaml"
     batch_size: int = Field(8, ge=1)
     min_score: float = Field(0.5, ge=0, le=1)
-    device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "device" in data:
+            raise ValueError("densepose.device moved to runtime.device (one device for every stage that runs a model)")
+        return data
 
 
 class ClusterConfig(_Strict):
@@ -244,6 +251,51 @@ class ScoreConfig(_Strict):
     baselines: bool = Field(True, description="also render and score copy-input, pose-zeroed, image-swapped, base")
 
 
+DEVICE_ENV = "DREAMPOSE_DEVICE"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class RuntimeConfig(_Strict):
+    """Where and how every stage that runs a model at inference runs: DensePose, render, score
+    (baseline renders and metric backbones) and the catalog item's render. Training keeps its own
+    ``mixed_precision`` and lets accelerate place it.
+
+    ``device``: ``auto`` (CUDA when available, else CPU) | ``cpu`` | ``cuda`` | ``cuda:N``; asking for CUDA on a
+    machine without it is an error when a stage starts, not when the file is read. The environment
+    variable ``DREAMPOSE_DEVICE`` overrides it for every params file read (a job or test run can move
+    everything to the GPU without editing the preset).
+    ``dtype``: the diffusion pipeline's inference precision. ``fp16`` on CPU falls back to ``fp32`` with a
+    warning (CPU half kernels are slow and incomplete); ``bf16`` runs on CPU. DensePose and the metric
+    backbones always run in fp32 (their published numbers are fp32).
+    ``cpu_offload``: keep the pipeline's models in CPU memory and move each to the device only while it
+    runs (diffusers' model CPU offload; less GPU memory, somewhat slower). Ignored when the device is the CPU.
+    """
+
+    device: str = "auto"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    cpu_offload: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda or cuda:N")
+        return v
+
+
+def apply_env_overrides(raw: dict) -> dict:
+    """``DREAMPOSE_DEVICE`` (when set and non-empty) replaces ``runtime.device`` of a parsed params mapping."""
+    device = os.environ.get(DEVICE_ENV, "").strip()
+    if not device:
+        return raw
+    if not _DEVICE_RE.match(device):
+        raise ConfigError(f"{DEVICE_ENV}={device!r}: not a device (use auto, cpu, cuda or cuda:N)")
+    runtime = raw.get("runtime") or {}
+    if not isinstance(runtime, dict):
+        return raw  # the validation error names runtime
+    return {**raw, "runtime": {**runtime, "device": device}}
+
+
 class EvalConfig(_Strict):
     """Evaluation subjects (test video ids): ``subjects`` lists them; when it is empty,
     ``dreampose eval-subjects --write`` (which the pipeline flow runs after the manifest stage) fills it with the
@@ -290,6 +342,7 @@ class Params(_Strict):
     train_subject: SubjectConfig = SubjectConfig()
     render: RenderConfig = RenderConfig()
     score: ScoreConfig = ScoreConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     photo_url: PhotoUrlConfig = PhotoUrlConfig()
@@ -311,6 +364,7 @@ def parse_params(raw: object, path: str | Path = PARAMS_FILE) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_env_overrides(raw)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -326,3 +380,36 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, path)
+
+
+def merge_overrides(base: object, override: object) -> object:
+    """``override`` laid over ``base``: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge_overrides(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _read_yaml(path: Path) -> object:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def layered_params(preset: str | Path, override: str | Path) -> tuple[dict, Params]:
+    """A preset with an override file merged on top: the merged mapping and its validated ``Params``.
+
+    Errors name the override file (it is the one that added or changed the offending key).
+    """
+    preset, override = Path(preset), Path(override)
+    base, top = _read_yaml(preset) or {}, _read_yaml(override) or {}
+    for path, raw in ((preset, base), (override, top)):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = merge_overrides(base, top)
+    return merged, parse_params(merged, f"{preset} + {override}")

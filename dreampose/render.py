@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
+from dreampose.runtime import Runtime, place_pipeline
 
 log = logging.getLogger("dreampose.render")
 
@@ -124,14 +125,35 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
 # ---------------------------------------------------------------- pipeline calls
 
 
-def load_pipeline(model_dir: Path):
-    """A ``DreamPosePipeline`` from a ``save_pretrained`` directory, on CPU, eval mode."""
+def load_pipeline(model_dir: Path, runtime: Runtime | None = None):
+    """A ``DreamPosePipeline`` from a ``save_pretrained`` directory, eval mode, placed by ``runtime``
+    (device, dtype, CPU offload; ``None`` = CPU fp32, exactly as saved)."""
     from dreampose.models.pipeline import DreamPosePipeline
 
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a DreamPose pipeline directory (no model_index.json)")
-    return DreamPosePipeline.from_pretrained(model_dir)
+    if runtime is None or runtime.dtype == torch.float32:
+        pipe = DreamPosePipeline.from_pretrained(model_dir)
+    else:
+        pipe = DreamPosePipeline.from_pretrained(model_dir, dtype=runtime.dtype)
+    return place_pipeline(pipe, runtime)
+
+
+def pipeline_runtime(pipe) -> dict[str, Any] | None:
+    """Where a pipeline actually runs (device, UNet dtype, offload), for render.json; ``None`` if unknown."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return None
+    from dreampose.runtime import DTYPE_NAMES
+
+    offload = getattr(pipe, "_offload_device", None)
+    device = offload if offload is not None else pipe._execution_device
+    return {
+        "device": str(device),
+        "dtype": DTYPE_NAMES.get(unet.dtype, str(unet.dtype)),
+        "cpu_offload": offload is not None,
+    }
 
 
 def frame_generators(seed: int, frame_ids: Sequence[int]) -> list[torch.Generator]:
@@ -152,8 +174,10 @@ def render_frames(
 ) -> np.ndarray:
     """Render one frame per pose window: ``poses (N, 10, H, W)`` -> uint8 ``(N, H, W, 3)``.
 
-    ``image`` is uint8 ``(H, W, 3)`` or a ``(3, H, W)`` tensor in [-1, 1]. Frames go through the
-    pipeline ``cfg.frame_batch_size`` at a time; ``on_batch(ids, frames)`` runs after each batch
+    ``image`` is uint8 ``(H, W, 3)`` or a ``(3, H, W)`` tensor in [-1, 1]; the pipeline is handed it in
+    [0, 1] (diffusers' image convention), which no pixel values can make ambiguous — a [-1, 1] tensor of a
+    bright photo (white background, light garment) has no negative value and would be read as [0, 1].
+    Frames go through the pipeline ``cfg.frame_batch_size`` at a time; ``on_batch(ids, frames)`` runs after each batch
     (used to write frames as they come, so an interrupted render keeps its work).
     """
     poses = torch.as_tensor(poses, dtype=torch.float32)
@@ -165,13 +189,15 @@ def render_frames(
     ids = list(range(len(poses))) if frame_ids is None else [int(f) for f in frame_ids]
     if len(ids) != len(poses):
         raise ValueError(f"{len(ids)} frame ids for {len(poses)} pose windows")
+    # uint8 -> x / 255 (the pipeline maps it back to x / 127.5 - 1 bit for bit); tensors -> (x + 1) / 2
+    unit = image.astype(np.float32) / 255.0 if isinstance(image, np.ndarray) else (pixels + 1.0) / 2.0
     pipe.set_scheduler(cfg.scheduler)
     out: list[np.ndarray] = []
     step = cfg.frame_batch_size
     for start in tqdm(range(0, len(poses), step), desc=desc, unit="batch", leave=False):
         batch_ids = ids[start : start + step]
         result = pipe(
-            pixels,
+            unit,
             poses[start : start + step],
             num_inference_steps=cfg.num_inference_steps,
             image_guidance_scale=cfg.image_guidance_scale,
@@ -272,6 +298,7 @@ def render_subject(
     out_dir: Path,
     pipe=None,
     fvd_manifest: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Render one evaluation subject's test targets with its finetuned model into ``out_dir``.
 
@@ -279,6 +306,7 @@ def render_subject(
     ``side_by_side.mp4`` (input photo | colour-coded IUV | generated | ground truth),
     ``poster.png`` and ``render.json``. With ``fvd_manifest``, also the subject's FVD clip
     (consecutive frames) as ``fvd/frames/NNNNN.png``. ``pipe`` overrides loading ``model_dir`` (tests, flows).
+    ``runtime`` places the loaded pipeline (device, dtype, offload).
     """
     from dreampose.data.dataset import load_pose_sequence
 
@@ -296,7 +324,7 @@ def render_subject(
 
     t0 = time.perf_counter()
     if pipe is None:
-        pipe = load_pipeline(model_dir)
+        pipe = load_pipeline(model_dir, runtime)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     counts = render_to_dir(pipe, image, poses, frame_ids, cfg, out_dir / "frames", desc=f"render {subject}")
@@ -327,6 +355,7 @@ def render_subject(
         **fvd,
         **counts,
         "settings": cfg.model_dump(),
+        "runtime": pipeline_runtime(pipe),
         "columns": ["input", "pose", "generated", "ground_truth"],
         "files": files,
         "seconds": {"load": round(t_load, 3), "render": round(t_render, 3)},
@@ -374,6 +403,7 @@ def render_sequence(
         "num_frames": len(ids),
         **counts,
         "settings": cfg.model_dump(),
+        "runtime": pipeline_runtime(pipe),
         "columns": ["input", "pose", "generated"],
         "files": files,
         "seconds": {"render": round(t_render, 3)},

@@ -36,16 +36,23 @@ def _check_frame_size(params: Params, model_dir: Path) -> None:
     check_saved_model_frame_size(model_dir, params.frames.height, params.frames.width)
 
 
-def _log_summary(summary: dict[str, Any]) -> None:
-    """Numbers go to MLflow metrics, the whole summary to a JSON artifact."""
+def _log_summary(summary: dict[str, Any], group: str = "") -> None:
+    """Numbers go to MLflow metrics (named ``<group><key>``), the whole summary to a JSON artifact."""
     if not tracking.tracking_enabled():
         return
     import mlflow
 
     nums = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if nums:
-        mlflow.log_metrics(nums)
+        mlflow.log_metrics({f"{group}{k}": v for k, v in nums.items()})
     mlflow.log_dict(summary, "summary.json")
+
+
+def runtime(params: Params):
+    """The inference runtime (``params.runtime``) resolved for this machine: a clear error for a device it lacks."""
+    from dreampose.runtime import resolve_runtime
+
+    return resolve_runtime(params.runtime)
 
 
 def download(params: Params, root: Path) -> dict[str, Any]:
@@ -84,16 +91,26 @@ def densepose(params: Params, root: Path) -> dict[str, Any]:
     from dreampose.data.densepose import run_densepose
 
     cfg = params.densepose
+    rt = runtime(params)
     # Weight/config paths in params.yaml are relative to the workspace root, not the working directory.
     cfg = cfg.model_copy(
         update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
     )
     with tracking.stage_run(
-        "densepose", params.densepose.model_dump(), params.tracking.experiment, inputs={"frames": root / FRAMES}
+        "densepose",
+        {**params.densepose.model_dump(), "runtime": rt.describe()},
+        params.tracking.experiment,
+        inputs={"frames": root / FRAMES},
     ):
         with connect(params.cluster) as client:
             summary = run_densepose(
-                cfg, root / FRAMES, root / RAW, root / DENSEPOSE, client=client, gpus=params.cluster.gpus
+                cfg,
+                root / FRAMES,
+                root / RAW,
+                root / DENSEPOSE,
+                device=rt.device,
+                client=client,
+                gpus=params.cluster.gpus,
             )
         _log_summary(summary)
     return summary
@@ -151,8 +168,9 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
             heldout_manifest=root / MANIFESTS / "test.parquet",
             size=(params.frames.height, params.frames.width),
             logger=finetune.MlflowLogger() if r is not None else None,
+            device=runtime(params).device,
         )
-        _log_summary(summary)
+        _log_summary(summary, "train/")
         if r is not None:
             import mlflow
 
@@ -180,8 +198,9 @@ def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]
             out,
             size=(params.frames.height, params.frames.width),
             logger=finetune.MlflowLogger() if r is not None else None,
+            device=runtime(params).device,
         )
-        _log_summary(summary)
+        _log_summary(summary, "train/")
         if r is not None:
             import mlflow
 
@@ -215,10 +234,10 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
     _check_frame_size(params, root / SUBJECTS / subject)
     out = root / RENDERS / subject
+    rt = runtime(params)
     inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
-    with tracking.stage_run(
-        "render", params.render.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
-    ):
+    run_params = {**params.render.model_dump(), "runtime": rt.describe()}
+    with tracking.stage_run("render", run_params, params.tracking.experiment, inputs=inputs, tags={"subject": subject}):
         summary = render_subject(
             params.render,
             root / SUBJECTS / subject,
@@ -227,8 +246,9 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
             root,
             out,
             fvd_manifest=root / MANIFESTS / "fvd.parquet",
+            runtime=rt,
         )
-        _log_summary({k: v for k, v in summary.items() if k != "frames"})
+        _log_summary({k: v for k, v in summary.items() if k != "frames"}, "render/")
         _log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
     return summary
 
@@ -245,7 +265,8 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             "after the manifest stage (the pipeline flow does this itself), or list test video ids in params.yaml"
         )
     dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
-    run_params = {"score": params.score.model_dump(), "render": params.render.model_dump()}
+    rt = runtime(params)
+    run_params = {"score": params.score.model_dump(), "render": params.render.model_dump(), "runtime": rt.describe()}
     inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}
     with tracking.stage_run("score", run_params, params.tracking.experiment, inputs=inputs):
         result = score_renders(
@@ -260,6 +281,7 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             subjects_model_dir=root / SUBJECTS,
             base_model_dir=root / BASE,
             dataset=dataset,
+            runtime=rt,
         )
         table = result.pop("table")
         print(table)
@@ -267,7 +289,8 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             import mlflow
 
             flat = tracking.flatten({"ours": result["ours"], "baselines": result["baselines"]})
-            mlflow.log_metrics({k: float(v) for k, v in flat.items() if is_finite(v)})
+            # MLflow names only (quality/ours.l1 ...); metrics/scores.json keeps its own keys for DVC.
+            mlflow.log_metrics({f"quality/{k}": float(v) for k, v in flat.items() if is_finite(v)})
             mlflow.log_text(table, "scores_table.txt")
         files = [root / METRICS / "scores.json", root / METRICS / "per_video.parquet", root / PLOTS / "per_frame.csv"]
         _log_files(files, "scores")

@@ -89,6 +89,12 @@ def path_digest(path: Path) -> str | None:
     return h.hexdigest()
 
 
+def stage_run_name(stage: str, tags: Mapping[str, str] | None = None) -> str:
+    """``render@<subject>`` for a per-subject stage, else the stage name."""
+    subject = (tags or {}).get("subject")
+    return f"{stage}@{subject}" if subject else stage
+
+
 def tracking_enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
 
@@ -100,8 +106,12 @@ def stage_run(
     experiment: str = "dreampose",
     inputs: Mapping[str, Path] | None = None,
     tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
 ) -> Iterator[Any]:
     """Open an MLflow run for one stage: a child of the pipeline run when one is active.
+
+    The run is named ``run_name``, else ``<stage>@<subject>`` for a per-subject stage (``subject`` tag),
+    else ``<stage>``, so the pipeline tree says what ran and on which subject.
 
     Logs the stage's params (flattened), the git commit and content hashes of ``inputs``.
     Yields the active ``mlflow.ActiveRun`` (or ``None`` when tracking is disabled).
@@ -119,7 +129,7 @@ def stage_run(
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+    with mlflow.start_run(run_name=run_name or stage_run_name(stage, tags), tags=all_tags) as run:
         flat = flatten(params)
         # MLflow caps param values at 6000 chars; tuples/lists become JSON.
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flat.items()})

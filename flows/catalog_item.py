@@ -1,7 +1,7 @@
 """One new catalog item as a Prefect flow (deployment ``catalog-item/catalog-item``).
 
 photo + poses → validate → subject finetune from ``models/base`` → render → score → MLflow run →
-registered model version tagged ``catalog_item=<id>``, ``review=pending``. The work is
+registered model version tagged ``catalog_item=<id>``, ``review=pending``, with a review page. The work is
 ``dreampose.catalog.run_catalog_item``; this flow only adds Prefect's logging and run identity.
 
     python -m flows.catalog_item --photo shirt.jpg --poses syn_test_000
@@ -32,6 +32,8 @@ def run_item_task(
     allow_private_urls: bool = False,
 ) -> dict[str, Any]:
     """Validate, finetune, render, score, log and register (side effects only: never cached)."""
+    from prefect.runtime import flow_run
+
     from dreampose.catalog import run_catalog_item
 
     params = load_params(Path(root) / params_file)
@@ -44,6 +46,7 @@ def run_item_task(
         ground_truth=ground_truth,
         reuse=reuse,
         allow_private_urls=allow_private_urls,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
 
 
@@ -71,7 +74,7 @@ def catalog_item(
         log.info("inputs unchanged: reusing %s version %s", result["model_name"], result["version"])
     else:
         log.info("registered %s version %s (review=%s)", result["model_name"], result["version"], result["review"])
-        log.info("video: %s", result.get("video"))
+        log.info("review page: %s  (dreampose review show %s)", result.get("review_page"), result["item_id"])
     return result
 
 

@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
 from dreampose.eval_subjects import fill_eval_subjects
+from dreampose.preflight import require_inputs
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
 NETWORK_STAGES = frozenset({"download"})
@@ -116,9 +117,9 @@ def summary_text(
             "",
             f"Catalog item {catalog.get('item_id')}: {catalog.get('model_name')} version {catalog.get('version')}"
             f" (review={catalog.get('review')}){' — reused, inputs unchanged' if catalog.get('reused') else ''}",
-            f"  video: {catalog.get('video')}",
-            "  review it:  .venv/bin/dreampose review list",
-            f"  approve:    .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
+            f"  review page: .venv/bin/dreampose review show {catalog.get('item_id')}",
+            "  queue:       .venv/bin/dreampose review list",
+            f"  approve:     .venv/bin/dreampose review approve {catalog.get('model_name')} {catalog.get('version')}",
         ]
     lines += ["", f"MLflow: experiment {params.tracking.experiment!r}" + (f", pipeline run {run_id}" if run_id else "")]
     lines += [f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  # then open http://127.0.0.1:5000"]
@@ -138,6 +139,10 @@ def pipeline(
 
     root_p = Path(root).resolve()
     params = load_params(root_p / params_file)
+    # Every input the stages will read is checked before the first one runs (missing ones listed together).
+    for finding in require_inputs(params, root_p):
+        if finding.level == "warn":
+            logger.warning("preflight: %s: %s", finding.key, finding.message)
     uri = tracking.configure(params.tracking.experiment, root_p)
     results: list[dict[str, Any]] = []
     catalog = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Before prefect is imported anywhere: never touch the repository's .prefect/.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dreampose-prefect-test-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +42,29 @@ def _seed_and_isolate(monkeypatch, tmp_path):
     yield
 
 
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (flow tests in any directory share it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for page checks, installed with apt on first use (``make test`` on a clean Debian
+    machine runs as root); ``DREAMPOSE_NO_BROWSER=1`` skips the browser checks instead."""
+    from tests.browser import BrowserUnavailable, ensure_chromium
+
+    if os.environ.get("DREAMPOSE_NO_BROWSER") == "1":
+        pytest.skip("DREAMPOSE_NO_BROWSER=1")
+    try:
+        return ensure_chromium()
+    except BrowserUnavailable as err:
+        pytest.fail(f"the review-page browser checks need Chromium: {err} (or set DREAMPOSE_NO_BROWSER=1)")

@@ -216,3 +216,26 @@ def test_photo_from_url(tmp_path, http_dir):
         catalog.read_photo_bytes(f"{http_dir}/shirt.png", max_bytes=100, url_policy=allow)
     with pytest.raises(BlockedUrlError, match="loopback"):
         catalog.validate_photo(f"{http_dir}/shirt.png", H, W)  # not without the allowance
+
+
+def test_photo_pose_reads_densepose_weights_relative_to_the_workspace(tmp_path, monkeypatch):
+    """The pipeline flow runs the catalog item with ``root`` != the working directory; the weights path in
+    params.yaml is relative to ``root``, as in the densepose stage."""
+    from dreampose.config import parse_params
+    from tests.data.test_densepose import save_module
+    from tests.flows.conftest import person_photo
+
+    ws = tmp_path / "ws"
+    (ws / "models/densepose").mkdir(parents=True)
+    save_module(ws / "models/densepose/dp.pt", batched=False)
+    params = parse_params(
+        {
+            "frames": {"height": 64, "width": 48},
+            "densepose": {"backend": "torchscript", "weights": "models/densepose/dp.pt"},
+        }
+    )
+    photo = catalog.validate_photo(person_photo(tmp_path / "photo.png"), 64, 48)
+    seq = catalog.PoseSequence(iuv=np.zeros((1, 64, 48, 3), np.uint8), frame_ids=[0], source="test")
+    monkeypatch.chdir(tmp_path)  # not the workspace
+    iuv, source = catalog.photo_pose(photo, seq, params, ws)
+    assert source == "densepose" and iuv.shape == (64, 48, 3) and iuv[..., 0].any()

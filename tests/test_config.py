@@ -58,3 +58,42 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 
 def test_defaults_are_one_source():
     assert Params() == parse_params({}, Path("empty.yaml"))
+
+
+def test_runtime_presets_demo_auto_fp32_paper_auto_fp16(repo, monkeypatch):
+    monkeypatch.delenv("DREAMPOSE_DEVICE", raising=False)
+    demo = load_params(repo / "params.yaml").runtime
+    paper = load_params(repo / "presets" / "paper.yaml").runtime
+    assert (demo.device, demo.dtype, demo.cpu_offload) == ("auto", "fp32", False)
+    assert (paper.device, paper.dtype, paper.cpu_offload) == ("auto", "fp16", False)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"runtime": {"device": "gpu"}}, "runtime.device: .*'gpu' is not a device"),
+        ({"runtime": {"device": "cuda:x"}}, "runtime.device"),
+        ({"runtime": {"dtype": "fp8"}}, "runtime.dtype"),
+        ({"runtime": {"offload": True}}, "runtime.offload: unknown key"),
+        ({"densepose": {"device": "cpu"}}, "densepose.device moved to runtime.device"),
+    ],
+)
+def test_bad_runtime_names_the_key(raw, match, monkeypatch):
+    monkeypatch.delenv("DREAMPOSE_DEVICE", raising=False)
+    with pytest.raises(ConfigError, match=match):
+        parse_params(raw, "x.yaml")
+
+
+def test_dreampose_device_env_overrides_runtime_device(tmp_path, monkeypatch):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"runtime": {"device": "cpu", "dtype": "bf16"}}))
+    monkeypatch.delenv("DREAMPOSE_DEVICE", raising=False)
+    assert load_params(p).runtime.device == "cpu"
+    monkeypatch.setenv("DREAMPOSE_DEVICE", "cuda:1")
+    assert load_params(p).runtime.device == "cuda:1" and load_params(p).runtime.dtype == "bf16"
+    assert parse_params({}, "empty.yaml").runtime.device == "cuda:1"
+    monkeypatch.setenv("DREAMPOSE_DEVICE", "")
+    assert load_params(p).runtime.device == "cpu"
+    monkeypatch.setenv("DREAMPOSE_DEVICE", "gpu0")
+    with pytest.raises(ConfigError, match="DREAMPOSE_DEVICE='gpu0'"):
+        load_params(p)

@@ -8,6 +8,7 @@ from PIL import Image
 from dreampose.config import RenderConfig
 from dreampose.data.densepose.iuv import uv_to_model
 from dreampose.render import (
+    frame_generators,
     iuv_to_rgb,
     png_complete,
     poster,
@@ -16,6 +17,7 @@ from dreampose.render import (
     render_sequence,
     render_subject,
     side_by_side,
+    to_uint8,
 )
 from dreampose.video import probe_video
 from tests.metrics._workspace import (
@@ -127,3 +129,35 @@ def test_render_subject_renders_the_fvd_clip_beside_the_targets(tmp_path):
     assert probe_video(out / "video.mp4").num_frames == 2
     with pytest.raises(FileNotFoundError, match="no FVD clip manifest"):
         render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, out, pipe=pipe, fvd_manifest=tmp_path / "x")
+
+
+def test_a_bright_photo_reaches_the_pipeline_unambiguously():
+    """A white-background photo of a light garment has no pixel below mid-grey: as a [-1, 1] tensor it would be
+    read as [0, 1] by the diffusers image convention; render_frames hands the pipeline [0, 1] values instead."""
+    import torch
+
+    pipe = tiny_pipeline()
+    rng = np.random.default_rng(0)
+    bright = rng.integers(128, 256, size=(H, W, 3), dtype=np.uint8)
+    poses = torch.from_numpy(np.concatenate([uv_to_model(make_iuv(t)) for t in range(5)])[None]).float()
+    cfg = RenderConfig(num_inference_steps=2, frame_batch_size=2, seed=0)
+    ours = render_frames(pipe, bright, poses, cfg)
+    as_tensor = render_frames(pipe, torch.from_numpy(bright).permute(2, 0, 1).float() / 127.5 - 1.0, poses, cfg)
+    np.testing.assert_array_equal(ours, as_tensor)  # uint8 and [-1, 1] tensor callers get the same frames
+
+    def direct(image):
+        gen = frame_generators(cfg.seed, [0])
+        frames = pipe(
+            image,
+            poses,
+            num_inference_steps=2,
+            image_guidance_scale=cfg.image_guidance_scale,
+            pose_guidance_scale=cfg.pose_guidance_scale,
+            generator=gen,
+            output_type="np",
+        ).frames
+        return to_uint8(frames)
+
+    np.testing.assert_array_equal(ours, direct(bright))  # what the pipeline makes of the photo itself
+    misread = direct(torch.from_numpy(bright).permute(2, 0, 1).float() / 127.5 - 1.0)  # no negative value
+    assert (ours != misread).any()  # the ambiguity is real for the pipeline's raw input

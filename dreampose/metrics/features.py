@@ -31,12 +31,22 @@ import torch
 import torch.nn.functional as F
 
 from dreampose.config import ScoreConfig
+from dreampose.runtime import place_module
 
 PairNet = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FeatureNet = Callable[[torch.Tensor], torch.Tensor]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a network's weights live (inputs are moved there); CPU for a network without tensors."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def _require(path: Path, what: str) -> Path:
@@ -66,7 +76,8 @@ class _LpipsDistance(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.model(pred, target, normalize=True).flatten()
+        dev = module_device(self.model)
+        return self.model(pred.to(dev), target.to(dev), normalize=True).flatten()
 
 
 def _trunk_key(name: str) -> str:
@@ -74,8 +85,10 @@ def _trunk_key(name: str) -> str:
     return re.sub(r"^slice\d+\.", "features.", name)
 
 
-def load_lpips(trunk_weights: Path, net: str = "alex", lin_weights: Path | None = None) -> PairNet:
-    """LPIPS with the given trunk (torchvision state dict) and linear layers; no download."""
+def load_lpips(
+    trunk_weights: Path, net: str = "alex", lin_weights: Path | None = None, device: torch.device | None = None
+) -> PairNet:
+    """LPIPS with the given trunk (torchvision state dict) and linear layers, on ``device``; no download."""
     import lpips
 
     trunk_weights = _require(trunk_weights, f"LPIPS {net} trunk")
@@ -99,7 +112,7 @@ def load_lpips(trunk_weights: Path, net: str = "alex", lin_weights: Path | None 
     if absent:
         raise ValueError(f"{lin_weights}: not LPIPS linear layers (missing {absent[0]})")
     model.load_state_dict({k: lins[k] for k in expected}, strict=False)
-    return _LpipsDistance(model)
+    return place_module(_LpipsDistance(model), device)
 
 
 class _InceptionFeatures(torch.nn.Module):
@@ -109,10 +122,10 @@ class _InceptionFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)[0].flatten(1)
+        return self.model(images.to(module_device(self.model)))[0].flatten(1)
 
 
-def load_inception(weights: Path) -> FeatureNet:
+def load_inception(weights: Path, device: torch.device | None = None) -> FeatureNet:
     """pytorch-fid's FID Inception-v3 with its weights read from ``weights`` instead of the network."""
     from pytorch_fid import inception
 
@@ -120,7 +133,7 @@ def load_inception(weights: Path) -> FeatureNet:
     sd = load_state_dict(weights)
     with unittest.mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: sd):
         model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    return _InceptionFeatures(model)
+    return place_module(_InceptionFeatures(model), device)
 
 
 class _I3DFeatures(torch.nn.Module):
@@ -132,15 +145,16 @@ class _I3DFeatures(torch.nn.Module):
     @torch.no_grad()
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = clips.shape
+        clips = clips.to(module_device(self.model))
         frames = clips.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = frames.reshape(b, t, c, self.size, self.size).permute(0, 2, 1, 3, 4) * 2 - 1
         return self.model(x, rescale=False, resize=False, return_features=True).flatten(1)
 
 
-def load_i3d(weights: Path) -> FeatureNet:
-    """The TorchScript I3D (``forward(x, rescale, resize, return_features)``) used for FVD."""
-    model = torch.jit.load(str(_require(weights, "I3D")), map_location="cpu").eval()
+def load_i3d(weights: Path, device: torch.device | None = None) -> FeatureNet:
+    """The TorchScript I3D (``forward(x, rescale, resize, return_features)``) used for FVD, on ``device``."""
+    model = torch.jit.load(str(_require(weights, "I3D")), map_location=device or "cpu").eval()
     return _I3DFeatures(model)
 
 
@@ -154,14 +168,14 @@ class _ReidFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
+        x = F.interpolate(images.to(self.mean.device), size=self.size, mode="bilinear", align_corners=False)
         return self.model((x - self.mean) / self.std).flatten(1)
 
 
-def load_reid(weights: Path) -> FeatureNet:
-    """A TorchScript re-identification embedding network for AED."""
-    model = torch.jit.load(str(_require(weights, "re-identification")), map_location="cpu").eval()
-    return _ReidFeatures(model)
+def load_reid(weights: Path, device: torch.device | None = None) -> FeatureNet:
+    """A TorchScript re-identification embedding network for AED, on ``device``."""
+    model = torch.jit.load(str(_require(weights, "re-identification")), map_location=device or "cpu").eval()
+    return place_module(_ReidFeatures(model), device)
 
 
 @dataclass
@@ -174,24 +188,36 @@ class Backbones:
     i3d: FeatureNet | None = None
     reid: FeatureNet | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # network -> its weights' ``<file>.note``, if any
 
     def reason(self, name: str) -> str:
         return self.reasons.get(name, f"no {name} network configured")
 
 
-def load_backbones(cfg: ScoreConfig, root: Path) -> Backbones:
-    """Load every configured network that exists; absent or unusable files become reasons."""
+def weights_note(weights: Path) -> str | None:
+    """The text of ``<weights>.note`` (e.g. "random weights, stand-in"), reported with the scores it affects."""
+    side = Path(weights).with_name(Path(weights).name + ".note")
+    return side.read_text().strip() if side.is_file() else None
+
+
+def load_backbones(cfg: ScoreConfig, root: Path, device: torch.device | None = None) -> Backbones:
+    """Load every configured network that exists, on ``device`` (fp32; ``None`` = CPU); absent or unusable
+    files become reasons, notes are kept."""
     out = Backbones()
     loaders = {
-        "lpips": (lambda: load_lpips(root / cfg.lpips_weights, "alex")),
-        "vgg": (lambda: load_lpips(root / cfg.vgg_weights, "vgg")),
-        "inception": (lambda: load_inception(root / cfg.inception_weights)),
-        "i3d": (lambda: load_i3d(root / cfg.i3d_weights)),
-        "reid": (lambda: load_reid(root / cfg.aed_weights)),
+        "lpips": (root / cfg.lpips_weights, lambda p: load_lpips(p, "alex", device=device)),
+        "vgg": (root / cfg.vgg_weights, lambda p: load_lpips(p, "vgg", device=device)),
+        "inception": (root / cfg.inception_weights, lambda p: load_inception(p, device)),
+        "i3d": (root / cfg.i3d_weights, lambda p: load_i3d(p, device)),
+        "reid": (root / cfg.aed_weights, lambda p: load_reid(p, device)),
     }
-    for name, load in loaders.items():
+    for name, (path, load) in loaders.items():
         try:
-            setattr(out, name, load())
+            setattr(out, name, load(path))
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             out.reasons[name] = str(err)
+            continue
+        note = weights_note(path)
+        if note:
+            out.notes[name] = note
     return out

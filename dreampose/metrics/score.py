@@ -24,6 +24,7 @@ is where the photo is the only source of appearance; beating it with a swapped p
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ from dreampose.render import (
     subject_rows,
     write_json,
 )
+from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.score")
 
@@ -392,9 +394,10 @@ def score_renders(
     subjects_model_dir: Path | None = None,
     base_model_dir: Path | None = None,
     backbones: Backbones | None = None,
-    load_pipe: Callable[[Path], Any] = load_pipeline,
+    load_pipe: Callable[[Path], Any] | None = None,
     dataset: str = "synthetic demo",
     fvd_manifest: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Score ``renders_dir/<subject>/frames`` against the ground truth; write the DVC metrics and plots.
 
@@ -403,6 +406,7 @@ def score_renders(
     (ours, one row per subject and frame). Returns the scores.json content plus ``table`` (text).
     FVD clips come from ``fvd_manifest`` (default: ``fvd.parquet`` beside ``test_manifest``) and are read
     only when an I3D network is available.
+    ``runtime`` places the baseline pipelines (device, dtype, offload) and the metric networks (device, fp32).
     """
     root, out_dir, plots_dir = Path(root), Path(out_dir), Path(plots_dir)
     df = read_test_manifest(test_manifest)
@@ -412,7 +416,7 @@ def score_renders(
     native = tuple(data[0].truth.shape[1:3])
     t1_size = table1_shape(*native, cfg.table1_size) if cfg.table1_size is not None else None
     if backbones is None:
-        backbones = load_backbones(cfg, root)
+        backbones = load_backbones(cfg, root, runtime.device if runtime is not None else None)
     fvd_reason = None
     if backbones.i3d is not None:
         fvd_manifest = Path(fvd_manifest) if fvd_manifest is not None else Path(test_manifest).with_name("fvd.parquet")
@@ -422,6 +426,8 @@ def score_renders(
         for s in data
         if s.fvd_truth is not None
     }
+    if load_pipe is None:
+        load_pipe = functools.partial(load_pipeline, runtime=runtime)
 
     generated = {"ours": ours_frames}
     generated_fvd = {"ours": ours_fvd}
@@ -452,6 +458,7 @@ def score_renders(
             **{b: {"status": "unavailable", "reason": r} for b, r in reasons.items()},
         },
         "ours_better_than": comparison(ours, summaries),
+        "backbone_notes": dict(backbones.notes),  # e.g. random stand-in weights: those metrics mean nothing
     }
     if t1_size is not None:
         m = MethodScores()

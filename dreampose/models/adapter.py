@@ -4,9 +4,36 @@ DreamPose (paper §4.2) replaces Stable Diffusion's text tokens by an embedding 
 photo. CLIP alone loses fine garment detail, so the adapter also reads the VAE latent of the
 same photo: the latent is cut into ``patch_size x patch_size`` patches, one token each, with a
 fixed 2-D sine-cosine position code. The token count therefore follows the latent size (no
-resolution is baked in). The VAE tokens pass through a scalar gate initialised at zero, so at
-initialisation the adapter emits the CLIP tokens followed by exact zeros and training starts
-from CLIP-only conditioning.
+resolution is baked in). The VAE tokens pass through a scalar gate ``g`` initialised at zero.
+
+Why the UNet attends to the two token groups separately
+-------------------------------------------------------
+Zero tokens are not "no tokens" in one softmax: with ``to_k`` without bias a zero token has key
+0, logit 0, and still takes ``exp(0) / Z`` of the attention mass. At 640x512 there are 1,280 VAE
+tokens beside ~50 CLIP tokens, so a plain concatenation would dilute the pretrained UNet's
+attention to the CLIP tokens ~25x at initialisation. Masking the gated tokens out of the softmax
+is exact but never trains: a weight driven to exactly 0 through its logit has zero gradient
+(``d softmax_j / d s_j = w_j (1 - w_j) = 0``), so the gate would stay shut.
+
+So every cross-attention layer of the UNet is made a :class:`DecoupledImageAttention`
+(IP-Adapter-style decoupled cross-attention with *shared* ``to_k`` / ``to_v``, so no new UNet
+weights and the photo's VAE embedding still feeds the same cross-attention, as in the paper)::
+
+    out = Attn(q, K(clip), V(clip))  +  W_out · Attn(q, K(g·x), V(g·x))
+
+The first term is the layer's ordinary attention processor on the CLIP tokens alone. The second is
+the VAE tokens' own softmax, projected by ``to_out`` without its bias. At ``g = 0`` its values
+``to_v(0)`` are exactly 0 (SD's ``to_v`` has no bias), so the term is exactly 0 and the UNet output
+is bit-for-bit the CLIP-only output. It is multiplicative in ``g``, so ``d out / d g`` (the mean
+of the VAE tokens' values, projected) is not zero and training opens the gate.
+
+The split point is the number of CLIP tokens, fixed by the image encoder
+(:meth:`ImagePoseAdapter.num_clip_tokens`); sequences no longer than that are plain cross-attention.
+The mechanism lives in the attention *module*, not in its processor: ``enable_attention_slicing``,
+``fuse_qkv_projections``, ``set_default_attn_processor`` or any ``set_attn_processor`` swap the
+processor that computes the CLIP term and keep the decoupling (and its exactness). Module classes are
+not saved by ``save_pretrained``, so ``DreamPosePipeline.__init__`` installs it on every build and
+load (:func:`install_image_attention`); training, LoRA and gradient checkpointing use that same UNet.
 """
 
 from __future__ import annotations
@@ -14,7 +41,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -78,8 +107,17 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
             nn.GELU(),
             nn.Linear(2 * cross_attention_dim, cross_attention_dim),
         )
-        # Zero gate: the VAE branch contributes nothing until training opens it.
+        # Zero gate: the VAE branch contributes nothing until training opens it (exactly so in the UNet,
+        # through DecoupledImageAttention; see the module docstring).
         self.vae_gate = nn.Parameter(torch.zeros(1))
+
+    def num_clip_tokens(self, vision_config) -> int:
+        """Length of the CLIP part of :meth:`forward`'s sequence for a CLIP vision model config.
+
+        ``(image_size / patch_size)^2`` patch tokens + the class token (+ the global token with ``projection_dim``).
+        """
+        patches = (int(vision_config.image_size) // int(vision_config.patch_size)) ** 2
+        return patches + 1 + (1 if self.embed_proj is not None else 0)
 
     def clip_tokens(self, clip_hidden_states: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The CLIP-only part of the conditioning, ``(B, N (+1), D)``."""
@@ -117,6 +155,7 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         latents: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``clip_tokens`` followed (with ``latents``) by the gated ``vae_tokens``: ``(B, N (+1) + h*w/p^2, D)``."""
         tokens = self.clip_tokens(clip_hidden_states, image_embeds)
         if latents is None:
             return tokens
@@ -125,3 +164,91 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
                 f"latents batch {latents.shape[0]} does not match clip_hidden_states batch {tokens.shape[0]}"
             )
         return torch.cat([tokens, self.vae_tokens(latents)], dim=1)
+
+
+class DecoupledImageAttention(Attention):
+    """A cross-attention layer that attends to the CLIP tokens and to the VAE tokens in two softmaxes.
+
+    Made from a diffusers ``Attention`` in place by :func:`decouple_cross_attention` (same parameters,
+    same state-dict keys). ``encoder_hidden_states[:, :num_clip_tokens]`` go through the layer's
+    processor as usual; the rest add ``W_out · softmax(q K^T / sqrt(d)) V`` (see the module docstring).
+    """
+
+    num_clip_tokens: int
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **cross_attention_kwargs,
+    ) -> torch.Tensor:
+        n = self.num_clip_tokens
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= n:
+            return super().forward(hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs)
+        if attention_mask is not None:
+            raise ValueError("an encoder attention mask is not supported with the adapter's image tokens")
+        clip = encoder_hidden_states[:, :n].contiguous()
+        image = encoder_hidden_states[:, n:].contiguous()
+        out = super().forward(hidden_states, clip, None, **cross_attention_kwargs)
+        return out + self.image_attention(hidden_states, image)
+
+    def image_attention(self, hidden_states: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """``W_out · Attn(q, K(image_tokens), V(image_tokens))``: the VAE term, without ``to_out``'s bias."""
+        if hidden_states.ndim != 3:
+            raise ValueError(f"hidden_states has shape {tuple(hidden_states.shape)}, expected (B, L, C)")
+        b = hidden_states.shape[0]
+        query = self.to_q(hidden_states)
+        key = self.to_k(image_tokens)
+        value = self.to_v(image_tokens)
+        head_dim = key.shape[-1] // self.heads
+        q, k, v = (x.view(b, -1, self.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+        att = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, scale=self.scale)
+        att = att.transpose(1, 2).reshape(b, -1, self.heads * head_dim).to(query.dtype)
+        # to_out[0] is affine (nn.Linear, or one wrapped by LoRA): f(a) - f(0) is its linear part, and is exactly
+        # 0 when a is exactly 0 (f(0) is the bias, bit for bit, whatever the kernel).
+        proj = self.to_out[0]
+        return self.to_out[1](proj(att) - proj(att.new_zeros(1, 1, att.shape[-1])))
+
+
+def _unsupported(attn: Attention) -> list[str]:
+    """What stops ``attn`` from being decoupled exactly (empty for Stable Diffusion's cross-attention)."""
+    value_proj = getattr(attn.to_v, "base_layer", attn.to_v)
+    checks = {
+        "to_v has a bias (zero tokens would not give zero values)": getattr(value_proj, "bias", None) is not None,
+        "spatial_norm": attn.spatial_norm is not None,
+        "group_norm": attn.group_norm is not None,
+        "norm_cross": bool(attn.norm_cross),
+        "norm_q / norm_k": attn.norm_q is not None or attn.norm_k is not None,
+        "residual_connection": bool(attn.residual_connection),
+        "rescale_output_factor != 1": attn.rescale_output_factor != 1.0,
+        "added_kv_proj_dim": attn.added_kv_proj_dim is not None,
+    }
+    return [name for name, bad in checks.items() if bad]
+
+
+def decouple_cross_attention(unet: nn.Module, num_clip_tokens: int) -> int:
+    """Make every cross-attention layer of ``unet`` a :class:`DecoupledImageAttention` (in place; idempotent).
+
+    Returns the number of layers. Raises if ``unet`` has none, or one that the decoupling cannot keep exact.
+    """
+    if int(num_clip_tokens) < 1:
+        raise ValueError(f"num_clip_tokens must be >= 1, got {num_clip_tokens}")
+    layers = [(name, m) for name, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention]
+    if not layers:
+        raise ValueError(f"{type(unet).__name__} has no cross-attention layer to decouple")
+    for name, m in layers:
+        bad = _unsupported(m)
+        if bad:
+            raise ValueError(f"cross-attention {name} cannot be decoupled exactly: {', '.join(bad)}")
+        if type(m) is not Attention and not isinstance(m, DecoupledImageAttention):
+            raise TypeError(f"cross-attention {name} is a {type(m).__name__}, expected a diffusers Attention")
+    for _, m in layers:
+        m.__class__ = DecoupledImageAttention
+        m.num_clip_tokens = int(num_clip_tokens)
+    return len(layers)
+
+
+def install_image_attention(unet: nn.Module, adapter: ImagePoseAdapter, image_encoder: nn.Module) -> int:
+    """Decouple ``unet``'s cross-attention at the CLIP token count of ``adapter`` + ``image_encoder``."""
+    return decouple_cross_attention(unet, adapter.num_clip_tokens(image_encoder.config))

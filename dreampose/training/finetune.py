@@ -29,12 +29,16 @@ log = logging.getLogger("dreampose.training")
 
 
 class MlflowLogger:
-    """Sends the loop's metrics to the active MLflow run."""
+    """Sends the loop's metrics to the active MLflow run, named ``<prefix><name>`` (default ``train/loss`` ...),
+    so training internals group apart from quality metrics in the MLflow UI."""
+
+    def __init__(self, prefix: str = "train/") -> None:
+        self.prefix = prefix
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
 
-        mlflow.log_metrics(metrics, step=step)
+        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=step)
 
 
 def ckpt_dir_for(out_dir: Path) -> Path:
@@ -91,6 +95,11 @@ def _sampler(cfg: TrainConfig, pipe: Any, dataset: Dataset, name: str) -> Callab
     return mlflow_sampler(pipe, dataset, name, seed=cfg.seed) if cfg.sample_every > 0 else None
 
 
+def _on_cpu(device: torch.device | None) -> bool:
+    """Whether the runtime pins training to the CPU (``None``: let accelerate choose)."""
+    return device is not None and torch.device(device).type == "cpu"
+
+
 def finetune_base(
     cfg: TrainConfig,
     model_dir: Path,
@@ -101,11 +110,13 @@ def finetune_base(
     heldout_manifest: Path | None = None,
     size: tuple[int, int] | None = None,
     logger: MetricsLogger | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Finetune UNet + adapter (+ image encoder) of ``model_dir`` on the pairs of ``manifest``; write ``out_dir``.
 
     The held-out loss (fixed pairs of ``heldout_manifest``, else of ``manifest``; fixed noise and
-    timesteps) is measured before and after training.
+    timesteps) is measured before and after training. A CPU ``device`` (``runtime.device: cpu``) keeps
+    training on the CPU even where CUDA exists; otherwise accelerate places it (one GPU per process).
     """
     from dreampose.data.dataset import PairDataset
 
@@ -114,7 +125,7 @@ def finetune_base(
     h, w = _frame_size(size, Path(manifest), Path(root))
     data = PairDataset(manifest, root, h, w, seed=cfg.seed)
     held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision, cpu=_on_cpu(device))
     objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder).to(accelerator.device)
     before = heldout_loss(objective, held, seed=cfg.seed)
     ckpt = ckpt_dir_for(out_dir)
@@ -182,9 +193,10 @@ def finetune_subject(
     *,
     size: tuple[int, int] | None = None,
     logger: MetricsLogger | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Phase 1: UNet + adapter (or UNet LoRA + adapter when ``cfg.lora_rank > 0``) on ``subject``'s pairs with
-    aligned random crops; phase 2: VAE decoder (L1)."""
+    aligned random crops; phase 2: VAE decoder (L1). ``device`` as in :func:`finetune_base`."""
     from dreampose.data.dataset import PairDataset
 
     t0 = time.perf_counter()
@@ -197,7 +209,7 @@ def finetune_subject(
     pairs = Subset(PairDataset(manifest, root, h, w, augment=tuple(cfg.crop_scale), seed=cfg.unet.seed), rows)
     plain = Subset(PairDataset(manifest, root, h, w), rows)
     ckpt = ckpt_dir_for(out_dir)
-    accelerator = make_accelerator(cfg.unet.mixed_precision)
+    accelerator = make_accelerator(cfg.unet.mixed_precision, cpu=_on_cpu(device))
     fp = f"subject|{subject}|{Path(base_dir).resolve()}|{h}x{w}|lora={cfg.lora_rank}"
 
     if cfg.lora_rank > 0:

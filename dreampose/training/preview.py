@@ -52,7 +52,7 @@ def sample_grid(
             item = dataset[i]
             device = next(pipe.unet.parameters()).device
             out = pipe(
-                item["input_pixels"].to(device),
+                ((item["input_pixels"] + 1.0) / 2.0).to(device),  # [0, 1]: unambiguous for bright photos
                 item["poses"][None].to(device),
                 num_inference_steps=num_inference_steps,
                 generator=torch.Generator(device).manual_seed(seed + k),

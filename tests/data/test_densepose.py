@@ -220,3 +220,19 @@ def test_synthetic_backend_rejects_out_of_range_source_frame(tmp_path):
     rows = pd.DataFrame([dict(video="a", split="train", frame=0, source_frame=5)])
     with pytest.raises(ValueError, match="source frame 5 out of range"):
         SyntheticBackend(ws / "data/raw", H, W).predict(np.zeros((1, 0, 0, 3), np.uint8), rows)
+
+
+def test_runtime_device_reaches_the_densepose_stage(tmp_path, monkeypatch):
+    from dreampose import stages
+    from dreampose.config import Params
+
+    monkeypatch.setenv("DREAMPOSE_NO_MLFLOW", "1")
+    ws = make_workspace(tmp_path, {"test": {"c": 2}})
+    save_module(tmp_path / "m.pt")
+    params = Params(densepose={"backend": "torchscript", "weights": "m.pt"}, runtime={"device": "cpu"})
+    summary = stages.densepose(params, ws)
+    assert summary["device"] == "cpu" and summary["frames_with_person"] == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"runtime\.device: 'cuda' requested"):
+            run_densepose(DensePoseConfig(backend="torchscript", weights=str(tmp_path / "m.pt")),
+                          ws / "data/frames", ws / "data/raw", tmp_path / "out", device="cuda")  # fmt: skip

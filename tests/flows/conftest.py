@@ -1,35 +1,19 @@
-"""Prefect test setup: a private PREFECT_HOME and one temporary Prefect server for the session."""
+"""Flow test helpers (the private PREFECT_HOME and the session's Prefect server live in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-
-# Before prefect is imported anywhere: never touch the repository's .prefect/.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dreampose-prefect-test-")
-atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
-os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
 def catalog_workspace(tmp_path_factory) -> Path:
     """One tiny catalog workspace for the session (building the base model costs seconds)."""
     return make_catalog_workspace(tmp_path_factory.mktemp("catalog") / "ws")
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def make_dvc_repo(path: Path, dvc_yaml: str, params_yaml: str) -> Path:
@@ -99,4 +83,20 @@ def make_catalog_workspace(ws: Path) -> Path:
     save_pipeline_atomic(DreamPosePipeline(**comps), ws / "models" / "base")
     write_iuv_dir(ws / "poses")
     person_photo(ws / "photo.png")
+    write_truth_dir(ws / "truth")
     return ws
+
+
+def write_truth_dir(path: Path, frames: int = 6) -> Path:
+    """Ground-truth frames for ``write_iuv_dir``'s poses: the figure sliding right, one PNG per pose frame."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        img = np.full((64, 48, 3), 200, np.uint8)
+        x0 = 10 + t * 2
+        img[4:12, x0 + 4 : x0 + 12] = (220, 170, 140)
+        img[12:60, x0 : x0 + 16] = (30, 60, 200)
+        Image.fromarray(img).save(path / f"{t:03d}.png")
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dreampose import catalog, registry, tracking
@@ -84,21 +85,58 @@ def test_item_id_from_photo_name():
     assert catalog.item_id_from("/a/b/sku_42.png", "sku-42") == "sku-42"
 
 
-@pytest.mark.slow
-def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness):
-    pytest.importorskip("dreampose.training.finetune")
-    from flows.catalog_item import catalog_item
+def _registered_frames(run_dir: Path, ids) -> np.ndarray:
+    return np.stack([catalog._read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
 
-    out = catalog_item(photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace))
+
+@pytest.mark.slow
+def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness, tmp_path, chromium):
+    pytest.importorskip("dreampose.training.finetune")
+    import mlflow
+
+    from flows.catalog_item import catalog_item
+    from tests.browser import body_data, dump_dom
+
+    out = catalog_item(
+        photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), ground_truth="truth"
+    )
     assert out["review"] == "pending" and out["model_name"] == MODEL and not out["reused"]
     run_dir = Path(out["run_dir"])
     assert run_dir.parent == workspace / "catalog" / "sku-1"
     assert (run_dir / "render" / "video.mp4").stat().st_size > 0 and (run_dir / "model" / "model_index.json").is_file()
-    assert {"temporal_l1", "appearance_drift"} <= set(out["scores"])
+    assert {"temporal_l1", "appearance_drift", "l1", "ssim", "psnr"} <= set(out["scores"])
     tracking.configure("catalog-test", workspace)
     v = registry.get_version(MODEL, out["version"])
     assert v.tags["catalog_item"] == "sku-1" and v.review == "pending"
-    assert v.links["video"].endswith("render/video.mp4") and "temporal_l1" in v.metrics
+    assert v.links["video"] == f"runs:/{out['run_id']}/render/video.mp4"
+    assert all(link.startswith("runs:/") for link in v.links.values())
+    assert "quality/temporal_l1" in v.metrics and "temporal_l1" not in v.metrics
+    description = mlflow.MlflowClient().get_model_version(MODEL, v.version).description
+    assert f"runs/{out['run_id']}/artifacts/review.html" in description and "@approved-sku-1" in description
+    run = mlflow.get_run(out["run_id"])
+    assert run.info.run_name == "catalog_item@sku-1"
+    assert run.data.tags["prefect.flow_run_id"] and run.data.tags["base_model.sha256"] == catalog.model_digest(
+        workspace / "models" / "base"
+    )
+    assert any(k.startswith("train/") for k in run.data.metrics) and "loss" not in run.data.metrics
+
+    # The review page, fetched from the store as `dreampose review show` does, plays in a real browser.
+    page = Path(mlflow.artifacts.download_artifacts(v.links["review_page"], dst_path=str(tmp_path)))
+    data = body_data(dump_dom(chromium, page))
+    assert data["video"] == "playing" and data["images"] == "loaded" and data["item"] == "sku-1"
+
+    # Approved, it is a real MLflow model whose frames equal the registered render.
+    registry.approve(MODEL, v.version, by="tester")
+    model = mlflow.pyfunc.load_model(registry.approved_uri(MODEL, "sku-1"))
+    seq = catalog.resolve_poses("poses", workspace, _params(workspace))
+    frames = model.predict(seq.iuv)
+    np.testing.assert_array_equal(frames, _registered_frames(run_dir, seq.frame_ids))
+    # The diffusers folder inside the MLflow model still loads on its own.
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/model", dst_path=str(tmp_path)))
+    assert (local / "MLmodel").is_file()
+    assert DreamPosePipeline.from_pretrained(str(local / "artifacts" / "model")).unet is not None
 
     again = catalog_item(
         photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), reuse=True
@@ -132,10 +170,24 @@ def test_two_items_at_once_keep_separate_outputs(workspace):
     dirs = {k: Path(r["run_dir"]) for k, r in results.items()}
     assert dirs["red"].parent.name == "red" and dirs["green"].parent.name == "green"
     assert results["red"]["version"] != results["green"]["version"]
-    import numpy as np
     from PIL import Image
 
     for item, colour in (("red", 0), ("green", 1)):
         inp = np.asarray(Image.open(dirs[item] / "input" / "photo.png"))
         assert inp[-4, 24].argmax() == colour  # each run holds its own photo, not the other's
         assert (dirs[item] / "render" / "video.mp4").is_file()
+
+    # Both approved, both stay approved, each loads by its own documented URI.
+    import mlflow
+
+    tracking.configure("catalog-test", workspace)
+    for item in photos:
+        registry.approve(MODEL, results[item]["version"], by="tester")
+    for item in photos:
+        uri = registry.approved_uri(MODEL, item)
+        assert uri == results[item]["approved_uri"] == f"models:/{MODEL}@approved-{item}"
+        assert registry.approved_version(MODEL, item).version == results[item]["version"]
+        model = mlflow.pyfunc.load_model(uri)
+        iuv = catalog.resolve_poses("poses", workspace, params).iuv
+        frame0 = model.predict(iuv, params={"frame_ids": [0]})
+        np.testing.assert_array_equal(frame0, _registered_frames(dirs[item], [0]))

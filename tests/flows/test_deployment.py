@@ -75,7 +75,7 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_worksp
     assert [v.tags["catalog_item"] for v in pending] == ["served-1"]
     version = pending[0].version
     assert cli.main(["--root", str(ws), "review", "approve", MODEL, version]) == 0
-    assert registry.approved_version(MODEL).version == version
+    assert registry.approved_version(MODEL, "served-1").version == version
     assert registry.list_pending(MODEL) == []
     for p in procs:
         assert p.poll() is not None  # everything started here has ended

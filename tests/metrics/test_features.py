@@ -102,3 +102,34 @@ def test_absent_weights_become_reasons(tmp_path):
     assert set(b.reasons) == {"lpips", "vgg", "inception", "i3d", "reid"}
     assert "models/metrics/i3d_torchscript.pt" in b.reasons["i3d"]
     assert b.reasons["reid"].startswith("re-identification weights not found")
+
+
+def test_metric_networks_take_inputs_to_their_own_device():
+    """Networks placed on another device (``meta`` here, CUDA in a run) receive their inputs there."""
+    from dreampose.metrics.features import _InceptionFeatures, _ReidFeatures, module_device
+
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return [self.conv(x).mean((2, 3), keepdim=True)]
+
+    x = torch.rand(2, 3, 32, 24)
+    inc = _InceptionFeatures(Pool()).to("meta")
+    assert module_device(inc) == torch.device("meta") and inc(x).device == torch.device("meta")
+    reid = _ReidFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())).to("meta")
+    assert reid(x).device == torch.device("meta")
+    assert _InceptionFeatures(Pool())(x).shape == (2, 4)  # and on CPU, as before
+
+
+def test_backbone_notes_come_from_sidecar_files(tmp_path):
+    cfg = ScoreConfig(i3d_weights="i3d.pt", aed_weights="reid.pt")
+    torch.jit.script(_TinyI3D()).save(str(tmp_path / "i3d.pt"))
+    torch.jit.script(_TinyReid()).save(str(tmp_path / "reid.pt"))
+    (tmp_path / "i3d.pt.note").write_text("random weights\n")
+    (tmp_path / "absent.pt.note").write_text("a note without weights is not reported\n")
+    b = load_backbones(cfg, tmp_path)
+    assert b.notes == {"i3d": "random weights"}
+    assert b.i3d is not None and b.reid is not None and b.lpips is None

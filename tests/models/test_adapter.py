@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
-from dreampose.models.adapter import ImagePoseAdapter, sincos_position_embedding
+from dreampose.config import TinyModelConfig
+from dreampose.models.adapter import (
+    DecoupledImageAttention,
+    ImagePoseAdapter,
+    decouple_cross_attention,
+    sincos_position_embedding,
+)
+from dreampose.models.builders import build_tiny_components
+from dreampose.models.pipeline import DreamPosePipeline
 
 
 def _inputs(b=2, n=5, h=8, w=6, clip_dim=16):
@@ -90,3 +101,194 @@ def test_sincos_position_embedding_values():
     assert emb[1, 0].item() == 0.0  # row 0: row code unchanged along a row
     with pytest.raises(ValueError, match="multiple of 4"):
         sincos_position_embedding(2, 2, 6)
+
+
+# ----- decoupled cross-attention: the UNet sees exactly the CLIP-only conditioning at gate 0 -------------
+
+# Many VAE tokens beside few CLIP tokens (192 vs 10, the issue's ~25x ratio at 640x512), 2 heads,
+# 4 cross-attention layers (down, mid, 2 x up).
+MANY_TOKENS = TinyModelConfig(
+    vae_channels=(8, 16), unet_channels=(32, 64), cross_attention_dim=32, clip_hidden=32, clip_layers=1, clip_patch=16
+)
+MH, MW = 64, 48
+
+
+@pytest.fixture(scope="module")
+def many_token_components() -> dict:
+    return build_tiny_components(MANY_TOKENS, MH, MW, "v_prediction", seed=0, pose_channels=10)
+
+
+def _fresh(components: dict) -> tuple[dict, DreamPosePipeline]:
+    """A pipeline on deep copies of ``components`` (and the copies, whose UNet is still plain diffusers)."""
+    comps = copy.deepcopy(components)
+    plain = copy.deepcopy(comps)
+    return plain, DreamPosePipeline(**comps)
+
+
+def _tokens_and_inputs(pipe: DreamPosePipeline):
+    """(full adapter tokens, CLIP-only tokens, UNet sample, timesteps) for two seeded photos."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, MH, MW, generator=g) * 2 - 1
+    with torch.no_grad():
+        full = pipe.encode_image(pixels)
+        hidden = pipe.image_encoder(pixel_values=pipe.clip_pixels(pixels)).last_hidden_state
+        clip_only = pipe.adapter(hidden)
+    f = pipe.vae_scale_factor
+    x = torch.randn(2, pipe.unet.config.in_channels, MH // f, MW // f, generator=g)
+    return full, clip_only, x, torch.tensor([999, 20])
+
+
+def _unet(unet, x, t, tokens) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=tokens).sample
+
+
+def test_unet_output_at_init_is_exactly_the_clip_only_output(many_token_components):
+    plain, pipe = _fresh(many_token_components)
+    full, clip_only, x, t = _tokens_and_inputs(pipe)
+    n_clip = pipe.adapter.num_clip_tokens(pipe.image_encoder.config)
+    assert clip_only.shape[1] == n_clip == 10 and full.shape[1] == n_clip + 192
+    assert torch.equal(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only))
+    layers = [m for m in pipe.unet.modules() if isinstance(m, DecoupledImageAttention)]
+    assert len(layers) == 4 and all(m.num_clip_tokens == n_clip for m in layers)
+    # The CLIP-only output is the pretrained UNet's own (no VAE tokens -> plain cross-attention) ...
+    reference = _unet(plain["unet"], x, t, clip_only)
+    assert torch.equal(_unet(pipe.unet, x, t, clip_only), reference)
+    # ... while one softmax over the concatenation (the old behaviour) is diluted by the 192 zero tokens.
+    diluted = _unet(plain["unet"], x, t, full)
+    assert (diluted - reference).abs().max() > 1e-2 * reference.abs().max()
+
+
+def test_open_gate_makes_the_vae_tokens_count(many_token_components):
+    _, pipe = _fresh(many_token_components)
+    with torch.no_grad():
+        pipe.adapter.vae_gate.fill_(0.5)
+    full, clip_only, x, t = _tokens_and_inputs(pipe)
+    assert not torch.allclose(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only), atol=1e-4)
+
+
+def test_null_tokens_compute_what_they_did_before(many_token_components):
+    """The unconditional branch (all-zero tokens) gives to_out's bias in both layouts: guidance is unchanged."""
+    plain, pipe = _fresh(many_token_components)
+    full, _, x, t = _tokens_and_inputs(pipe)
+    null = torch.zeros_like(full)
+    torch.testing.assert_close(_unet(pipe.unet, x, t, null), _unet(plain["unet"], x, t, null), rtol=0, atol=1e-6)
+
+
+def _lora(unet):
+    from dreampose.training.lora import inject_lora
+
+    inject_lora(unet, rank=2)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if ".lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+
+
+FEATURES = {
+    "attention_slicing": lambda pipe: pipe.enable_attention_slicing(1),
+    "fused_qkv": lambda pipe: pipe.unet.fuse_qkv_projections(),
+    "default_processor": lambda pipe: pipe.unet.set_default_attn_processor(),
+    "lora": lambda pipe: _lora(pipe.unet),
+}
+
+
+def _open_gate_inputs(pipe: DreamPosePipeline):
+    with torch.no_grad():
+        pipe.adapter.vae_gate.fill_(0.5)
+        return pipe.encode_image(torch.rand(2, 3, MH, MW, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+
+
+@pytest.fixture(scope="module")
+def open_gate_reference(many_token_components):
+    """The decoupled UNet's output with the gate open, on the default processors."""
+    _, pipe = _fresh(many_token_components)
+    _, _, x, t = _tokens_and_inputs(pipe)
+    return _unet(pipe.unet, x, t, _open_gate_inputs(pipe))
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_processor_swaps_and_lora_keep_the_decoupling(many_token_components, open_gate_reference, feature):
+    """Features that replace the attention processor keep both properties: exact at gate 0, decoupled when open."""
+    pipe = DreamPosePipeline(**copy.deepcopy(many_token_components))
+    full, clip_only, x, t = _tokens_and_inputs(pipe)
+    FEATURES[feature](pipe)
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    cross = [m for m in pipe.unet.modules() if getattr(m, "is_cross_attention", False)]
+    assert cross and all(isinstance(m, DecoupledImageAttention) for m in cross)
+    assert torch.equal(_unet(pipe.unet, x, t, full), _unet(pipe.unet, x, t, clip_only)), processors
+    if feature != "lora":  # LoRA changed the weights: no reference to compare with
+        got = _unet(pipe.unet, x, t, _open_gate_inputs(pipe))
+        torch.testing.assert_close(got, open_gate_reference, rtol=1e-4, atol=1e-5)
+
+
+def test_gate_gets_a_gradient_at_init():
+    from dreampose.config import DropoutConfig
+    from dreampose.training.objectives import DiffusionObjective
+    from tests.training.test_objectives import _batch
+    from tests.training.tiny import tiny_pipeline
+
+    obj = DiffusionObjective(tiny_pipeline(seed=0), DropoutConfig(pose=0, image=0, both=0))
+    assert obj.adapter.vae_gate.item() == 0.0
+    obj.train()
+    obj(_batch(), torch.Generator().manual_seed(1)).backward()
+    grad = obj.adapter.vae_gate.grad
+    assert grad is not None and grad.abs().item() > 1e-8, grad
+
+
+def test_training_uses_the_same_mechanism_and_one_step_opens_the_gate(monkeypatch):
+    """At init the training loss equals the CLIP-only loss exactly; one optimizer step moves the gate off 0."""
+    from dreampose.config import DropoutConfig, TrainConfig
+    from dreampose.training.loop import make_accelerator, train
+    from dreampose.training.objectives import DiffusionObjective, heldout_loss
+    from tests.training.tiny import TinyPairs, tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    cfg = TrainConfig(max_steps=1, batch_size=4, lr=1e-3, dropout=DropoutConfig(pose=0, image=0, both=0))
+    obj = DiffusionObjective(pipe, cfg.dropout)
+    assert any(isinstance(m, DecoupledImageAttention) for m in obj.unet.modules())
+    held = TinyPairs(4, seed=9)
+    full_loss = heldout_loss(obj, held, num_items=4, timesteps_per_item=2)
+
+    def clip_only(pixels):
+        hidden = pipe.image_encoder(pixel_values=pipe.clip_pixels(pixels)).last_hidden_state
+        return pipe.adapter(hidden)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipe, "encode_image", clip_only)
+        assert heldout_loss(obj, held, num_items=4, timesteps_per_item=2) == full_loss
+    train(obj, TinyPairs(8), cfg, accelerator=make_accelerator("no"))
+    assert obj.adapter.vae_gate.item() != 0.0
+    assert heldout_loss(obj, held, num_items=4, timesteps_per_item=2) != full_loss
+
+
+def test_save_load_round_trip_keeps_the_mechanism(many_token_components, tmp_path):
+    _, pipe = _fresh(many_token_components)
+    full, clip_only, x, t = _tokens_and_inputs(pipe)
+    pipe.save_pretrained(tmp_path)
+    again = DreamPosePipeline.from_pretrained(tmp_path)
+    layers = [m for m in again.unet.modules() if isinstance(m, DecoupledImageAttention)]
+    assert len(layers) == 4 and all(m.num_clip_tokens == 10 for m in layers)
+    assert torch.equal(_unet(again.unet, x, t, full), _unet(again.unet, x, t, clip_only))
+    with torch.no_grad():
+        pipe.adapter.vae_gate.fill_(0.5)
+        again.adapter.vae_gate.fill_(0.5)
+    tokens = pipe.encode_image(torch.zeros(1, 3, MH, MW))
+    assert torch.equal(
+        _unet(again.unet, x, t, tokens.expand(2, -1, -1)), _unet(pipe.unet, x, t, tokens.expand(2, -1, -1))
+    )
+
+
+def test_decoupling_refuses_what_it_cannot_keep_exact():
+    from diffusers.models.attention_processor import Attention
+
+    with pytest.raises(ValueError, match="to_v has a bias"):
+        decouple_cross_attention(nn.ModuleList([Attention(8, cross_attention_dim=8, bias=True)]), 5)
+    with pytest.raises(ValueError, match="no cross-attention layer"):
+        decouple_cross_attention(nn.ModuleList([Attention(8)]), 5)
+    with pytest.raises(ValueError, match="num_clip_tokens must be >= 1"):
+        decouple_cross_attention(nn.ModuleList([Attention(8, cross_attention_dim=8)]), 0)
+    layer = nn.ModuleList([Attention(8, cross_attention_dim=8)])
+    assert decouple_cross_attention(layer, 2) == 1
+    with pytest.raises(ValueError, match="encoder attention mask is not supported"):
+        layer[0](torch.randn(1, 3, 8), torch.randn(1, 5, 8), attention_mask=torch.ones(1, 5))

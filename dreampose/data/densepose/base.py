@@ -8,7 +8,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
-import torch
+
+from dreampose.runtime import resolve_device
+
+__all__ = ["NO_BOX", "DensePoseBackend", "FrameResult", "check_frames", "resolve_device"]
 
 NO_BOX = (math.nan, math.nan, math.nan, math.nan)
 
@@ -40,16 +43,6 @@ class DensePoseBackend(Protocol):
     needs_pixels: bool
 
     def predict(self, frames: np.ndarray, rows: pd.DataFrame) -> list[FrameResult]: ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"densepose.device: {device!r} is not a torch device ({err})") from None
 
 
 def check_frames(frames: np.ndarray) -> np.ndarray:

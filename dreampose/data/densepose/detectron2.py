@@ -23,7 +23,9 @@ class Detectron2Backend:
     name = "detectron2"
     needs_pixels = True
 
-    def __init__(self, config_file: str | Path, weights: str | Path, min_score: float = 0.5, device: str = "auto"):
+    def __init__(
+        self, config_file: str | Path, weights: str | Path, min_score: float = 0.5, device: str | torch.device = "auto"
+    ):
         try:
             from densepose import add_densepose_config
             from detectron2.config import get_cfg
@@ -37,7 +39,8 @@ class Detectron2Backend:
         add_densepose_config(cfg)
         cfg.merge_from_file(str(config_file))
         cfg.MODEL.WEIGHTS = str(weights)
-        cfg.MODEL.DEVICE = str(resolve_device(device))
+        self.device = resolve_device(device)
+        cfg.MODEL.DEVICE = str(self.device)
         # Keep low-score detections: the person choice (select_person) applies min_score itself.
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
         cfg.freeze()

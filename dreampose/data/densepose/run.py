@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -41,8 +42,11 @@ INDEX_SCHEMA = pa.schema(
 FRAMES_COLUMNS = ("video", "split", "frame", "source_frame", "path", "width", "height")
 
 
-def make_backend(cfg: DensePoseConfig, raw_dir: Path, height: int, width: int) -> DensePoseBackend:
-    """The backend named by ``cfg.backend``; ``cfg.weights`` / ``detectron2_config`` are used as given."""
+def make_backend(
+    cfg: DensePoseConfig, raw_dir: Path, height: int, width: int, device: str | torch.device = "auto"
+) -> DensePoseBackend:
+    """The backend named by ``cfg.backend`` on ``device`` (``runtime.device``, or a resolved one);
+    ``cfg.weights`` / ``detectron2_config`` are used as given."""
     if cfg.backend == "synthetic":
         from dreampose.data.densepose.synthetic import SyntheticBackend
 
@@ -50,10 +54,10 @@ def make_backend(cfg: DensePoseConfig, raw_dir: Path, height: int, width: int) -
     if cfg.backend == "torchscript":
         from dreampose.data.densepose.torchscript import TorchScriptBackend
 
-        return TorchScriptBackend(cfg.weights, cfg.min_score, cfg.device)
+        return TorchScriptBackend(cfg.weights, cfg.min_score, device)
     from dreampose.data.densepose.detectron2 import Detectron2Backend
 
-    return Detectron2Backend(cfg.detectron2_config, cfg.weights, cfg.min_score, cfg.device)
+    return Detectron2Backend(cfg.detectron2_config, cfg.weights, cfg.min_score, device)
 
 
 def read_frames_index(frames_dir: Path) -> pd.DataFrame:
@@ -139,6 +143,7 @@ _WORKER_BACKENDS: dict[tuple, DensePoseBackend] = {}  # one loaded model per (se
 
 def _densepose_video_job(
     cfg: DensePoseConfig,
+    device: str,
     gpus: int,
     frames_dir: Path,
     raw_dir: Path,
@@ -150,11 +155,10 @@ def _densepose_video_job(
     """One video as a cluster task, on this worker's device; returns ``(backend name, device, records)``."""
     from dreampose.cluster import current_worker_name, device_for_worker
 
-    device = device_for_worker(current_worker_name(), gpus, cfg.device)
-    cfg = cfg.model_copy(update={"device": device})
-    key = (cfg.model_dump_json(), str(raw_dir), height, width)
+    device = device_for_worker(current_worker_name(), gpus, device)
+    key = (cfg.model_dump_json(), device, str(raw_dir), height, width)
     if key not in _WORKER_BACKENDS:
-        _WORKER_BACKENDS[key] = make_backend(cfg, raw_dir, height, width)
+        _WORKER_BACKENDS[key] = make_backend(cfg, raw_dir, height, width, device)
     backend = _WORKER_BACKENDS[key]
     return backend.name, device, _densepose_video(backend, cfg, frames_dir, rows, height, width, out_file)
 
@@ -165,16 +169,18 @@ def run_densepose(
     raw_dir: Path,
     out_dir: Path,
     backend: DensePoseBackend | None = None,
+    device: str | torch.device = "auto",
     client: Any = None,
     gpus: int = 0,
 ) -> dict[str, Any]:
     """Write ``<out_dir>/<split>/<video>.npz`` (key ``iuv``, uint8 ``(T, H, W, 3)``, in frames-index order)
     and ``<out_dir>/index.parquet``. Frames without a person get zeros and ``person_found = False``;
-    a video without anybody is a warning, all frames empty is an error. ``backend`` overrides ``cfg.backend``.
+    a video without anybody is a warning, all frames empty is an error. ``backend`` overrides ``cfg.backend``;
+    ``device`` (``runtime.device``) is where a model backend runs.
 
     ``client``: a ``distributed.Client``; each video is then a task, and each worker loads its own backend
-    on its device (``gpus`` > 0: ``cuda:<worker index mod gpus>``, see ``dreampose.cluster``). The files
-    written are the same bytes as in-process.
+    on its device (``gpus`` > 0 and ``device`` auto/cuda: ``cuda:<worker index mod gpus>``, see
+    ``dreampose.cluster``). The files written are the same bytes as in-process.
     """
     if client is not None and backend is not None:
         raise ValueError("run_densepose: a backend object runs in this process; pass client=None with it")
@@ -182,7 +188,7 @@ def run_densepose(
     index = read_frames_index(frames_dir)
     height, width = int(index["height"].iloc[0]), int(index["width"].iloc[0])
     if client is None:
-        backend = backend or make_backend(cfg, raw_dir, height, width)
+        backend = backend or make_backend(cfg, raw_dir, height, width, device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -204,7 +210,7 @@ def run_densepose(
             from dreampose.cluster import map_ordered
 
             jobs = [
-                (cfg, gpus, frames_dir, raw_dir, rows, height, width, tmp / split / f"{video}.npz")
+                (cfg, str(device), gpus, frames_dir, raw_dir, rows, height, width, tmp / split / f"{video}.npz")
                 for (split, video), rows in groups
             ]
             with tqdm(total=len(jobs), desc="densepose (cluster)", unit="video", leave=False) as bar:
@@ -232,6 +238,7 @@ def run_densepose(
     seconds = time.perf_counter() - t0
     summary = {
         "backend": name,
+        "device": str(backend.device) if client is None and hasattr(backend, "device") else None,
         "videos": int(index["video"].nunique()),
         "frames": len(records),
         "frames_with_person": found,

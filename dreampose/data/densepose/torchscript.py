@@ -58,7 +58,7 @@ class TorchScriptBackend:
     name = "torchscript"
     needs_pixels = True
 
-    def __init__(self, weights: str | Path, min_score: float = 0.5, device: str = "auto"):
+    def __init__(self, weights: str | Path, min_score: float = 0.5, device: str | torch.device = "auto"):
         import torchvision  # noqa: F401  (registers torchvision::nms / roi_align used by the export)
 
         path = Path(weights)

@@ -1,0 +1,129 @@
+"""A catalog item's subject model as a real MLflow model (``pyfunc`` flavor).
+
+The MLflow model directory holds ``MLmodel``, the wrapper and three artifacts:
+``artifacts/model/`` (the diffusers folder, loadable with ``DreamPosePipeline.from_pretrained``),
+``artifacts/photo.png`` (the product photo the subject was finetuned on) and ``artifacts/render_settings.json``
+(render settings and pose window). ``predict`` takes a pose sequence and returns frames:
+
+    model = mlflow.pyfunc.load_model("models:/dreampose-subject@approved-sku-42")
+    frames = model.predict(iuv, params={"frame_ids": [0, 2, 4]})  # iuv uint8 (T, H, W, 3) -> uint8 (N, H, W, 3)
+
+Frames are seeded per (render seed, frame id), so the same poses and frame ids reproduce the registered
+render exactly. The ``dreampose`` package must be importable where the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # the wrapper subclasses PythonModel; importing mlflow is only needed here
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a core dependency
+    PythonModel = object  # type: ignore[misc,assignment]
+
+PIPELINE, PHOTO, SETTINGS = "pipeline", "photo", "settings"
+REQUIREMENTS = ("torch", "diffusers", "transformers", "numpy", "pillow", "mlflow")
+
+
+def frame_ids_for(num_frames: int, frame_ids: Any) -> list[int]:
+    """The frames to render: all of ``range(num_frames)`` when ``frame_ids`` is empty/None, else checked ids."""
+    if frame_ids is None or len(frame_ids) == 0:
+        return list(range(num_frames))
+    ids = [int(f) for f in frame_ids]
+    bad = [f for f in ids if not 0 <= f < num_frames]
+    if bad:
+        raise ValueError(f"frame_ids {bad} are outside the {num_frames}-frame pose sequence")
+    return ids
+
+
+def check_iuv(iuv: Any, size: tuple[int, int]) -> np.ndarray:
+    """A pose sequence as uint8 ``(T, H, W, 3)`` at the model's ``size``; a clear error otherwise."""
+    arr = np.asarray(iuv)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"poses must be IUV frames (T, H, W, 3), got shape {arr.shape}")
+    if tuple(arr.shape[1:3]) != tuple(size):
+        raise ValueError(f"poses are {tuple(arr.shape[1:3])} (H, W) but this model renders {tuple(size)}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"poses must be uint8 IUV (0..255), got {arr.dtype}")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+class DreamPoseSubjectModel(PythonModel):
+    """``pyfunc`` wrapper: pose sequence in, rendered frames out (see the module docstring)."""
+
+    def load_context(self, context) -> None:
+        from dreampose.config import RenderConfig
+        from dreampose.render import load_pipeline, read_rgb
+
+        self.pipe = load_pipeline(Path(context.artifacts[PIPELINE]))
+        self.photo = read_rgb(Path(context.artifacts[PHOTO]))
+        settings = json.loads(Path(context.artifacts[SETTINGS]).read_text())
+        self.render_cfg = RenderConfig(**settings["render"])
+        self.window = int(settings["pose_window"])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        import torch
+
+        from dreampose.data.densepose.iuv import pose_window
+        from dreampose.render import render_frames
+
+        iuv = check_iuv(model_input, self.photo.shape[:2])
+        ids = frame_ids_for(len(iuv), (params or {}).get("frame_ids"))
+        poses = torch.stack([pose_window(iuv, t, self.window) for t in ids])
+        return render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=ids)
+
+
+def signature(height: int, width: int):
+    """Input: uint8 IUV ``(-1, H, W, 3)``; output: uint8 frames ``(-1, H, W, 3)``; param ``frame_ids``
+    (default ``[]``: every frame of the sequence)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    tensor = Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))])
+    out = Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))])
+    params = ParamSchema([ParamSpec("frame_ids", "long", [], shape=(-1,))])
+    return ModelSignature(inputs=tensor, outputs=out, params=params)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what is installed (inferring them would load the model in a subprocess)."""
+    reqs = []
+    for name in REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def save_subject_model(
+    path: Path, pipeline_dir: Path, photo_png: Path, render: dict[str, Any], pose_window: int, example: np.ndarray
+) -> Path:
+    """Write an MLflow ``pyfunc`` model directory at ``path`` (must not exist yet)."""
+    import mlflow
+
+    path = Path(path)
+    settings = path.with_name("render_settings.json")
+    settings.write_text(json.dumps({"render": render, "pose_window": int(pose_window)}, indent=2))
+    try:
+        h, w = example.shape[1:3]
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=DreamPoseSubjectModel(),
+            artifacts={PIPELINE: str(pipeline_dir), PHOTO: str(photo_png), SETTINGS: str(settings)},
+            signature=signature(h, w),
+            input_example=(np.ascontiguousarray(example, dtype=np.uint8), {"frame_ids": [0]}),
+            pip_requirements=pip_requirements(),
+        )
+    finally:
+        settings.unlink(missing_ok=True)
+    return path
