@@ -638,7 +638,9 @@ def _train_render_register(
                 frame_ids=item.seq.frame_ids,
             )
             frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            t1 = time.perf_counter()
             scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
+            t_score = time.perf_counter() - t1
             summary = {
                 "item_id": item.item_id,
                 "reused": False,
@@ -652,7 +654,7 @@ def _train_render_register(
                 "input_key": item.key,
                 "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
                 "scores": scores,
-                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
+                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {}), "score": round(t_score, 3)},
                 "video": str(run_dir / "render" / "video.mp4"),
                 "poster": str(run_dir / "render" / "poster.png"),
             }
@@ -664,6 +666,7 @@ def _train_render_register(
             return {**summary, "model_name": None, "version": None, "review": None}
         import mlflow
 
+        t2 = time.perf_counter()
         mlflow.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)})
         mlflow.log_artifacts(str(run_dir / "model"), "model")
         for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
@@ -689,4 +692,5 @@ def _train_render_register(
             description=f"catalog item {item.item_id}",
         )
         mlflow.set_tag("registered_version", info.version)
-    return {**summary, "model_name": info.name, "version": info.version, "review": info.review}
+    seconds = {**summary["seconds"], "registry": round(time.perf_counter() - t2, 2)}  # log + register
+    return {**summary, "seconds": seconds, "model_name": info.name, "version": info.version, "review": info.review}

@@ -292,6 +292,13 @@ def automation_specs(flow_name: str = "catalog-item", heartbeat_s: int = HEARTBE
     return [a.model_dump(mode="json") for a in (zombie, retry)]
 
 
+def ensure_process_pool(api: str, pool: str, auth: tuple[str, str] | None = None) -> None:
+    """Create the ``process`` work pool unless it exists (the REST call: no CLI start-up)."""
+    res = requests.post(f"{api}/work_pools/", json={"name": pool, "type": "process"}, auth=auth, timeout=30)
+    if res.status_code not in (200, 201, 409):
+        res.raise_for_status()
+
+
 def ensure_automations(api: str, auth: tuple[str, str] | None = None, flow_name: str = "catalog-item") -> list[str]:
     """Create the stack's automations unless automations of the same names exist; returns their names."""
     have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
@@ -342,7 +349,8 @@ class Stack:
     def mlflow_uri(self) -> str:
         if self.profile == "prod":
             return f"http://{self.host}:{self.mlflow_port}"
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns.db'}"
+        env = {**os.environ, **self.extra_env}
+        return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns.db'}"
 
     def secret(self, name: str) -> str:
         return secret(name, self.state / "secrets")
@@ -363,18 +371,26 @@ class Stack:
         return env
 
     def start(self) -> None:
+        """Prefect server (started first: it boots while PostgreSQL and MLflow do), tracking, then workers."""
         if self.profile not in ("local", "prod"):
             raise ValueError(f"profile {self.profile!r}: expected 'local' or 'prod'")
         self.logs.mkdir(parents=True, exist_ok=True)
+        env = self.client_env()
+        server_env = dict(env)
+        if self.profile == "prod":
+            server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+        self.procs["prefect"] = sv.start_server(self.host, self.prefect_port, server_env, self.logs / "prefect.log")
         if self.profile == "prod":
             self._start_tracking_prod()
-        self._start_prefect()
-        for i in range(self.workers):
-            self.start_worker(f"worker-{i + 1}")
-        if self.profile == "local":
+        else:
             self.procs["mlflow"] = sv.start_mlflow_ui(
                 self.host, self.mlflow_port, self.mlflow_uri, self.logs / "mlflow.log"
             )
+        sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
+        ensure_process_pool(self.api, self.pool, self.prefect_auth)
+        ensure_automations(self.api, self.prefect_auth)
+        for i in range(self.workers):
+            self.start_worker(f"worker-{i + 1}")
 
     def _start_tracking_prod(self) -> None:
         bin_dir = ensure_postgres_installed()
@@ -398,16 +414,6 @@ class Stack:
         self.procs["mlflow"] = start_mlflow_server(self.host, self.mlflow_port, self.pg_port, self.state / "artifacts",
                                                    config, secrets_env, self.logs / "mlflow.log")  # fmt: skip
         wait_http(f"{self.mlflow_uri}/health", self.procs["mlflow"], name="MLflow server")
-
-    def _start_prefect(self) -> None:
-        env = self.client_env()
-        server_env = dict(env)
-        if self.profile == "prod":
-            server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
-        self.procs["prefect"] = sv.start_server(self.host, self.prefect_port, server_env, self.logs / "prefect.log")
-        sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
-        sv.ensure_work_pool(self.pool, env)
-        ensure_automations(self.api, self.prefect_auth)
 
     def start_worker(self, name: str) -> subprocess.Popen:
         env = self.client_env()
