@@ -202,6 +202,7 @@ def write_auth_config(path: Path, host: str, pg_port: int) -> Path:
         f"database_uri = postgresql+psycopg2://{PG_DB_USER}@{host}:{pg_port}/{PG_DATABASES[1]}\n"
         f"admin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"  # one PBKDF2 check per login a minute, not one per request
     )
     return path
 

@@ -61,14 +61,14 @@ def _busy_worker(stack: Stack) -> str | None:
 
 def _check_security(stack: Stack, env: dict[str, str]) -> None:
     ml = stack.mlflow_uri + "/api/2.0/mlflow/experiments/search?max_results=1"
-    assert requests.get(ml, timeout=10).status_code == 401  # no password
-    assert requests.get(ml, auth=("admin", "wrong-password"), timeout=10).status_code == 401
+    assert requests.get(ml, timeout=60).status_code == 401  # no password
+    assert requests.get(ml, auth=("admin", "wrong-password"), timeout=60).status_code == 401
     admin = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
-    assert requests.get(ml, auth=admin, timeout=10).status_code == 200
+    assert requests.get(ml, auth=admin, timeout=60).status_code == 200
     flows_api = stack.api + "/flow_runs/filter"
-    assert requests.post(flows_api, json={}, timeout=10).status_code == 401
-    assert requests.post(flows_api, json={}, auth=("dreampose", "wrong"), timeout=10).status_code == 401
-    assert requests.post(flows_api, json={}, auth=stack.prefect_auth, timeout=10).status_code == 200
+    assert requests.post(flows_api, json={}, timeout=60).status_code == 401
+    assert requests.post(flows_api, json={}, auth=("dreampose", "wrong"), timeout=60).status_code == 401
+    assert requests.post(flows_api, json={}, auth=stack.prefect_auth, timeout=60).status_code == 200
     import psycopg2
 
     for user, pw in ((PG_SUPERUSER, "wrong"), (PG_DB_USER, "wrong"), (PG_DB_USER, "")):
@@ -143,7 +143,7 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
             assert killed in stack.procs and stack.procs[killed].poll() is None  # the supervisor restarted it
             assert stack.restarts.get(killed)
             assert restarted == []  # no core service died
-            runs = [requests.get(f"{stack.api}/flow_runs/{i}", auth=stack.prefect_auth, timeout=10).json() for i in ids]
+            runs = [requests.get(f"{stack.api}/flow_runs/{i}", auth=stack.prefect_auth, timeout=60).json() for i in ids]
             assert max(r["run_count"] for r in runs) >= 2  # the killed worker's item was retried by the stack
 
             # Tracking: exactly one version per item, nothing left RUNNING, secrets nowhere.
