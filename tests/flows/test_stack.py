@@ -132,7 +132,7 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
             assert killed, "no worker ever ran an item"
             final: dict[str, str] = {}
             t0 = time.monotonic()
-            while time.monotonic() - t0 < 240:
+            while time.monotonic() - t0 < 600:  # a loaded 2-core machine needs minutes per item
                 restarted += stack.supervise_once(report=lambda m: None) or []
                 final = batch.states(stack.api, ids, auth=stack.prefect_auth)
                 if all(final.get(i) in batch.FINAL for i in ids):
