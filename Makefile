@@ -39,6 +39,8 @@ remote: $(VENV_STAMP)
 	.venv/bin/dreampose remote add "$(URL)"
 	.venv/bin/dvc push
 
-# Local deployment stack on 127.0.0.1: Prefect server :4200, process worker (pool dreampose-local), MLflow UI :5000.
+# Deployment stack on 127.0.0.1: Prefect server :4200, two process workers (pool dreampose-local), MLflow :5000.
+# PROFILE=prod adds PostgreSQL (:5432, installed with apt-get when missing) behind an authenticated MLflow server.
+PROFILE ?= local
 serve: $(VENV_STAMP)
-	$(PY) -m flows.serve
+	exec $(PY) -m flows.serve --profile $(PROFILE)

@@ -16,6 +16,7 @@ first pose of the sequence (true for the demo, whose photo is frame 0 of a test 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -515,10 +516,16 @@ def run_catalog_item(
     base_dir: Path | None = None,
     allow_private_urls: bool = False,
     flow_run_id: str | None = None,
+    attempt_key: str | None = None,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
 
     A photo URL follows ``params.photo_url``; ``allow_private_urls`` also admits internal addresses.
+
+    ``attempt_key`` (the Prefect flow run id) names one logical run across its attempts: a retry first
+    settles what an earlier attempt of the same key left (a killed process cannot clean up after itself):
+    a finished, registered attempt is returned as is (registered once), an unfinished one is marked
+    KILLED, its registry versions deleted and its ``catalog/<item>/<run_id>/`` directory removed.
 
     ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
     model, subject/render settings), return it instead of training again. Bad input raises
@@ -548,20 +555,69 @@ def run_catalog_item(
     enabled = tracking.tracking_enabled()
     if enabled:
         tracking.configure(params.tracking.experiment, root)
+        if attempt_key:
+            done = settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+            if done is not None:
+                return _reused(done, item_id)
         if reuse:
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
     item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
-    return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime)
+    attempt_key = attempt_key or uuid.uuid4().hex
+    try:
+        return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime, attempt_key)
+    except BaseException:  # e.g. logging or registration failed: no version, no directory stays
+        if enabled:
+            with contextlib.suppress(Exception):
+                settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+        raise
 
 
-def _run_tags(item: _Item, flow_run_id: str | None) -> dict[str, str]:
+ATTEMPT_TAG = "catalog.attempt_key"
+
+
+def _run_tags(item: _Item, flow_run_id: str | None, attempt_key: str | None = None) -> dict[str, str]:
     """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
     tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
     if flow_run_id:
         tags["prefect.flow_run_id"] = str(flow_run_id)
+    if attempt_key:
+        tags[ATTEMPT_TAG] = attempt_key
     return tags
+
+
+def remove_run_dir(root: Path, item_id: str, run_id: str) -> None:
+    """Remove ``catalog/<item>/<run_id>/`` and the item directory when that leaves it empty."""
+    item_dir = Path(root) / "catalog" / item_id
+    shutil.rmtree(item_dir / run_id, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another run of the item keeps it
+        item_dir.rmdir()
+
+
+def settle_attempts(root: Path, item_id: str, attempt_key: str, experiment: str, model_name: str):
+    """Earlier attempts of ``attempt_key``: the registered version of a finished one (or ``None``); unfinished
+    ones are marked KILLED, their versions deleted and their directories removed."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dreampose import registry
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    client = MlflowClient()
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ATTEMPT_TAG}` = '{registry._quote(attempt_key)}'")
+    for run in runs:
+        versions = registry.versions_of_run(model_name, run.info.run_id)
+        if run.info.status == "FINISHED" and versions:
+            return versions[0]
+    for run in runs:
+        registry.delete_versions_of_run(model_name, run.info.run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(run.info.run_id, "KILLED")
+        remove_run_dir(root, item_id, run.info.run_id)
+    return None
 
 
 def _train_render_register(
@@ -572,12 +628,11 @@ def _train_render_register(
     enabled: bool,
     flow_run_id: str | None = None,
     runtime=None,
+    attempt_key: str | None = None,
 ) -> dict[str, Any]:
     """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
 
     The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
-    import contextlib
-
     from dreampose import registry, tracking
     from dreampose.render import load_pipeline, render_sequence
     from dreampose.training.finetune import MlflowLogger, finetune_subject
@@ -591,7 +646,7 @@ def _train_render_register(
                 "runtime": runtime.describe() if runtime is not None else None,
             },
             params.tracking.experiment,
-            tags=_run_tags(item, flow_run_id),
+            tags=_run_tags(item, flow_run_id, attempt_key),
             run_name=f"catalog_item@{item.item_id}",
         )
         if enabled
@@ -631,7 +686,9 @@ def _train_render_register(
                 frame_ids=item.seq.frame_ids,
             )
             frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            t1 = time.perf_counter()
             scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
+            t_score = time.perf_counter() - t1
             summary = {
                 "item_id": item.item_id,
                 "reused": False,
@@ -645,19 +702,22 @@ def _train_render_register(
                 "input_key": item.key,
                 "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
                 "scores": scores,
-                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
+                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {}), "score": round(t_score, 3)},
                 "video": str(run_dir / "render" / "video.mp4"),
                 "poster": str(run_dir / "render" / "poster.png"),
             }
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written survives a failed item
+            remove_run_dir(root, item.item_id, run_id)  # nothing half-written survives a failed item
             raise
         if run is None:
             return {**summary, "model_name": None, "version": None, "review": None}
+        t2 = time.perf_counter()
         info = _log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+    seconds = {**summary["seconds"], "registry": round(time.perf_counter() - t2, 2)}  # log + register
     return {
         **summary,
+        "seconds": seconds,
         "model_name": info.name,
         "version": info.version,
         "review": info.review,
