@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo paper test lint bench serve clean-demo install
+.PHONY: demo paper test lint bench serve clean-demo install remote
 
 install: $(VENV_STAMP)
 
@@ -32,6 +32,15 @@ lint: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(PY) -m benchmarks.run_all
 
-# Local deployment stack on 127.0.0.1: Prefect server :4200, process worker (pool dreampose-local), MLflow UI :5000.
+# A DVC remote for the pipeline's outputs, then push them: `make remote URL=/mnt/store` (or s3://bucket/dreampose,
+# ssh://host/path). A fresh clone then serves catalog items after `dvc pull models/base` (README "Scaling out").
+remote: $(VENV_STAMP)
+	@test -n "$(URL)" || { echo "usage: make remote URL=<path or s3://... or ssh://...>" >&2; exit 2; }
+	.venv/bin/dreampose remote add "$(URL)"
+	.venv/bin/dvc push
+
+# Deployment stack on 127.0.0.1: Prefect server :4200, two process workers (pool dreampose-local), MLflow :5000.
+# PROFILE=prod adds PostgreSQL (:5432, installed with apt-get when missing) behind an authenticated MLflow server.
+PROFILE ?= local
 serve: $(VENV_STAMP)
-	$(PY) -m flows.serve
+	exec $(PY) -m flows.serve --profile $(PROFILE)

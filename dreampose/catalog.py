@@ -16,6 +16,7 @@ first pose of the sequence (true for the demo, whose photo is frame 0 of a test 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,6 +32,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dreampose.safe_fetch import UrlPolicy, fetch_url
 
 # diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
 # items in one process (threads) must not load or train at the same time; separate processes (the
@@ -54,24 +57,23 @@ class Photo:
     notes: tuple[str, ...] = field(default=())
 
 
-def read_photo_bytes(photo: str, timeout_s: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
-    """The photo's bytes from a local path or an http(s) URL (size-capped)."""
+def read_photo_bytes(
+    photo: str,
+    timeout_s: float = 30.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    url_policy: UrlPolicy | None = None,
+) -> bytes:
+    """The photo's bytes from a local path or an http(s) URL (size-capped).
+
+    A URL may not reach loopback, private, link-local or other internal addresses, nor redirect to them,
+    unless ``url_policy`` allows it (``dreampose.safe_fetch``).
+    """
     parsed = urlparse(photo)
     if parsed.scheme in ("http", "https"):
-        import requests
-
         try:
-            with requests.get(photo, stream=True, timeout=timeout_s) as resp:
-                if resp.status_code != 200:
-                    raise ValueError(f"photo URL {photo} answered HTTP {resp.status_code}")
-                buf = io.BytesIO()
-                for chunk in resp.iter_content(1 << 16):
-                    buf.write(chunk)
-                    if buf.tell() > max_bytes:
-                        raise ValueError(f"photo URL {photo} is larger than {max_bytes} bytes")
-                return buf.getvalue()
-        except requests.RequestException as err:
-            raise ValueError(f"photo URL {photo} could not be fetched: {type(err).__name__}") from None
+            return fetch_url(photo, url_policy or UrlPolicy(), timeout_s=timeout_s, max_bytes=max_bytes)
+        except ValueError as err:  # BlockedUrlError stays itself
+            raise type(err)(f"photo {err}") from None
     if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter "scheme" is a Windows drive
         raise ValueError(f"photo {photo!r}: only local paths and http(s) URLs are accepted")
     path = Path(photo)
@@ -80,6 +82,11 @@ def read_photo_bytes(photo: str, timeout_s: float = 30.0, max_bytes: int = MAX_D
     if path.stat().st_size > max_bytes:
         raise ValueError(f"photo {photo} is larger than {max_bytes} bytes")
     return path.read_bytes()
+
+
+def photo_url_policy(cfg, allow_private: bool = False) -> UrlPolicy:
+    """The URL policy of a ``photo_url`` config section; ``allow_private`` (a CLI flag) widens it."""
+    return UrlPolicy.of(cfg.allow_private or allow_private, cfg.allow_hosts, cfg.max_redirects)
 
 
 def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
@@ -131,13 +138,14 @@ def validate_photo(
     width: int,
     min_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    url_policy: UrlPolicy | None = None,
 ) -> Photo:
     """Load, check and convert one catalog photo to uint8 ``(height, width, 3)``.
 
     A side shorter than ``min_side`` (default: 64 px, or the model's side when that is smaller) is
     refused. Raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one line naming the photo.
     """
-    data = read_photo_bytes(photo)
+    data = read_photo_bytes(photo, url_policy=url_policy)
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -506,9 +514,18 @@ def run_catalog_item(
     ground_truth: str | None = None,
     reuse: bool = False,
     base_dir: Path | None = None,
+    allow_private_urls: bool = False,
     flow_run_id: str | None = None,
+    attempt_key: str | None = None,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
+
+    A photo URL follows ``params.photo_url``; ``allow_private_urls`` also admits internal addresses.
+
+    ``attempt_key`` (the Prefect flow run id) names one logical run across its attempts: a retry first
+    settles what an earlier attempt of the same key left (a killed process cannot clean up after itself):
+    a finished, registered attempt is returned as is (registered once), an unfinished one is marked
+    KILLED, its registry versions deleted and its ``catalog/<item>/<run_id>/`` directory removed.
 
     ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
     model, subject/render settings), return it instead of training again. Bad input raises
@@ -523,7 +540,7 @@ def run_catalog_item(
     base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
     item_id = item_id_from(photo, item_id)
     h, w = params.frames.height, params.frames.width
-    checked = validate_photo(photo, h, w)
+    checked = validate_photo(photo, h, w, url_policy=photo_url_policy(params.photo_url, allow_private_urls))
     if not (base_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
     from dreampose.models.sizes import check_saved_model_frame_size
@@ -538,20 +555,69 @@ def run_catalog_item(
     enabled = tracking.tracking_enabled()
     if enabled:
         tracking.configure(params.tracking.experiment, root)
+        if attempt_key:
+            done = settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+            if done is not None:
+                return _reused(done, item_id)
         if reuse:
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
     item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
-    return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime)
+    attempt_key = attempt_key or uuid.uuid4().hex
+    try:
+        return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime, attempt_key)
+    except BaseException:  # e.g. logging or registration failed: no version, no directory stays
+        if enabled:
+            with contextlib.suppress(Exception):
+                settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+        raise
 
 
-def _run_tags(item: _Item, flow_run_id: str | None) -> dict[str, str]:
+ATTEMPT_TAG = "catalog.attempt_key"
+
+
+def _run_tags(item: _Item, flow_run_id: str | None, attempt_key: str | None = None) -> dict[str, str]:
     """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
     tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
     if flow_run_id:
         tags["prefect.flow_run_id"] = str(flow_run_id)
+    if attempt_key:
+        tags[ATTEMPT_TAG] = attempt_key
     return tags
+
+
+def remove_run_dir(root: Path, item_id: str, run_id: str) -> None:
+    """Remove ``catalog/<item>/<run_id>/`` and the item directory when that leaves it empty."""
+    item_dir = Path(root) / "catalog" / item_id
+    shutil.rmtree(item_dir / run_id, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another run of the item keeps it
+        item_dir.rmdir()
+
+
+def settle_attempts(root: Path, item_id: str, attempt_key: str, experiment: str, model_name: str):
+    """Earlier attempts of ``attempt_key``: the registered version of a finished one (or ``None``); unfinished
+    ones are marked KILLED, their versions deleted and their directories removed."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dreampose import registry
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    client = MlflowClient()
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ATTEMPT_TAG}` = '{registry._quote(attempt_key)}'")
+    for run in runs:
+        versions = registry.versions_of_run(model_name, run.info.run_id)
+        if run.info.status == "FINISHED" and versions:
+            return versions[0]
+    for run in runs:
+        registry.delete_versions_of_run(model_name, run.info.run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(run.info.run_id, "KILLED")
+        remove_run_dir(root, item_id, run.info.run_id)
+    return None
 
 
 def _train_render_register(
@@ -562,12 +628,11 @@ def _train_render_register(
     enabled: bool,
     flow_run_id: str | None = None,
     runtime=None,
+    attempt_key: str | None = None,
 ) -> dict[str, Any]:
     """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
 
     The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
-    import contextlib
-
     from dreampose import registry, tracking
     from dreampose.render import load_pipeline, render_sequence
     from dreampose.training.finetune import MlflowLogger, finetune_subject
@@ -581,7 +646,7 @@ def _train_render_register(
                 "runtime": runtime.describe() if runtime is not None else None,
             },
             params.tracking.experiment,
-            tags=_run_tags(item, flow_run_id),
+            tags=_run_tags(item, flow_run_id, attempt_key),
             run_name=f"catalog_item@{item.item_id}",
         )
         if enabled
@@ -621,7 +686,9 @@ def _train_render_register(
                 frame_ids=item.seq.frame_ids,
             )
             frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            t1 = time.perf_counter()
             scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
+            t_score = time.perf_counter() - t1
             summary = {
                 "item_id": item.item_id,
                 "reused": False,
@@ -635,19 +702,22 @@ def _train_render_register(
                 "input_key": item.key,
                 "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
                 "scores": scores,
-                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {})},
+                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {}), "score": round(t_score, 3)},
                 "video": str(run_dir / "render" / "video.mp4"),
                 "poster": str(run_dir / "render" / "poster.png"),
             }
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written survives a failed item
+            remove_run_dir(root, item.item_id, run_id)  # nothing half-written survives a failed item
             raise
         if run is None:
             return {**summary, "model_name": None, "version": None, "review": None}
+        t2 = time.perf_counter()
         info = _log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+    seconds = {**summary["seconds"], "registry": round(time.perf_counter() - t2, 2)}  # log + register
     return {
         **summary,
+        "seconds": seconds,
         "model_name": info.name,
         "version": info.version,
         "review": info.review,

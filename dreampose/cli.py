@@ -154,9 +154,23 @@ def _catalog_item(args: argparse.Namespace) -> int:
 
     params = load_params(Path(args.root) / args.params)
     result = run_catalog_item(
-        params, Path(args.root), args.photo, args.poses, item_id=args.item_id, ground_truth=args.ground_truth
+        params,
+        Path(args.root),
+        args.photo,
+        args.poses,
+        item_id=args.item_id,
+        ground_truth=args.ground_truth,
+        allow_private_urls=args.allow_private_urls,
     )
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _remote_add(args: argparse.Namespace) -> int:
+    from dreampose.remote import add_remote
+
+    url = add_remote(Path(args.root), args.url, name=args.name, default=not args.not_default)
+    print(f"DVC remote {args.name!r} -> {url}{'' if args.not_default else ' (default)'}; now `dvc push`")
     return 0
 
 
@@ -239,13 +253,42 @@ def build_parser() -> argparse.ArgumentParser:
             ra.add_argument("--reason", required=True, help="why (stored as tag review_reason)")
     rev.set_defaults(func=_review)
 
+    rem = sub.add_parser("remote", help="DVC remote for the pipeline's outputs: add (then `dvc push`)")
+    rem_sub = rem.add_subparsers(dest="remote_command", required=True, metavar="<action>")
+    ra = rem_sub.add_parser(
+        "add",
+        help="set the default DVC remote: a path, ssh://, s3://, gs://, ... (then `dvc push`; clones `dvc pull`)",
+    )
+    ra.add_argument("url", help="a local/mounted path or a URL such as s3://bucket/dreampose")
+    ra.add_argument("--name", default="store", help="remote name (default: store)")
+    ra.add_argument("--not-default", action="store_true", help="add it without making it the default remote")
+    ra.set_defaults(func=_remote_add)
+
     cat = sub.add_parser("catalog-item", help="one photo + poses -> subject model, video, review=pending version")
     cat.add_argument("--photo", required=True, help="product photo: a path or an http(s) URL")
     cat.add_argument("--poses", required=True, help="a test video id, a directory of IUV .npz/.png, or a video")
     cat.add_argument("--item-id", default=None, help="catalog item id (default: from the photo's file name)")
     cat.add_argument("--ground-truth", default=None, help="optional: ground-truth video id or frames for full metrics")
+    cat.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let a photo URL reach loopback/private/link-local hosts (an intranet; refused by default)",
+    )
     cat.set_defaults(func=_catalog_item)
+
+    cb = sub.add_parser(
+        "catalog-batch",
+        help="a CSV or a folder of photos -> one catalog-item flow run each on the running stack (make serve)",
+    )
+    cb.add_argument("batch_args", nargs=argparse.REMAINDER, help="see python -m flows.batch --help")
+    cb.set_defaults(func=_catalog_batch)
     return p
+
+
+def _catalog_batch(args: argparse.Namespace) -> int:
+    from flows.batch import main as batch_main
+
+    return batch_main(["--root", args.root, *args.batch_args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,6 +97,26 @@ class DensePoseConfig(_Strict):
         return data
 
 
+class ClusterConfig(_Strict):
+    """Where the per-video work of ``frames`` and ``densepose`` runs (``dreampose.cluster``): ``null`` in this
+    process, ``local`` a Dask LocalCluster here, ``tcp://host:port`` an existing Dask scheduler whose workers
+    share the workspace's filesystem. Outputs are byte-identical wherever they ran."""
+
+    address: str | None = None
+    local_workers: int = Field(2, ge=1, le=256)
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per node for densepose: one worker per GPU, cuda:i each")
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "local":
+            return v
+        if not re.fullmatch(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", v):
+            raise ValueError(f"{v!r}: expected null, 'local' or a scheduler address 'tcp://host:port'")
+        return v
+
+
 class ManifestConfig(_Strict):
     """Pair sampling. ``test_*`` follow the paper's protocol (50 targets, >= 50 frames away).
 
@@ -286,6 +306,25 @@ class EvalConfig(_Strict):
     num_subjects: int | None = Field(None, ge=1)
 
 
+class PhotoUrlConfig(_Strict):
+    """Catalog photos given as http(s) URLs. Internal addresses (loopback, private, link-local, ...) and
+    redirects to them are refused unless ``allow_private`` (an intranet catalog) or the exact ``host:port``
+    is listed in ``allow_hosts``."""
+
+    allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    max_redirects: int = Field(5, ge=0, le=20)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _host_port(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"allow_hosts entry {entry!r}: expected host:port (e.g. intranet.example:8080)")
+        return tuple(e.lower() for e in v)
+
+
 class TrackingConfig(_Strict):
     experiment: str = "dreampose"
     registered_model: str = "dreampose-subject"
@@ -296,6 +335,7 @@ class Params(_Strict):
     data: DataConfig = DataConfig()
     frames: FramesConfig = FramesConfig()
     densepose: DensePoseConfig = DensePoseConfig()
+    cluster: ClusterConfig = ClusterConfig()
     manifest: ManifestConfig = ManifestConfig()
     model: ModelConfig = ModelConfig()
     train_base: TrainConfig = TrainConfig()
@@ -305,6 +345,7 @@ class Params(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    photo_url: PhotoUrlConfig = PhotoUrlConfig()
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:

@@ -119,6 +119,23 @@ def register_version(
     return _info(client, client.get_model_version(name, mv.version))
 
 
+def versions_of_run(name: str, run_id: str) -> list[VersionInfo]:
+    """Versions of ``name`` registered from MLflow run ``run_id`` (empty if none or no such model)."""
+    client = _client()
+    found = client.search_model_versions(f"name = '{_quote(name)}' and run_id = '{_quote(run_id)}'")
+    return sorted((_info(client, mv) for mv in found), key=lambda v: int(v.version))
+
+
+def delete_versions_of_run(name: str, run_id: str) -> list[str]:
+    """Delete the versions a failed or abandoned run registered; returns their numbers."""
+    client = _client()
+    gone = []
+    for info in versions_of_run(name, run_id):
+        client.delete_model_version(name, info.version)
+        gone.append(info.version)
+    return gone
+
+
 def get_version(name: str, version: str | int) -> VersionInfo:
     """One version; a clear ``ValueError`` when the model or version does not exist."""
     from mlflow.exceptions import MlflowException

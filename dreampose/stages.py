@@ -73,18 +73,21 @@ def download(params: Params, root: Path) -> dict[str, Any]:
 
 def frames(params: Params, root: Path) -> dict[str, Any]:
     """``data/frames``: JPEG frames resized + center-cropped to H x W, and ``index.parquet``."""
+    from dreampose.cluster import connect
     from dreampose.data.frames import extract_frames
 
     with tracking.stage_run(
         "frames", params.frames.model_dump(), params.tracking.experiment, inputs={"videos": root / RAW / "videos"}
     ):
-        summary = extract_frames(params.frames, root / RAW / "videos", root / FRAMES)
+        with connect(params.cluster) as client:  # null: this process; else a Dask cluster (same bytes)
+            summary = extract_frames(params.frames, root / RAW / "videos", root / FRAMES, client=client)
         _log_summary(summary)
     return summary
 
 
 def densepose(params: Params, root: Path) -> dict[str, Any]:
     """``data/densepose``: per-video uint8 IUV archives aligned with the frames, and ``index.parquet``."""
+    from dreampose.cluster import connect
     from dreampose.data.densepose import run_densepose
 
     cfg = params.densepose
@@ -99,7 +102,16 @@ def densepose(params: Params, root: Path) -> dict[str, Any]:
         params.tracking.experiment,
         inputs={"frames": root / FRAMES},
     ):
-        summary = run_densepose(cfg, root / FRAMES, root / RAW, root / DENSEPOSE, device=rt.device)
+        with connect(params.cluster) as client:
+            summary = run_densepose(
+                cfg,
+                root / FRAMES,
+                root / RAW,
+                root / DENSEPOSE,
+                device=rt.device,
+                client=client,
+                gpus=params.cluster.gpus,
+            )
         _log_summary(summary)
     return summary
 

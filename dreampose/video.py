@@ -149,6 +149,19 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(h, stride)[:, : 3 * w].reshape(h, w, 3))
 
 
+def open_stream(path: str | Path) -> tuple[Any, int, float]:
+    """A decord reader at frame 0, its frame count and average fps, with nothing decoded yet (``open_video``
+    also decodes frame 0 and seeks back, which costs several frames' decoding time per video).
+    ``ValueError`` if the container cannot be opened or holds no frames; ``iter_video`` reports a frame
+    that does not decode."""
+    path = Path(path)
+    vr = _open_reader(path)
+    n = len(vr)
+    if n == 0:
+        raise ValueError(f"{path}: not a readable video (no frames)")
+    return vr, n, float(vr.get_avg_fps())
+
+
 def open_video(path: str | Path) -> tuple[Any, VideoInfo]:
     """A decord reader positioned at frame 0 and the video's ``VideoInfo``; ``ValueError`` if unreadable."""
     path = Path(path)

@@ -5,12 +5,20 @@ registered model version tagged ``catalog_item=<id>``, ``review=pending``, with 
 ``dreampose.catalog.run_catalog_item``; this flow only adds Prefect's logging and run identity.
 
     python -m flows.catalog_item --photo shirt.jpg --poses syn_test_000
+
+Under a worker, the flow run's id is the item's attempt key (a retry cleans up after a killed attempt and
+never registers twice), a watchdog ends the run as Crashed when its worker dies (an orphan would otherwise
+go on for minutes), and after ``MAX_ATTEMPTS`` runs a crashing item fails instead of being retried again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,24 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dreampose.config import PARAMS_FILE, load_params
+
+MAX_ATTEMPTS = 3  # runs of one catalog-item flow run (the stack's automation reschedules crashed ones)
+
+
+def end_with_parent(parent: int | None = None, poll_s: float = 0.5) -> threading.Thread:
+    """SIGTERM this process when its parent (the worker) dies: the flow engine then ends the run as Crashed
+    after the item's own clean-up (MLflow run FAILED, no ``catalog/`` directory), instead of an orphan
+    running on unseen."""
+    parent = os.getppid() if parent is None else parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="end-with-worker", daemon=True)
+    thread.start()
+    return thread
 
 
 @task(name="catalog-item-run", cache_policy=NO_CACHE, persist_result=False)
@@ -29,6 +55,8 @@ def run_item_task(
     item_id: str | None,
     ground_truth: str | None,
     reuse: bool,
+    allow_private_urls: bool = False,
+    attempt_key: str | None = None,
 ) -> dict[str, Any]:
     """Validate, finetune, render, score, log and register (side effects only: never cached)."""
     from prefect.runtime import flow_run
@@ -44,7 +72,9 @@ def run_item_task(
         item_id=item_id,
         ground_truth=ground_truth,
         reuse=reuse,
+        allow_private_urls=allow_private_urls,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
+        attempt_key=attempt_key,
     )
 
 
@@ -57,15 +87,27 @@ def catalog_item(
     root: str = ".",
     params_file: str = PARAMS_FILE,
     reuse: bool = False,
+    allow_private_urls: bool = False,
 ) -> dict[str, Any]:
     """One catalog item: ``photo`` (path or http(s) URL), ``poses`` (a test video id, a directory of
     IUV ``.npz``/``.png`` files, or a video for DensePose), optional ``ground_truth`` for full metrics.
 
     ``reuse=True`` returns the version already registered for identical inputs instead of retraining.
+    A photo URL may not reach internal addresses unless ``allow_private_urls`` (or ``photo_url`` in params).
     """
+    from prefect.runtime import deployment, flow_run
+
     log = get_run_logger()
     root_p = str(Path(root).resolve())
-    result = run_item_task(root_p, params_file, photo, poses, item_id, ground_truth, reuse)
+    attempt_key = None
+    if deployment.id:  # run by a worker: a retry must not register the item twice
+        attempt_key = str(flow_run.id)
+        end_with_parent()
+        if flow_run.run_count > MAX_ATTEMPTS:
+            raise RuntimeError(f"catalog item {item_id or photo}: giving up after {MAX_ATTEMPTS} attempts")
+    result = run_item_task(
+        root_p, params_file, photo, poses, item_id, ground_truth, reuse, allow_private_urls, attempt_key
+    )
     if result.get("reused"):
         log.info("inputs unchanged: reusing %s version %s", result["model_name"], result["version"])
     else:
@@ -83,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".")
     p.add_argument("--params", default=PARAMS_FILE)
     p.add_argument("--reuse", action="store_true", help="return the existing version for identical inputs")
+    p.add_argument("--allow-private-urls", action="store_true", help="let a photo URL reach internal hosts")
     a = p.parse_args(argv)
     try:
-        catalog_item(a.photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse)
+        catalog_item(a.photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse, a.allow_private_urls)
     except (ValueError, FileNotFoundError) as err:
         print(f"catalog-item: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,9 @@
-"""A local deployment stack on 127.0.0.1: Prefect server, a ``process`` work pool + worker, MLflow UI.
+"""The deployment stack on 127.0.0.1: Prefect server, a ``process`` work pool + 2 workers, MLflow.
 
-    python -m flows.serve            # what `make serve` runs; Ctrl-C stops all three
+    python -m flows.serve                  # what `make serve` runs; SIGTERM or Ctrl-C stops everything
+    python -m flows.serve --profile prod   # `make serve PROFILE=prod`: PostgreSQL + authenticated servers
+
+The profiles, secrets and the worker supervisor are in ``flows.stack``.
 
 Each child runs in its own process group and is stopped by group: SIGTERM, then SIGKILL after a
 grace period (a worker whose server has gone away can ignore SIGTERM).
@@ -52,15 +55,15 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> int | None:
-    """SIGTERM the process group, SIGKILL whatever of it is left after ``grace_s``; returns the exit code.
+def stop(proc: subprocess.Popen, grace_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+    """``sig`` (SIGTERM) to the process group, SIGKILL whatever of it is left after ``grace_s``; returns the exit code.
 
     The group, not just the leader: a worker's flow-run processes (or a server's children) may
     outlive it and ignore SIGTERM.
     """
     pgid = proc.pid  # spawn() made it a group leader
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     deadline = time.monotonic() + grace_s
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
@@ -137,42 +140,57 @@ def running(procs: list[subprocess.Popen], grace_s: float = 10.0) -> Iterator[li
             stop(p, grace_s)
 
 
+class Stop(Exception):
+    """SIGTERM/SIGINT/SIGHUP, or the parent (``make``) went away: stop the stack."""
+
+
+def _raise_stop(signum, _frame) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from dreampose import tracking
+    from flows.stack import Stack
 
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--profile", choices=("local", "prod"), default=os.environ.get("PROFILE") or "local")
+    p.add_argument("--host", default=os.environ.get("DREAMPOSE_BIND") or "127.0.0.1", help="bind address")
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--pg-port", type=int, default=5432)
     p.add_argument("--pool", default=WORK_POOL)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--state", type=Path, default=None, help="state directory (default .prefect, or .serve for prod)")
     args = p.parse_args(argv)
-    url = api_url(args.host, args.prefect_port)
-    env = server_env(url)
-    logs = REPO / ".prefect" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(REPO)
-    with running([]) as procs:
-        procs.append(start_server(args.host, args.prefect_port, env, logs / "server.log"))
-        waited = wait_healthy(url, proc=procs[0])
-        ensure_work_pool(args.pool, env)
-        procs.append(start_worker(args.pool, env, logs / "worker.log"))
-        procs.append(start_mlflow_ui(args.host, args.mlflow_port, uri, logs / "mlflow.log"))
-        print(f"Prefect server  http://{args.host}:{args.prefect_port}  (healthy after {waited:.1f} s)")
-        print(f"Work pool       {args.pool} (process), worker log {logs / 'worker.log'}")
-        print(f"MLflow UI       http://{args.host}:{args.mlflow_port}  ({uri})")
-        print(f"In another shell:  export PREFECT_API_URL={url}")
-        print("                   .venv/bin/prefect deploy --all")
-        print("Ctrl-C stops all three.")
-        try:
-            while all(pr.poll() is None for pr in procs):
+    state = args.state or (REPO / (".serve" if args.profile == "prod" else ".prefect"))
+    stack = Stack(state=state.resolve(), profile=args.profile, host=args.host, prefect_port=args.prefect_port,
+                  mlflow_port=args.mlflow_port, pg_port=args.pg_port, pool=args.pool, workers=args.workers)  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    parent = os.getppid()
+    rc = 0
+    try:
+        with stack:
+            stack.start()
+            print(f"Prefect server  {stack.api[: -len('/api')]}  (profile {args.profile})")
+            print(f"Work pool       {args.pool}: {args.workers} process workers, logs in {stack.logs}")
+            print(f"MLflow          http://{args.host}:{args.mlflow_port}  (tracking URI {stack.mlflow_uri})")
+            if args.profile == "prod":
+                print(f"Credentials     {stack.state / 'secrets'} (or DREAMPOSE_<NAME> / DREAMPOSE_<NAME>_FILE)")
+            print(f"In another shell:  export PREFECT_API_URL={stack.api}")
+            print("                   .venv/bin/prefect deploy --all")
+            print("SIGTERM or Ctrl-C stops everything.", flush=True)
+            while True:
+                if os.getppid() != parent:
+                    raise Stop("parent exited")
+                dead = stack.supervise_once(report=lambda m: print(m, file=sys.stderr, flush=True))
+                if dead:
+                    print(f"stopping: {dead} exited; see {stack.logs}", file=sys.stderr)
+                    rc = 1
+                    break
                 time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        dead = [pr.args[1:3] for pr in procs if pr.poll() is not None]
-        if dead:
-            print(f"stopped: {dead} exited; see {logs}", file=sys.stderr)
-            return 1
-    return 0
+    except (Stop, KeyboardInterrupt) as why:
+        print(f"stopping ({why or 'interrupt'})", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

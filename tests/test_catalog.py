@@ -203,13 +203,19 @@ def http_dir(tmp_path):
 
 
 def test_photo_from_url(tmp_path, http_dir):
+    from dreampose.safe_fetch import BlockedUrlError, UrlPolicy
+
     _save(tmp_path, "shirt.png", Image.fromarray(_person()))
-    photo = catalog.validate_photo(f"{http_dir}/shirt.png", H, W)
+    # The test server is on loopback: allowed explicitly, by its exact host:port.
+    allow = UrlPolicy.of(allow_hosts=[http_dir.removeprefix("http://")])
+    photo = catalog.validate_photo(f"{http_dir}/shirt.png", H, W, url_policy=allow)
     assert photo.pixels.shape == (H, W, 3) and photo.source.endswith("/shirt.png")
     with pytest.raises(ValueError, match="HTTP 404"):
-        catalog.validate_photo(f"{http_dir}/missing.png", H, W)
+        catalog.validate_photo(f"{http_dir}/missing.png", H, W, url_policy=allow)
     with pytest.raises(ValueError, match="larger than 100 bytes"):
-        catalog.read_photo_bytes(f"{http_dir}/shirt.png", max_bytes=100)
+        catalog.read_photo_bytes(f"{http_dir}/shirt.png", max_bytes=100, url_policy=allow)
+    with pytest.raises(BlockedUrlError, match="loopback"):
+        catalog.validate_photo(f"{http_dir}/shirt.png", H, W)  # not without the allowance
 
 
 def test_photo_pose_reads_densepose_weights_relative_to_the_workspace(tmp_path, monkeypatch):

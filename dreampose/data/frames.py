@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from dreampose.fsutil import replace_dir
 from dreampose.config import FramesConfig
-from dreampose.video import iter_video, open_video
+from dreampose.fsutil import replace_dir
+from dreampose.video import iter_video, open_stream
 
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 INDEX_SCHEMA = pa.schema(
@@ -47,7 +47,8 @@ INDEX_SCHEMA = pa.schema(
         ("height", pa.int32()),
     ]
 )
-_MAX_PENDING = 64  # encoded-but-unwritten frames held in memory at most
+_MAX_PENDING = 64  # decoded frames waiting for the encoders, per decoding video, at most
+_CHUNK = 8  # frames per encoder task
 
 
 def fit_geometry(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
@@ -119,6 +120,11 @@ def _resize_and_save(frame: np.ndarray, path: Path, cfg: FramesConfig) -> None:
     Image.fromarray(out).save(path, format="JPEG", quality=cfg.jpeg_quality, subsampling=0)
 
 
+def _resize_and_save_all(frames: list[tuple[np.ndarray, Path]], cfg: FramesConfig) -> None:
+    for frame, path in frames:
+        _resize_and_save(frame, path, cfg)
+
+
 def _display(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -130,30 +136,37 @@ def _extract_video(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, pool: ThreadPoolExecutor
 ) -> list[dict[str, Any]]:
     """Frames of one video into ``video_dir``; raises ``ValueError`` if it cannot be decoded."""
-    reader, info = open_video(path)
-    wanted = frame_indices(info.num_frames, cfg.stride, cfg.max_frames)
+    reader, num_frames, fps = open_stream(path)
+    wanted = frame_indices(num_frames, cfg.stride, cfg.max_frames)
     video_dir.mkdir(parents=True)
     rows: list[dict[str, Any]] = []
     pending: deque[Future] = deque()
+    chunk: list[tuple[np.ndarray, Path]] = []
     try:
         for k, (src_idx, frame) in enumerate(iter_video(path, wanted, reader=reader)):
             name = f"{k:05d}.jpg"
-            # resize, encode and the file write (~0.2 ms of syscalls per file) leave the decoding thread
-            pending.append(pool.submit(_resize_and_save, frame, video_dir / name, cfg))
-            if len(pending) >= _MAX_PENDING:
-                pending.popleft().result()
+            # resize, encode and the file write leave the decoding thread, a few frames per task so the
+            # hand-over (a lock, a wake-up, the GIL) is paid once per chunk rather than once per frame
+            chunk.append((frame, video_dir / name))
+            if len(chunk) == _CHUNK:
+                pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
+                chunk = []
+                if len(pending) >= _MAX_PENDING // _CHUNK:
+                    pending.popleft().result()
             rows.append(
                 {
                     "video": path.stem,
                     "split": split,
                     "frame": k,
                     "source_frame": src_idx,
-                    "timestamp": src_idx / info.fps if info.fps > 0 else 0.0,
+                    "timestamp": src_idx / fps if fps > 0 else 0.0,
                     "path": f"{rel_dir}/{name}",
                     "width": cfg.width,
                     "height": cfg.height,
                 }
             )
+        if chunk:
+            pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
     finally:
         for fut in pending:
             fut.result()
@@ -162,12 +175,34 @@ def _extract_video(
     return rows
 
 
-def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Path | None = None) -> dict[str, Any]:
+def _video_or_quarantine(
+    cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path, pool: ThreadPoolExecutor
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One video's index rows, or no rows and its quarantine entry when it cannot be decoded."""
+    try:
+        return _extract_video(cfg, split, path, video_dir, rel_dir, pool), None
+    except ValueError as err:
+        shutil.rmtree(video_dir, ignore_errors=True)
+        return [], {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
+
+
+def _video_job(
+    cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One video as a cluster task: its own encoder pool of ``cfg.workers`` threads."""
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        return _video_or_quarantine(cfg, split, path, video_dir, rel_dir, root, pool)
+
+
+def extract_frames(
+    cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Path | None = None, client: Any = None
+) -> dict[str, Any]:
     """Write ``out_dir/<split>/<video>/NNNNN.jpg``, ``index.parquet`` and ``quarantine.json``.
 
     ``path`` in the index is relative to ``root`` (default: ``out_dir/../..``, the workspace root
     for the standard ``data/frames`` layout). Built in a temporary directory and swapped in at the
     end; raises ``ValueError`` if no video is readable. Returns a summary with the throughput.
+    ``client``: a ``distributed.Client`` to run the videos on (``dreampose.cluster``); the files are identical.
     """
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     root = Path(root) if root is not None else out_dir.parent.parent
@@ -181,16 +216,30 @@ def extract_frames(cfg: FramesConfig, videos_dir: Path, out_dir: Path, root: Pat
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     quarantine: list[dict[str, str]] = []
+    jobs = [
+        (cfg, split, path, tmp / split / path.stem, f"{rel_out}/{split}/{path.stem}", root) for split, path in videos
+    ]
     try:
-        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-            for split, path in tqdm(videos, desc="frames", unit="video", leave=False):
-                video_dir = tmp / split / path.stem
-                try:
-                    rows += _extract_video(cfg, split, path, video_dir, f"{rel_out}/{split}/{path.stem}", pool)
-                except ValueError as err:
-                    shutil.rmtree(video_dir, ignore_errors=True)
-                    entry = {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
-                    quarantine.append(entry)
+        if client is None:
+            # cfg.workers videos decode at once (decord releases the GIL), sharing cfg.workers encoder threads
+            with (
+                ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="encode") as pool,
+                ThreadPoolExecutor(max_workers=min(cfg.workers, len(jobs)), thread_name_prefix="decode") as decoders,
+                tqdm(total=len(jobs), desc="frames", unit="video", leave=False) as bar,
+            ):
+                futures = [decoders.submit(_video_or_quarantine, *job, pool) for job in jobs]
+                for fut in futures:
+                    fut.add_done_callback(lambda _f: bar.update(1))
+                results = [fut.result() for fut in futures]  # in video order, whatever order they finished
+        else:
+            from dreampose.cluster import map_ordered
+
+            with tqdm(total=len(jobs), desc="frames (cluster)", unit="video", leave=False) as bar:
+                results = map_ordered(client, _video_job, jobs, on_done=lambda _f: bar.update(1))
+        for video_rows, entry in results:
+            rows += video_rows
+            if entry is not None:
+                quarantine.append(entry)
         if not rows:
             reasons = "; ".join(q["reason"] for q in quarantine[:3])
             raise ValueError(f"{videos_dir}: none of {len(videos)} videos is readable ({reasons})")

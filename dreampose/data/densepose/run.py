@@ -7,6 +7,8 @@ import math
 import os
 import shutil
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,87 @@ def _load_frames(frames_dir: Path, rows: pd.DataFrame) -> np.ndarray:
     return np.stack(imgs)
 
 
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` with a fixed member timestamp, so equal arrays give equal bytes (numpy stamps
+    the write time into the zip, which made every run's archives differ)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def _densepose_video(
+    backend: DensePoseBackend,
+    cfg: DensePoseConfig,
+    frames_dir: Path,
+    rows: pd.DataFrame,
+    height: int,
+    width: int,
+    out_file: Path,
+    progress: Callable[[int], object] | None = None,
+) -> list[dict[str, Any]]:
+    """One video's frames (``rows``, in index order) through ``backend`` into ``out_file``; its index records."""
+    iuvs: list[np.ndarray] = []
+    records: list[dict[str, Any]] = []
+    for s in range(0, len(rows), cfg.batch_size):
+        batch = rows.iloc[s : s + cfg.batch_size]
+        pixels = _load_frames(frames_dir, batch) if backend.needs_pixels else np.zeros((len(batch), 0, 0, 3), np.uint8)
+        results = backend.predict(pixels, batch)
+        if len(results) != len(batch):
+            raise ValueError(f"backend {backend.name} returned {len(results)} results for {len(batch)} frames")
+        for r, res in zip(batch.itertuples(index=False), results, strict=True):
+            if res.iuv.shape != (height, width, 3):
+                raise ValueError(
+                    f"{r.split}/{r.video} frame {r.frame}: IUV shape {res.iuv.shape} != frame {(height, width, 3)}"
+                )
+            iuvs.append(res.iuv)
+            records.append(
+                dict(
+                    video=r.video,
+                    split=r.split,
+                    frame=int(r.frame),
+                    person_found=bool(res.person_found),
+                    score=float(res.score),
+                    box_x0=res.box[0],
+                    box_y0=res.box[1],
+                    box_x1=res.box[2],
+                    box_y1=res.box[3],
+                )
+            )
+        if progress is not None:
+            progress(len(batch))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(out_file, iuv=np.stack(iuvs))
+    return records
+
+
+_WORKER_BACKENDS: dict[tuple, DensePoseBackend] = {}  # one loaded model per (settings, device) in a worker
+
+
+def _densepose_video_job(
+    cfg: DensePoseConfig,
+    device: str,
+    gpus: int,
+    frames_dir: Path,
+    raw_dir: Path,
+    rows: pd.DataFrame,
+    height: int,
+    width: int,
+    out_file: Path,
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """One video as a cluster task, on this worker's device; returns ``(backend name, device, records)``."""
+    from dreampose.cluster import current_worker_name, device_for_worker
+
+    device = device_for_worker(current_worker_name(), gpus, device)
+    key = (cfg.model_dump_json(), device, str(raw_dir), height, width)
+    if key not in _WORKER_BACKENDS:
+        _WORKER_BACKENDS[key] = make_backend(cfg, raw_dir, height, width, device)
+    backend = _WORKER_BACKENDS[key]
+    return backend.name, device, _densepose_video(backend, cfg, frames_dir, rows, height, width, out_file)
+
+
 def run_densepose(
     cfg: DensePoseConfig,
     frames_dir: Path,
@@ -87,77 +170,75 @@ def run_densepose(
     out_dir: Path,
     backend: DensePoseBackend | None = None,
     device: str | torch.device = "auto",
+    client: Any = None,
+    gpus: int = 0,
 ) -> dict[str, Any]:
     """Write ``<out_dir>/<split>/<video>.npz`` (key ``iuv``, uint8 ``(T, H, W, 3)``, in frames-index order)
     and ``<out_dir>/index.parquet``. Frames without a person get zeros and ``person_found = False``;
     a video without anybody is a warning, all frames empty is an error. ``backend`` overrides ``cfg.backend``;
     ``device`` (``runtime.device``) is where a model backend runs.
+
+    ``client``: a ``distributed.Client``; each video is then a task, and each worker loads its own backend
+    on its device (``gpus`` > 0 and ``device`` auto/cuda: ``cuda:<worker index mod gpus>``, see
+    ``dreampose.cluster``). The files written are the same bytes as in-process.
     """
+    if client is not None and backend is not None:
+        raise ValueError("run_densepose: a backend object runs in this process; pass client=None with it")
     frames_dir, raw_dir, out_dir = Path(frames_dir), Path(raw_dir), Path(out_dir)
     index = read_frames_index(frames_dir)
     height, width = int(index["height"].iloc[0]), int(index["width"].iloc[0])
-    backend = backend or make_backend(cfg, raw_dir, height, width, device)
+    if client is None:
+        backend = backend or make_backend(cfg, raw_dir, height, width, device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    records: list[dict[str, Any]] = []
-    empty_videos: list[str] = []
+    groups = [((split, video), rows) for (split, video), rows in index.groupby(["split", "video"], sort=True)]
+    per_video: list[list[dict[str, Any]]]
+    devices: list[str] = []
     t0 = time.perf_counter()
     try:
-        bar = tqdm(total=len(index), desc=f"densepose ({backend.name})", unit="frame", leave=False)
-        for (split, video), rows in index.groupby(["split", "video"], sort=True):
-            iuvs = []
-            for s in range(0, len(rows), cfg.batch_size):
-                batch = rows.iloc[s : s + cfg.batch_size]
-                pixels = (
-                    _load_frames(frames_dir, batch)
-                    if backend.needs_pixels
-                    else np.zeros((len(batch), 0, 0, 3), np.uint8)
-                )
-                results = backend.predict(pixels, batch)
-                if len(results) != len(batch):
-                    raise ValueError(f"backend {backend.name} returned {len(results)} results for {len(batch)} frames")
-                for r, res in zip(batch.itertuples(index=False), results, strict=True):
-                    if res.iuv.shape != (height, width, 3):
-                        raise ValueError(
-                            f"{split}/{video} frame {r.frame}: IUV shape {res.iuv.shape} != frame {(height, width, 3)}"
-                        )
-                    iuvs.append(res.iuv)
-                    records.append(
-                        dict(
-                            video=video,
-                            split=split,
-                            frame=int(r.frame),
-                            person_found=bool(res.person_found),
-                            score=float(res.score),
-                            box_x0=res.box[0],
-                            box_y0=res.box[1],
-                            box_x1=res.box[2],
-                            box_y1=res.box[3],
-                        )
+        if client is None:
+            name = backend.name
+            with tqdm(total=len(index), desc=f"densepose ({name})", unit="frame", leave=False) as bar:
+                per_video = [
+                    _densepose_video(
+                        backend, cfg, frames_dir, rows, height, width, tmp / split / f"{video}.npz", bar.update
                     )
-                bar.update(len(batch))
-            if not any(rec["person_found"] for rec in records[-len(rows) :]):
+                    for (split, video), rows in groups
+                ]
+        else:
+            from dreampose.cluster import map_ordered
+
+            jobs = [
+                (cfg, str(device), gpus, frames_dir, raw_dir, rows, height, width, tmp / split / f"{video}.npz")
+                for (split, video), rows in groups
+            ]
+            with tqdm(total=len(jobs), desc="densepose (cluster)", unit="video", leave=False) as bar:
+                done = map_ordered(client, _densepose_video_job, jobs, on_done=lambda _f: bar.update(1))
+            name = done[0][0]
+            devices = sorted({d for _, d, _ in done})
+            per_video = [recs for _, _, recs in done]
+        empty_videos: list[str] = []
+        for ((split, video), _), recs in zip(groups, per_video, strict=True):
+            if not any(rec["person_found"] for rec in recs):
                 log.warning("densepose: no person found in any frame of %s/%s; its frames are flagged", split, video)
                 empty_videos.append(f"{split}/{video}")
-            (tmp / split).mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(tmp / split / f"{video}.npz", iuv=np.stack(iuvs))
-        bar.close()
+        records = [rec for recs in per_video for rec in recs]
         table = pa.Table.from_pylist(records, schema=INDEX_SCHEMA)
         found = int(np.sum(table.column("person_found").to_numpy(zero_copy_only=False)))
         if found == 0:
             raise ValueError(
                 f"densepose: no person found in any of {len(records)} frames of {index['video'].nunique()} videos "
-                f"(backend {backend.name}, min_score {cfg.min_score}); check the frames and the weights"
+                f"(backend {name}, min_score {cfg.min_score}); check the frames and the weights"
             )
         pq.write_table(table, tmp / "index.parquet")
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    return {
-        "backend": backend.name,
-        "device": str(backend.device) if hasattr(backend, "device") else None,
+    summary = {
+        "backend": name,
+        "device": str(backend.device) if client is None and hasattr(backend, "device") else None,
         "videos": int(index["video"].nunique()),
         "frames": len(records),
         "frames_with_person": found,
@@ -166,3 +247,6 @@ def run_densepose(
         "seconds": round(seconds, 3),
         "frames_per_s": round(len(records) / seconds, 2) if seconds > 0 else math.inf,
     }
+    if devices:
+        summary["devices"] = devices
+    return summary

@@ -1,0 +1,119 @@
+"""The stack's pieces without servers: batch input, secrets, the worker supervisor, the orphan watchdog."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows import batch, serve
+from flows.stack import Stack, automation_specs, secret
+from tests.flows.conftest import person_photo
+
+
+def test_read_batch_csv_and_folder(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    person_photo(photos / "shirt-a.png")
+    person_photo(photos / "shirt-b.png", (200, 40, 40))
+    (photos / "notes.txt").write_text("not a photo")
+    items = batch.read_batch(photos, poses="poses")
+    assert [i["item_id"] for i in items] == ["shirt-a", "shirt-b"]
+    assert all(i["poses"] == "poses" for i in items)
+    with pytest.raises(ValueError, match="needs --poses"):
+        batch.read_batch(photos)
+
+    csv_file = tmp_path / "items.csv"
+    csv_file.write_text("photo,poses,item_id\nphotos/shirt-a.png,syn_test_000,sku-1\nphotos/shirt-b.png,poses,\n")
+    items = batch.read_batch(csv_file)
+    assert [(i["item_id"], i["poses"]) for i in items] == [("sku-1", "syn_test_000"), ("shirt-b", "poses")]
+    assert items[0]["photo"] == str(photos / "shirt-a.png")  # relative to the CSV
+
+    csv_file.write_text("photo,poses,item_id\na.png,p,x\nb.png,p,x\n")
+    with pytest.raises(ValueError, match="unique"):
+        batch.read_batch(csv_file)
+    csv_file.write_text("photo\na.png\n")
+    with pytest.raises(ValueError, match="poses"):
+        batch.read_batch(csv_file)
+    with pytest.raises(FileNotFoundError):
+        batch.read_batch(tmp_path / "missing.csv")
+
+
+def test_secret_from_env_file_or_generated(tmp_path):
+    assert secret("PG_PASSWORD", tmp_path / "s", {"DREAMPOSE_PG_PASSWORD": "from-env"}) == "from-env"
+    f = tmp_path / "pw.txt"
+    f.write_text("from-file\n")
+    assert secret("PG_PASSWORD", tmp_path / "s", {"DREAMPOSE_PG_PASSWORD_FILE": str(f)}) == "from-file"
+    f.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        secret("PG_PASSWORD", tmp_path / "s", {"DREAMPOSE_PG_PASSWORD_FILE": str(f)})
+    made = secret("PG_PASSWORD", tmp_path / "s", {})
+    assert len(made) >= 24 and secret("PG_PASSWORD", tmp_path / "s", {}) == made  # generated once
+    assert stat.S_IMODE((tmp_path / "s" / "pg_password").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o700
+
+
+def test_supervisor_restarts_a_dead_worker_then_gives_up(tmp_path, monkeypatch):
+    stack = Stack(state=tmp_path, max_restarts=2, restart_window_s=60)
+    started = []
+
+    def fake_start(name):
+        proc = serve.spawn([sys.executable, "-c", "raise SystemExit(9)"], os.environ)
+        proc.wait()
+        stack.procs[name] = proc
+        started.append(name)
+        return proc
+
+    monkeypatch.setattr(stack, "start_worker", fake_start)
+    fake_start("worker-1")
+    stack.procs["prefect"] = serve.spawn([sys.executable, "-c", "import time; time.sleep(30)"], os.environ)
+    msgs: list[str] = []
+    try:
+        assert stack.supervise_once(now=0, report=msgs.append) == []
+        assert stack.supervise_once(now=1, report=msgs.append) == []
+        assert stack.supervise_once(now=2, report=msgs.append) == []  # third death in the window: give up
+        assert started == ["worker-1"] * 3
+        assert "worker-1" not in stack.procs and stack.abandoned == {"worker-1"}
+        assert "serving without it" in msgs[-1] and "restarting" in msgs[0]
+        stack.procs["prefect"].kill()
+        stack.procs["prefect"].wait()
+        assert stack.supervise_once(now=3, report=msgs.append) == ["prefect"]  # a server's death is reported
+    finally:
+        stack.stop(grace_s=1)
+
+
+def test_flow_run_process_ends_when_its_worker_dies(tmp_path):
+    # A "worker" starts a flow-run-like child running the watchdog, then dies by SIGKILL.
+    child = (
+        f"import signal, sys, time; sys.path.insert(0, {str(serve.REPO)!r})\n"
+        "from flows.catalog_item import end_with_parent\n"
+        "def bye(*a):\n    print('terminated', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye); end_with_parent(poll_s=0.05)\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    log = tmp_path / "child.log"
+    worker = (
+        f"import subprocess, sys, os, signal, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}], stdout=open({str(log)!r}, 'w'))\n"
+        f"t0 = time.time()\n"
+        f"while 'ready' not in open({str(log)!r}).read() and time.time() - t0 < 60: time.sleep(0.05)\n"
+        f"os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", worker], timeout=90)
+    t0 = time.monotonic()
+    while "terminated" not in log.read_text() and time.monotonic() - t0 < 20:
+        time.sleep(0.1)
+    assert "terminated" in log.read_text()
+
+
+def test_automations_crash_zombies_and_retry_crashed_items():
+    zombie, retry = automation_specs("catalog-item", heartbeat_s=30)
+    assert zombie["trigger"]["posture"] == "Proactive" and zombie["trigger"]["within"] == 90.0
+    assert zombie["actions"][0]["state"] == "CRASHED"
+    assert retry["trigger"]["expect"] == ["prefect.flow-run.Crashed"]
+    assert retry["trigger"]["match_related"]["prefect.resource.name"] == "catalog-item"
+    assert retry["actions"][0]["state"] == "SCHEDULED" and retry["actions"][0]["force"] is True
