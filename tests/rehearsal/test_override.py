@@ -17,7 +17,7 @@ OVERRIDE = HERE / "paper_small.yaml"
 # What the override may change, by leaf key name: the categories the rehearsal is allowed to shrink.
 SIZES = {"height", "width", "max_frames", "pairs_per_video", "test_num_targets", "test_min_gap", "subject_frames"}
 SIZES |= {"batch_size", "grad_accum", "decoder_batch_size", "frame_batch_size", "fvd_clip_len"}
-SIZES |= {"min_train_videos", "min_test_videos", "table1_size", "num_subjects"}  # the protocol's floors, scaled to the stand-in lists
+SIZES |= {"min_train_videos", "min_test_videos", "table1_size"}  # the protocol's floors, scaled to the stand-in lists
 STEP_COUNTS = {"max_steps", "decoder_steps", "num_inference_steps", "checkpoint_every", "log_every", "sample_every"}
 DURATIONS = {"timeout_s", "backoff_s"}
 PATHS = {"train_list", "test_list", "sd_path", "clip_path", "weights", "detectron2_config"}
@@ -42,6 +42,7 @@ KINDS = (
     "manifest.pose_window",
     "score.baselines",
     "eval.subjects",
+    "eval.num_subjects",
     "data.ubc.retries",
 )
 
