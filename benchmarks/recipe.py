@@ -22,8 +22,8 @@ import torch
 from benchmarks.common import emit
 from benchmarks.render import naive_render
 from dreampose.config import load_params
+from dreampose.evaluate import load_subject, subject_poses
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.score import _subject_poses, load_subject
 from dreampose.render import load_pipeline, render_frames, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def main(subjects: int = 2) -> None:
     n = 0
     for subject in chosen[:subjects]:
         s = load_subject(df, subject, manifest, REPO)
-        poses = _subject_poses(df, s, manifest, REPO)
+        poses = subject_poses(df, s, manifest, REPO)
         pipe = load_pipeline(REPO / "models/subjects" / subject)
         pipe.set_progress_bar_config(disable=True)
         pixels = torch.from_numpy(s.image).permute(2, 0, 1)[None].float() / 127.5 - 1

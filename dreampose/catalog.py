@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dreampose.io import read_rgb
 from dreampose.safe_fetch import UrlPolicy, fetch_url
 
 # diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
@@ -224,7 +225,7 @@ def fit_iuv(iuv: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _load_iuv_dir(path: Path) -> np.ndarray:
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     npz = sorted(path.glob("*.npz"))
     pngs = sorted(path.glob("*.png"))
@@ -284,7 +285,7 @@ def _test_video(video: str, root: Path) -> PoseSequence:
     """A test video of the workspace: the test manifest's target frames, their ground truth and input pose."""
     import pandas as pd
 
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     manifest = root / "data" / "manifests" / "test.parquet"
     if not manifest.is_file():
@@ -295,7 +296,7 @@ def _test_video(video: str, root: Path) -> PoseSequence:
         known = sorted(df["video"].unique())[:10]
         raise ValueError(f"poses {video!r}: not a path and not a test video id in {manifest} (e.g. {known})")
     iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
-    truth = np.stack([_read_rgb(root / p) for p in rows["target_path"]])
+    truth = np.stack([read_rgb(root / p) for p in rows["target_path"]])
     input_frame = int(rows["input_frame"].iloc[0])
     return PoseSequence(
         iuv=iuv,
@@ -306,13 +307,6 @@ def _test_video(video: str, root: Path) -> PoseSequence:
     )
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such image")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
     """A pose sequence from a test video id, a directory of IUV ``.npz``/``.png``, an ``.npz``, or a video."""
     height, width = params.frames.height, params.frames.width
@@ -321,7 +315,7 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
         iuv = fit_iuv(_load_iuv_dir(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix == ".npz":
-        from dreampose.data.densepose.synthetic import load_iuv_npz
+        from dreampose.io import load_iuv_npz
 
         iuv = fit_iuv(load_iuv_npz(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
@@ -344,7 +338,7 @@ def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, params) 
         if len(files) != len(seq.iuv):
             raise ValueError(f"ground truth {path}: {len(files)} images for a {len(seq.iuv)}-frame pose sequence")
         h, w = params.frames.height, params.frames.width
-        imgs = [np.asarray(resize_center_crop(Image.fromarray(_read_rgb(files[i])), h, w)) for i in seq.frame_ids]
+        imgs = [np.asarray(resize_center_crop(Image.fromarray(read_rgb(files[i])), h, w)) for i in seq.frame_ids]
         return np.stack(imgs)
     if seq.truth is not None and seq.source == f"test video {ground_truth}":
         return seq.truth
@@ -685,7 +679,7 @@ def _train_render_register(
                 window=params.manifest.pose_window,
                 frame_ids=item.seq.frame_ids,
             )
-            frames = np.stack([_read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            frames = np.stack([read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
             t1 = time.perf_counter()
             scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
             t_score = time.perf_counter() - t1

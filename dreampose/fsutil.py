@@ -1,11 +1,15 @@
-"""Atomic directory replacement: a stage's output is either the old one or the complete new one."""
+"""Atomic file and directory replacement: an output is either the old one or the complete new one."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: Path) -> str:
@@ -29,3 +33,18 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
     tmp.rename(out_dir)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a hidden sibling of ``path``, then rename it onto ``path`` (parents made);
+    a failed write leaves ``path`` as it was and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path

@@ -13,12 +13,8 @@ The video, side-by-side, poster and ``render.json`` are rewritten atomically at 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
+from dreampose.io import load_iuv_npz, png_complete, read_rgb, write_json, write_png
 from dreampose.runtime import Runtime, place_pipeline
 
 log = logging.getLogger("dreampose.render")
@@ -82,44 +78,6 @@ def poster(rows: np.ndarray, max_rows: int = POSTER_ROWS) -> np.ndarray:
     """Evenly spaced rows of a side-by-side sequence ``(T, H, W', 3)`` stacked into one image."""
     idx = np.unique(np.linspace(0, rows.shape[0] - 1, min(max_rows, rows.shape[0])).round().astype(int))
     return np.concatenate(list(rows[idx]), axis=0)
-
-
-def png_complete(path: Path, size: tuple[int, int] | None = None) -> bool:
-    """True when ``path`` decodes fully as an image (of ``size`` = (H, W), when given)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return size is None or (im.height, im.width) == tuple(size)
-    except (OSError, ValueError, SyntaxError):
-        return False
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB ``(H, W, 3)``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such image")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
-def write_png(image: np.ndarray, path: Path) -> Path:
-    return _atomic(Path(path), lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-
-
-def write_json(data: dict[str, Any], path: Path) -> Path:
-    return _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str)))
 
 
 # ---------------------------------------------------------------- pipeline calls
@@ -269,14 +227,6 @@ def subject_rows(df: pd.DataFrame, subject: str, test_manifest: Path) -> pd.Data
     return rows.reset_index(drop=True)
 
 
-def load_iuv(path: Path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DensePose file")
-    with np.load(path) as z:
-        return z["iuv"]
-
-
 # ---------------------------------------------------------------- entry points
 
 
@@ -315,7 +265,7 @@ def render_subject(
     input_path = root / rows["input_path"].iloc[0]
     image = read_rgb(input_path)
     iuv_path = root / rows["densepose_path"].iloc[0]
-    iuv = load_iuv(iuv_path)
+    iuv = load_iuv_npz(iuv_path)
     frame_ids = [int(f) for f in rows["target_frame"]]
     # The same windows the manifest lists (pose_frames), built by the loader training uses.
     poses = load_pose_sequence(iuv_path, frame_ids, window=len(rows["pose_frames"].iloc[0]))

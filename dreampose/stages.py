@@ -255,7 +255,7 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
 def score(params: Params, root: Path) -> dict[str, Any]:
     """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
-    from dreampose.metrics.score import is_finite, score_renders
+    from dreampose.evaluate import is_finite, score_renders
 
     if not params.eval.subjects:
         from dreampose.config import ConfigError

@@ -280,7 +280,7 @@ def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> di
     """Row counts and schemas of the manifests, and a PNG of the first target frame with its IUV overlaid."""
     from PIL import Image
 
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     manifests_dir, root = Path(manifests_dir), Path(root)
     info: dict[str, Any] = {}

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from dreampose.config import RenderConfig, ScoreConfig
+from dreampose.io import load_iuv_npz, read_rgb, write_json
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
 from dreampose.metrics.frechet import frechet_distance_features
@@ -45,13 +46,10 @@ from dreampose.metrics.result import MetricResult
 from dreampose.render import (
     FRAME_NAME,
     fvd_rows,
-    load_iuv,
     load_pipeline,
-    read_rgb,
     read_test_manifest,
     render_to_dir,
     subject_rows,
-    write_json,
 )
 from dreampose.runtime import Runtime
 
@@ -160,13 +158,13 @@ def load_subject(df: pd.DataFrame, subject: str, test_manifest: Path, root: Path
     rows = subject_rows(df, subject, test_manifest)
     frames = [int(f) for f in rows["target_frame"]]
     truth = np.stack([read_rgb(root / p) for p in rows["target_path"]])
-    iuv = load_iuv(root / rows["densepose_path"].iloc[0])
+    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
     masks = iuv[frames][..., 0] > 0
     image = read_rgb(root / rows["input_path"].iloc[0])
     return SubjectData(subject, frames, truth, masks, image)
 
 
-def _subject_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: Path) -> torch.Tensor:
+def subject_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: Path) -> torch.Tensor:
     from dreampose.data.dataset import load_pose_sequence
 
     if s.poses is None:
@@ -357,7 +355,7 @@ def render_baselines(
             frames[b], fvd[b] = {}, {}
     base_pipe = load_pipe(Path(base_model_dir)) if "base_model" in frames else None
     for i, s in enumerate(data):
-        poses = _subject_poses(df, s, test_manifest, root)
+        poses = subject_poses(df, s, test_manifest, root)
         other_image = data[(i + 1) % len(data)].image
         runs: list[tuple[str, Any, np.ndarray, torch.Tensor]] = []
         if "pose_zeroed" in frames or "subject_image_swapped" in frames:
