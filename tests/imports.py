@@ -72,3 +72,36 @@ def unit_edges() -> dict[str, set[str]]:
             if a and b and a != b:
                 edges.setdefault(a, set()).add(b)
     return edges
+
+
+def _local_imports(fn: ast.AST, pkg: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            mod = node.module if not node.level else f"{pkg}.{node.module}"
+            found |= {mod} | {f"{mod}.{a.name}" for a in node.names}
+    return {m for m in found if m in modules()}
+
+
+def function_closure(module: str, function: str) -> set[str]:
+    """The package modules that calling ``module.function`` can run: ``module`` with its module-level imports,
+    the imports inside ``function`` and inside the same-module functions it calls, each followed transitively."""
+    tree = ast.parse(modules()[module].read_text())
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if function not in defs:
+        raise KeyError(f"{module} has no function {function!r}")
+    top = _local_imports(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]), "")
+    called, todo, reached = set(), [function], set()
+    while todo:
+        name = todo.pop()
+        if name in called:
+            continue
+        called.add(name)
+        reached |= _local_imports(defs[name], "dreampose")
+        todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs]
+    out = {module}
+    for mod in top | reached:
+        out |= closure(mod)
+    return out
