@@ -4,7 +4,7 @@ Guidance (paper eq. 4) uses ``cfg.image_guidance_scale`` (s_I) and ``cfg.pose_gu
 The paper's demo used s_I = 8, s_p = 3 with PNDM 100 steps on Stable Diffusion. The demo preset uses
 s_I = 1, s_p = 2 with DDIM 10 steps: on the tiny model the subject finetune already carries the
 appearance, so extra image guidance only saturates colours, while s_p = 2 sharpens the limbs; 10
-DDIM steps scored as well as 20 on pixel metrics (DESIGN.md §8).
+DDIM steps scored as well as 20 on pixel metrics.
 
 Rendering is resumable: each frame is written as ``frames/NNNNN.png`` (named by its frame number)
 through a temporary file and a rename, and a rerun skips every frame whose PNG is already complete.

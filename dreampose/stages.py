@@ -2,7 +2,7 @@
 one library function with its own config section and explicit paths, and records the run in
 MLflow. The CLI (and so DVC and Prefect) calls these; nothing here parses arguments.
 
-Paths are the DVC layout of DESIGN.md §1, relative to ``root``.
+Paths are the DVC layout of docs/architecture.md, relative to ``root``.
 """
 
 from __future__ import annotations
