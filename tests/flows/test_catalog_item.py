@@ -86,7 +86,7 @@ def test_item_id_from_photo_name():
 
 
 def _registered_frames(run_dir: Path, ids) -> np.ndarray:
-    return np.stack([catalog._read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
+    return np.stack([catalog.read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
 
 
 @pytest.mark.slow
