@@ -22,8 +22,9 @@ import yaml
 
 from dreampose.config import PARAMS_FILE, ConfigError, load_params, parse_params
 from dreampose.data.manifest import select_eval_subjects
+from dreampose.layout import Workspace
 
-TEST_MANIFEST = Path("data/manifests/test.parquet")
+TEST_MANIFEST = Workspace(Path(".")).test_manifest
 MAX_FLOW_LINE = 120
 _TOP_KEY = re.compile(r"^[^\s#]")
 

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from dreampose import stages
+from dreampose import layout, stages
 from dreampose.config import Params
 
 
@@ -27,12 +27,12 @@ def params() -> Params:
 def test_data_stages_write_the_layout_and_log_runs(params, tmp_path):
     root = tmp_path / "ws"
     stages.download(params, root)
-    assert sorted(p.name for p in (root / stages.RAW / "videos").rglob("*.mp4"))
+    assert sorted(p.name for p in (root / layout.RAW / "videos").rglob("*.mp4"))
     stages.frames(params, root)
-    index = pd.read_parquet(root / stages.FRAMES / "index.parquet")
+    index = pd.read_parquet(root / layout.FRAMES / "index.parquet")
     assert set(index["split"]) == {"train", "test"}
     stages.densepose(params, root)
-    assert (root / stages.DENSEPOSE / "index.parquet").is_file()
+    assert (root / layout.DENSEPOSE / "index.parquet").is_file()
 
     runs = mlflow.search_runs(experiment_names=["stages-test"])
     by_stage = {r["tags.dreampose.stage"]: r for _, r in runs.iterrows()}

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dreampose.layout import Workspace
+
 if TYPE_CHECKING:
     from dreampose.catalog.item import _Item
 
@@ -27,7 +29,7 @@ def run_tags(item: _Item, flow_run_id: str | None, attempt_key: str | None = Non
 
 def remove_run_dir(root: Path, item_id: str, run_id: str) -> None:
     """Remove ``catalog/<item>/<run_id>/`` and the item directory when that leaves it empty."""
-    item_dir = Path(root) / "catalog" / item_id
+    item_dir = Workspace(root).catalog_item(item_id)
     shutil.rmtree(item_dir / run_id, ignore_errors=True)
     with contextlib.suppress(OSError):  # not empty: another run of the item keeps it
         item_dir.rmdir()

@@ -26,6 +26,7 @@ from dreampose.catalog.photo import Photo, photo_url_policy, validate_photo
 from dreampose.catalog.poses import PoseSequence, densepose_backend, item_id_from, load_ground_truth, resolve_poses
 from dreampose.catalog.register import log_and_register
 from dreampose.io import read_rgb
+from dreampose.layout import Workspace
 from dreampose.metrics.item import appearance_drift, temporal_l1
 
 # diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
@@ -194,7 +195,7 @@ def run_catalog_item(
 
     runtime = resolve_runtime(params.runtime)  # a device this machine lacks fails before any work
     root = Path(root).resolve()
-    base_dir = Path(base_dir) if base_dir is not None else root / "models" / "base"
+    base_dir = Path(base_dir) if base_dir is not None else Workspace(root).base
     item_id = item_id_from(photo, item_id)
     h, w = params.frames.height, params.frames.width
     checked = validate_photo(photo, h, w, url_policy=photo_url_policy(params.photo_url, allow_private_urls))
@@ -265,7 +266,7 @@ def _train_render_register(
     )
     with run_ctx as run:
         run_id = run.info.run_id if run is not None else uuid.uuid4().hex
-        run_dir = root / "catalog" / item.item_id / run_id
+        run_dir = Workspace(root).catalog_item(item.item_id) / run_id
         if run_dir.exists():
             raise ValueError(f"{run_dir} already exists; refusing to mix two runs' outputs")
         try:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from dreampose.catalog.photo import resize_center_crop
 from dreampose.io import read_rgb
+from dreampose.layout import Workspace
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -81,7 +82,7 @@ def densepose_backend(params, root: Path, height: int, width: int):
     cfg = cfg.model_copy(
         update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
     )
-    return make_backend(cfg, root / "data" / "raw", height, width)
+    return make_backend(cfg, Workspace(root).raw, height, width)
 
 
 def _video_iuv(path: Path, params, height: int, width: int, root: Path = Path(".")) -> np.ndarray:
@@ -114,7 +115,7 @@ def _test_video(video: str, root: Path) -> PoseSequence:
 
     from dreampose.io import load_iuv_npz
 
-    manifest = root / "data" / "manifests" / "test.parquet"
+    manifest = Workspace(root).test_manifest
     if not manifest.is_file():
         raise ValueError(f"poses {video!r}: not a path, and there is no {manifest} to look it up as a test video id")
     df = pd.read_parquet(manifest)

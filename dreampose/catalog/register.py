@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dreampose.layout import Workspace
+
 if TYPE_CHECKING:
     from dreampose.catalog.item import _Item
 
@@ -54,7 +56,7 @@ def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.
         run_id=run_id,
         notes=[*item.photo.notes, f"photo pose: {item.photo_iuv_source}", f"poses: {item.seq.source}"],
     )
-    return write_page(page, root / "catalog" / item.item_id / run_id / PAGE_NAME)
+    return write_page(page, Workspace(root).catalog_item(item.item_id) / run_id / PAGE_NAME)
 
 
 def _description(run, model_name: str, item_id: str) -> str:
