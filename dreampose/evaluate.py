@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from dreampose.config import RenderConfig, ScoreConfig
+from dreampose.fsutil import atomic_write
 from dreampose.io import load_iuv_npz, read_rgb, write_json
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
@@ -300,16 +301,9 @@ def format_table(ours: dict[str, MetricResult], baselines: dict[str, dict[str, M
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(
+        path, lambda tmp: df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
+    )
 
 
 def _per_video(method: str, m: MethodScores) -> pd.DataFrame:

@@ -21,6 +21,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh hidden sibling of ``out_dir`` to build it in (parents made), then ``replace_dir(tmp, out_dir)``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
 def replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move a finished ``tmp`` onto ``out_dir`` with renames only; the old ``out_dir`` is removed after the swap.
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
 from dreampose.io import load_iuv_npz, png_complete, read_rgb, write_json, write_png
-from dreampose.runtime import Runtime, place_pipeline
+from dreampose.models.pipeline import load_pipeline
+from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.render")
 
@@ -81,21 +82,6 @@ def poster(rows: np.ndarray, max_rows: int = POSTER_ROWS) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- pipeline calls
-
-
-def load_pipeline(model_dir: Path, runtime: Runtime | None = None):
-    """A ``DreamPosePipeline`` from a ``save_pretrained`` directory, eval mode, placed by ``runtime``
-    (device, dtype, CPU offload; ``None`` = CPU fp32, exactly as saved)."""
-    from dreampose.models.pipeline import DreamPosePipeline
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a DreamPose pipeline directory (no model_index.json)")
-    if runtime is None or runtime.dtype == torch.float32:
-        pipe = DreamPosePipeline.from_pretrained(model_dir)
-    else:
-        pipe = DreamPosePipeline.from_pretrained(model_dir, dtype=runtime.dtype)
-    return place_pipeline(pipe, runtime)
 
 
 def pipeline_runtime(pipe) -> dict[str, Any] | None:

@@ -14,8 +14,8 @@ from PIL import Image
 from dreampose.catalog.photo import resize_center_crop
 from dreampose.io import read_rgb
 from dreampose.layout import Workspace
+from dreampose.video import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

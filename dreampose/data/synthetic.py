@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dreampose.fsutil import staging_dir
 from dreampose.fsutil import replace_dir, sha256_file
 from dreampose.config import SyntheticConfig
 from dreampose.video import write_video
@@ -365,8 +366,7 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: Path, seed: int) -> dict[str
     Generated into a temporary sibling directory and swapped in on success. Returns a summary.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = staging_dir(out_dir)
     start = time.perf_counter()
     entries = []
     ids = video_ids(cfg)

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from tqdm import tqdm
 
+from dreampose.fsutil import atomic_write
 from dreampose.config import UBCConfig
 from dreampose.fsutil import sha256_file
 from dreampose.video import probe_video
@@ -233,9 +234,7 @@ def _verify(dest: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def split_counts(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
