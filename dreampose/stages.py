@@ -82,13 +82,10 @@ def densepose(params: Params, root: Path) -> dict[str, Any]:
     ws = Workspace(root)
     from dreampose.cluster import connect
     from dreampose.data.densepose import run_densepose
+    from dreampose.data.densepose.run import rooted_config
 
-    cfg = params.densepose
+    cfg = rooted_config(params.densepose, root)
     rt = runtime(params)
-    # Weight/config paths in params.yaml are relative to the workspace root, not the working directory.
-    cfg = cfg.model_copy(
-        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
-    )
     with tracking.stage_run(
         "densepose",
         {**params.densepose.model_dump(), "runtime": rt.describe()},

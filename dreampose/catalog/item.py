@@ -44,7 +44,7 @@ def photo_pose(photo: Photo, seq: PoseSequence, params, root: Path = Path(".")) 
         import pandas as pd
 
         h, w = photo.pixels.shape[:2]
-        backend = densepose_backend(params, root, h, w)
+        backend = densepose_backend(params.densepose, root, h, w)
         rows = pd.DataFrame({"video": ["photo"], "split": ["catalog"], "frame": [0]})
         result = backend.predict(photo.pixels[None], rows)[0]
         if not result.person_found:
@@ -205,7 +205,7 @@ def run_catalog_item(
 
     check_saved_model_frame_size(base_dir, h, w)
     seq = resolve_poses(poses, root, params)
-    truth = load_ground_truth(ground_truth, seq, root, params) if ground_truth else None
+    truth = load_ground_truth(ground_truth, seq, root, params.frames) if ground_truth else None
     p_iuv, p_iuv_source = photo_pose(checked, seq, params, root)
     base_digest = model_digest(base_dir)
     key = input_key(checked.pixels, seq, base_digest, params)

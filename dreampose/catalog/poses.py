@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dreampose.catalog.photo import resize_center_crop
+from dreampose.config import DensePoseConfig, FramesConfig
 from dreampose.io import read_rgb
 from dreampose.layout import Workspace
 from dreampose.video import VIDEO_SUFFIXES
@@ -73,21 +74,17 @@ def _load_iuv_dir(path: Path) -> np.ndarray:
     raise ValueError(f"poses directory {path}: no IUV .npz or .png files")
 
 
-def densepose_backend(params, root: Path, height: int, width: int):
+def densepose_backend(cfg: DensePoseConfig, root: Path, height: int, width: int):
     """The configured DensePose backend, its weight/config paths taken relative to the workspace ``root``
-    (as the densepose stage does), so the item works from any working directory."""
-    from dreampose.data.densepose.run import make_backend
+    (the densepose stage's own ``rooted_config``), so the item works from any working directory."""
+    from dreampose.data.densepose.run import make_backend, rooted_config
 
-    cfg = params.densepose
-    cfg = cfg.model_copy(
-        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
-    )
-    return make_backend(cfg, Workspace(root).raw, height, width)
+    return make_backend(rooted_config(cfg, root), Workspace(root).raw, height, width)
 
 
-def _video_iuv(path: Path, params, height: int, width: int, root: Path = Path(".")) -> np.ndarray:
+def _video_iuv(path: Path, cfg: DensePoseConfig, height: int, width: int, root: Path = Path(".")) -> np.ndarray:
     """Run the configured DensePose backend over a driving video's frames."""
-    if params.densepose.backend == "synthetic":
+    if cfg.backend == "synthetic":
         raise ValueError(
             f"poses video {path}: DensePose on a video needs densepose.backend torchscript or detectron2 "
             "(the synthetic backend only knows the generated videos); pass a test video id or an IUV directory"
@@ -98,11 +95,11 @@ def _video_iuv(path: Path, params, height: int, width: int, root: Path = Path(".
 
     frames, _fps = read_video(path)
     frames = np.stack([np.asarray(resize_center_crop(Image.fromarray(f), height, width)) for f in frames])
-    backend = densepose_backend(params, root, height, width)
+    backend = densepose_backend(cfg, root, height, width)
     rows = pd.DataFrame({"video": path.stem, "split": "catalog", "frame": range(len(frames))})
     results = []
-    for start in range(0, len(frames), params.densepose.batch_size):
-        batch = frames[start : start + params.densepose.batch_size]
+    for start in range(0, len(frames), cfg.batch_size):
+        batch = frames[start : start + cfg.batch_size]
         results.extend(backend.predict(batch, rows.iloc[start : start + len(batch)]))
     if not any(r.person_found for r in results):
         raise ValueError(f"poses video {path}: DensePose found no person in any frame")
@@ -148,7 +145,7 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
         iuv = fit_iuv(load_iuv_npz(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        iuv = _video_iuv(path, params, height, width, root)
+        iuv = _video_iuv(path, params.densepose, height, width, root)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.exists():
         raise ValueError(f"poses {poses}: expected a directory of IUV files, an .npz or a video ({VIDEO_SUFFIXES})")
@@ -158,14 +155,14 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
     return seq
 
 
-def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, params) -> np.ndarray:
+def load_ground_truth(ground_truth: str, seq: PoseSequence, root: Path, frames: FramesConfig) -> np.ndarray:
     """Ground-truth frames aligned with ``seq.frame_ids``: the test video's own, or a directory of images."""
     path = Path(ground_truth) if Path(ground_truth).is_absolute() else root / ground_truth
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if len(files) != len(seq.iuv):
             raise ValueError(f"ground truth {path}: {len(files)} images for a {len(seq.iuv)}-frame pose sequence")
-        h, w = params.frames.height, params.frames.width
+        h, w = frames.height, frames.width
         imgs = [np.asarray(resize_center_crop(Image.fromarray(read_rgb(files[i])), h, w)) for i in seq.frame_ids]
         return np.stack(imgs)
     if seq.truth is not None and seq.source == f"test video {ground_truth}":

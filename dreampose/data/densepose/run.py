@@ -43,6 +43,14 @@ INDEX_SCHEMA = pa.schema(
 FRAMES_COLUMNS = ("video", "split", "frame", "source_frame", "path", "width", "height")
 
 
+def rooted_config(cfg: DensePoseConfig, root: Path) -> DensePoseConfig:
+    """``cfg`` with its weight/config paths taken relative to the workspace ``root`` (params.yaml names them
+    relative to the workspace, not the working directory); the densepose stage and catalog items both use it."""
+    return cfg.model_copy(
+        update={"weights": str(Path(root) / cfg.weights), "detectron2_config": str(Path(root) / cfg.detectron2_config)}
+    )
+
+
 def make_backend(
     cfg: DensePoseConfig, raw_dir: Path, height: int, width: int, device: str | torch.device = "auto"
 ) -> DensePoseBackend:
