@@ -12,12 +12,30 @@ from pathlib import Path
 from typing import Any
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def _update(h, path: Path) -> None:
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()
+
+
+def tree_digest(path: Path, algorithm: str = "md5") -> str | None:
+    """A content hash of a file or directory tree: each file's relative path (a file's own name) then its
+    bytes, in sorted order; ``None`` when ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    h = hashlib.new(algorithm)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        _update(h, f)
     return h.hexdigest()
 
 
