@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.fsutil import replace_dir
+from dreampose.fsutil import replace_dir, staging_dir
 from dreampose.models.pipeline import load_pipeline
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
 from dreampose.training.objectives import DecoderObjective, DiffusionObjective, heldout_loss
@@ -70,7 +70,7 @@ def _save(
     if extra is None:
         save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
         return
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    staging = staging_dir(out_dir)
     try:
         save_pipeline_atomic(pipe, staging, {})
         summary.update(extra(staging))
