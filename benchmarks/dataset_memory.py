@@ -71,7 +71,7 @@ def measure(method: str, manifest: str, root: str) -> dict[str, float]:
     import resource
 
     from dreampose.data.dataset import PairDataset
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     class OldPairDataset(PairDataset):
         """The previous behaviour: every video's decoded array kept for the dataset's lifetime."""

@@ -22,8 +22,9 @@ import torch
 from benchmarks.common import emit
 from benchmarks.render import naive_render
 from dreampose.config import load_params
+from dreampose.evaluate import load_subject, subject_poses
+from dreampose.layout import Workspace
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.score import _subject_poses, load_subject
 from dreampose.render import load_pipeline, render_frames, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +35,8 @@ GOALS = {"speed_ratio": 4.0, "l1_rel": 0.05, "ssim_abs": 0.01}
 def main(subjects: int = 2) -> None:
     params = load_params(REPO / "params.yaml")
     cfg = params.render
-    manifest = REPO / "data/manifests/test.parquet"
-    chosen = [s for s in params.eval.subjects if (REPO / "models/subjects" / s / "model_index.json").is_file()]
+    manifest = Workspace(REPO).test_manifest
+    chosen = [s for s in params.eval.subjects if (Workspace(REPO).subject_model(s) / "model_index.json").is_file()]
     config = {"subjects": chosen[:subjects], "ours": cfg.model_dump(), "paper": {"scheduler": "pndm", "steps": 100}}
     if not manifest.is_file() or not chosen:
         emit("render_recipe", config, {"status": "unavailable"}, {"status": "unavailable"}, None,
@@ -47,8 +48,8 @@ def main(subjects: int = 2) -> None:
     n = 0
     for subject in chosen[:subjects]:
         s = load_subject(df, subject, manifest, REPO)
-        poses = _subject_poses(df, s, manifest, REPO)
-        pipe = load_pipeline(REPO / "models/subjects" / subject)
+        poses = subject_poses(df, s, manifest, REPO)
+        pipe = load_pipeline(Workspace(REPO).subject_model(subject))
         pipe.set_progress_bar_config(disable=True)
         pixels = torch.from_numpy(s.image).permute(2, 0, 1)[None].float() / 127.5 - 1
         h, w = s.image.shape[:2]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,10 @@ import yaml
 
 from dreampose.config import PARAMS_FILE, ConfigError, load_params, parse_params
 from dreampose.data.manifest import select_eval_subjects
+from dreampose.fsutil import atomic_write
+from dreampose.layout import Workspace
 
-TEST_MANIFEST = Path("data/manifests/test.parquet")
+TEST_MANIFEST = Workspace(Path(".")).test_manifest
 MAX_FLOW_LINE = 120
 _TOP_KEY = re.compile(r"^[^\s#]")
 
@@ -102,9 +103,7 @@ def write_eval_subjects(params_path: str | Path, subjects: Sequence[str]) -> Non
             f"{path}: could not set eval.subjects without changing anything else; list them by hand: {subjects}"
         )
     parse_params(got, path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(new_text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(new_text))
 
 
 def protocol_subjects(root: str | Path, params_file: str | Path = PARAMS_FILE) -> list[str]:

@@ -1,20 +1,49 @@
-"""Atomic directory replacement: a stage's output is either the old one or the complete new one."""
+"""Atomic file and directory replacement: an output is either the old one or the complete new one."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+
+def _update(h, path: Path) -> None:
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    _update(h, path)
     return h.hexdigest()
+
+
+def tree_digest(path: Path, algorithm: str = "md5") -> str | None:
+    """A content hash of a file or directory tree: each file's relative path (a file's own name) then its
+    bytes, in sorted order; ``None`` when ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    h = hashlib.new(algorithm)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        _update(h, f)
+    return h.hexdigest()
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh hidden sibling of ``out_dir`` to build it in (parents made), then ``replace_dir(tmp, out_dir)``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 def replace_dir(tmp: Path, out_dir: Path) -> None:
@@ -29,3 +58,18 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
     tmp.rename(out_dir)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a hidden sibling of ``path``, then rename it onto ``path`` (parents made);
+    a failed write leaves ``path`` as it was and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path

@@ -62,7 +62,8 @@ class DreamPoseSubjectModel(PythonModel):
 
     def load_context(self, context) -> None:
         from dreampose.config import RenderConfig
-        from dreampose.render import load_pipeline, read_rgb
+        from dreampose.io import read_rgb
+        from dreampose.render import load_pipeline
 
         self.pipe = load_pipeline(Path(context.artifacts[PIPELINE]))
         self.photo = read_rgb(Path(context.artifacts[PHOTO]))

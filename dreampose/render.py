@@ -4,7 +4,7 @@ Guidance (paper eq. 4) uses ``cfg.image_guidance_scale`` (s_I) and ``cfg.pose_gu
 The paper's demo used s_I = 8, s_p = 3 with PNDM 100 steps on Stable Diffusion. The demo preset uses
 s_I = 1, s_p = 2 with DDIM 10 steps: on the tiny model the subject finetune already carries the
 appearance, so extra image guidance only saturates colours, while s_p = 2 sharpens the limbs; 10
-DDIM steps scored as well as 20 on pixel metrics (DESIGN.md §8).
+DDIM steps scored as well as 20 on pixel metrics.
 
 Rendering is resumable: each frame is written as ``frames/NNNNN.png`` (named by its frame number)
 through a temporary file and a rename, and a rerun skips every frame whose PNG is already complete.
@@ -13,12 +13,8 @@ The video, side-by-side, poster and ``render.json`` are rewritten atomically at 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
-from dreampose.runtime import Runtime, place_pipeline
+from dreampose.io import load_iuv_npz, png_complete, read_rgb, write_json, write_png
+from dreampose.models.pipeline import load_pipeline
+from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.render")
 
@@ -84,60 +81,7 @@ def poster(rows: np.ndarray, max_rows: int = POSTER_ROWS) -> np.ndarray:
     return np.concatenate(list(rows[idx]), axis=0)
 
 
-def png_complete(path: Path, size: tuple[int, int] | None = None) -> bool:
-    """True when ``path`` decodes fully as an image (of ``size`` = (H, W), when given)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return size is None or (im.height, im.width) == tuple(size)
-    except (OSError, ValueError, SyntaxError):
-        return False
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB ``(H, W, 3)``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such image")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
-def write_png(image: np.ndarray, path: Path) -> Path:
-    return _atomic(Path(path), lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-
-
-def write_json(data: dict[str, Any], path: Path) -> Path:
-    return _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str)))
-
-
 # ---------------------------------------------------------------- pipeline calls
-
-
-def load_pipeline(model_dir: Path, runtime: Runtime | None = None):
-    """A ``DreamPosePipeline`` from a ``save_pretrained`` directory, eval mode, placed by ``runtime``
-    (device, dtype, CPU offload; ``None`` = CPU fp32, exactly as saved)."""
-    from dreampose.models.pipeline import DreamPosePipeline
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a DreamPose pipeline directory (no model_index.json)")
-    if runtime is None or runtime.dtype == torch.float32:
-        pipe = DreamPosePipeline.from_pretrained(model_dir)
-    else:
-        pipe = DreamPosePipeline.from_pretrained(model_dir, dtype=runtime.dtype)
-    return place_pipeline(pipe, runtime)
 
 
 def pipeline_runtime(pipe) -> dict[str, Any] | None:
@@ -269,14 +213,6 @@ def subject_rows(df: pd.DataFrame, subject: str, test_manifest: Path) -> pd.Data
     return rows.reset_index(drop=True)
 
 
-def load_iuv(path: Path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DensePose file")
-    with np.load(path) as z:
-        return z["iuv"]
-
-
 # ---------------------------------------------------------------- entry points
 
 
@@ -315,7 +251,7 @@ def render_subject(
     input_path = root / rows["input_path"].iloc[0]
     image = read_rgb(input_path)
     iuv_path = root / rows["densepose_path"].iloc[0]
-    iuv = load_iuv(iuv_path)
+    iuv = load_iuv_npz(iuv_path)
     frame_ids = [int(f) for f in rows["target_frame"]]
     # The same windows the manifest lists (pose_frames), built by the loader training uses.
     poses = load_pose_sequence(iuv_path, frame_ids, window=len(rows["pose_frames"].iloc[0]))

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dreampose.layout import Workspace
+
 PAGE_NAME = "review.html"
 MIN_VIDEO_HEIGHT = 320  # px the enlarged video is at least this tall
 STRIP_COLUMN_WIDTH = 112  # px per strip column after enlarging, so the labels fit
@@ -287,7 +289,7 @@ def demo_reference(root: Path) -> dict[str, float]:
     """The demo's own evaluation means (``metrics/scores.json`` ``ours``), for context beside an item's scores."""
     import json
 
-    path = Path(root) / "metrics" / "scores.json"
+    path = Workspace(root).scores
     try:
         ours = json.loads(path.read_text()).get("ours") or {}
     except (OSError, ValueError):

@@ -2,7 +2,7 @@
 one library function with its own config section and explicit paths, and records the run in
 MLflow. The CLI (and so DVC and Prefect) calls these; nothing here parses arguments.
 
-Paths are the DVC layout of DESIGN.md §1, relative to ``root``.
+Paths come from ``layout.Workspace(root)``, the DVC layout of docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -14,19 +14,9 @@ from typing import Any
 
 from dreampose import tracking
 from dreampose.config import Params
+from dreampose.layout import Workspace
 
 log = logging.getLogger("dreampose")
-
-RAW = Path("data/raw")
-FRAMES = Path("data/frames")
-DENSEPOSE = Path("data/densepose")
-MANIFESTS = Path("data/manifests")
-PRETRAINED = Path("models/pretrained")
-BASE = Path("models/base")
-SUBJECTS = Path("models/subjects")
-RENDERS = Path("renders")
-METRICS = Path("metrics")
-PLOTS = Path("plots")
 
 
 def _check_frame_size(params: Params, model_dir: Path) -> None:
@@ -57,7 +47,8 @@ def runtime(params: Params):
 
 def download(params: Params, root: Path) -> dict[str, Any]:
     """``data/raw``: synthetic videos (+ ground-truth IUV) or the UBC Fashion videos."""
-    out = root / RAW
+    ws = Workspace(root)
+    out = ws.raw
     with tracking.stage_run("download", params.data.model_dump(), params.tracking.experiment):
         if params.data.source == "synthetic":
             from dreampose.data.synthetic import generate_dataset
@@ -73,41 +64,40 @@ def download(params: Params, root: Path) -> dict[str, Any]:
 
 def frames(params: Params, root: Path) -> dict[str, Any]:
     """``data/frames``: JPEG frames resized + center-cropped to H x W, and ``index.parquet``."""
+    ws = Workspace(root)
     from dreampose.cluster import connect
     from dreampose.data.frames import extract_frames
 
     with tracking.stage_run(
-        "frames", params.frames.model_dump(), params.tracking.experiment, inputs={"videos": root / RAW / "videos"}
+        "frames", params.frames.model_dump(), params.tracking.experiment, inputs={"videos": ws.videos}
     ):
         with connect(params.cluster) as client:  # null: this process; else a Dask cluster (same bytes)
-            summary = extract_frames(params.frames, root / RAW / "videos", root / FRAMES, client=client)
+            summary = extract_frames(params.frames, ws.videos, ws.frames, client=client)
         _log_summary(summary)
     return summary
 
 
 def densepose(params: Params, root: Path) -> dict[str, Any]:
     """``data/densepose``: per-video uint8 IUV archives aligned with the frames, and ``index.parquet``."""
+    ws = Workspace(root)
     from dreampose.cluster import connect
     from dreampose.data.densepose import run_densepose
+    from dreampose.data.densepose.run import rooted_config
 
-    cfg = params.densepose
+    cfg = rooted_config(params.densepose, root)
     rt = runtime(params)
-    # Weight/config paths in params.yaml are relative to the workspace root, not the working directory.
-    cfg = cfg.model_copy(
-        update={"weights": str(root / cfg.weights), "detectron2_config": str(root / cfg.detectron2_config)}
-    )
     with tracking.stage_run(
         "densepose",
         {**params.densepose.model_dump(), "runtime": rt.describe()},
         params.tracking.experiment,
-        inputs={"frames": root / FRAMES},
+        inputs={"frames": ws.frames},
     ):
         with connect(params.cluster) as client:
             summary = run_densepose(
                 cfg,
-                root / FRAMES,
-                root / RAW,
-                root / DENSEPOSE,
+                ws.frames,
+                ws.raw,
+                ws.densepose,
                 device=rt.device,
                 client=client,
                 gpus=params.cluster.gpus,
@@ -118,13 +108,14 @@ def densepose(params: Params, root: Path) -> dict[str, Any]:
 
 def manifest(params: Params, root: Path) -> dict[str, Any]:
     """``data/manifests``: train / subject / test pair manifests (Parquet)."""
+    ws = Workspace(root)
     from dreampose.data.manifest import build_manifests
 
-    inputs = {"frames_index": root / FRAMES / "index.parquet", "densepose_index": root / DENSEPOSE / "index.parquet"}
+    inputs = {"frames_index": ws.frames / "index.parquet", "densepose_index": ws.densepose / "index.parquet"}
     run_params = {**params.manifest.model_dump(), "fvd_clip_len": params.score.fvd_clip_len}
     with tracking.stage_run("manifest", run_params, params.tracking.experiment, inputs=inputs):
         summary = build_manifests(
-            params.manifest, root / FRAMES, root / DENSEPOSE, root / MANIFESTS, fvd_clip_len=params.score.fvd_clip_len
+            params.manifest, ws.frames, ws.densepose, ws.manifests, fvd_clip_len=params.score.fvd_clip_len
         )
         _log_summary(summary)
     return summary
@@ -132,16 +123,17 @@ def manifest(params: Params, root: Path) -> dict[str, Any]:
 
 def base_model(params: Params, root: Path) -> dict[str, Any]:
     """``models/pretrained``: the base DreamPosePipeline (tiny, VAE pre-trained on the frames; or SD v1.x)."""
+    ws = Workspace(root)
     from dreampose.models.builders import build_base_model
 
     model_params = {**params.model.model_dump(), "seed": params.seed, "height": params.frames.height}
     model_params["width"] = params.frames.width
-    inputs = {"frames": root / FRAMES} if params.model.source == "tiny" else {}
+    inputs = {"frames": ws.frames} if params.model.source == "tiny" else {}
     with tracking.stage_run("base_model", model_params, params.tracking.experiment, inputs=inputs):
         summary = build_base_model(
             params.model,
-            root / FRAMES,
-            root / PRETRAINED,
+            ws.frames,
+            ws.pretrained,
             seed=params.seed,
             height=params.frames.height,
             width=params.frames.width,
@@ -153,19 +145,20 @@ def base_model(params: Params, root: Path) -> dict[str, Any]:
 
 def finetune_base(params: Params, root: Path) -> dict[str, Any]:
     """``models/base``: UNet + adapter finetuned on the training pairs (held-out loss before/after)."""
+    ws = Workspace(root)
     from dreampose.training import finetune
 
-    _check_frame_size(params, root / PRETRAINED)
-    inputs = {"pretrained": root / PRETRAINED, "train_manifest": root / MANIFESTS / "train.parquet"}
+    _check_frame_size(params, ws.pretrained)
+    inputs = {"pretrained": ws.pretrained, "train_manifest": ws.train_manifest}
     cfg = params.train_base
     with tracking.stage_run("finetune_base", cfg.model_dump(), params.tracking.experiment, inputs=inputs) as r:
         summary = finetune.finetune_base(
             cfg,
-            root / PRETRAINED,
-            root / MANIFESTS / "train.parquet",
+            ws.pretrained,
+            ws.train_manifest,
             root,
-            root / BASE,
-            heldout_manifest=root / MANIFESTS / "test.parquet",
+            ws.base,
+            heldout_manifest=ws.test_manifest,
             size=(params.frames.height, params.frames.width),
             logger=finetune.MlflowLogger() if r is not None else None,
             device=runtime(params).device,
@@ -174,25 +167,26 @@ def finetune_base(params: Params, root: Path) -> dict[str, Any]:
         if r is not None:
             import mlflow
 
-            mlflow.set_tag("model_dir", str((root / BASE).resolve()))
+            mlflow.set_tag("model_dir", str(ws.base.resolve()))
     return summary
 
 
 def finetune_subject(params: Params, root: Path, subject: str) -> dict[str, Any]:
     """``models/subjects/<id>``: phase 1 UNet + adapter (aligned crops), phase 2 VAE decoder, on one subject."""
+    ws = Workspace(root)
     from dreampose.training import finetune
 
-    _check_frame_size(params, root / BASE)
-    out = root / SUBJECTS / subject
-    inputs = {"base": root / BASE, "subject_manifest": root / MANIFESTS / "subject.parquet"}
+    _check_frame_size(params, ws.base)
+    out = ws.subject_model(subject)
+    inputs = {"base": ws.base, "subject_manifest": ws.subject_manifest}
     cfg = params.train_subject
     with tracking.stage_run(
         "finetune_subject", cfg.model_dump(), params.tracking.experiment, inputs=inputs, tags={"subject": subject}
     ) as r:
         summary = finetune.finetune_subject(
             cfg,
-            root / BASE,
-            root / MANIFESTS / "subject.parquet",
+            ws.base,
+            ws.subject_manifest,
             subject,
             root,
             out,
@@ -213,9 +207,10 @@ def inspect(params: Params, root: Path) -> dict[str, Any]:
 
     Not a DVC stage: the preview lives outside the stage outputs so looking never makes them stale.
     """
+    ws = Workspace(root)
     from dreampose.data.manifest import inspect_manifests
 
-    return inspect_manifests(root / MANIFESTS, root, root / "data" / "inspect" / "preview.png")
+    return inspect_manifests(ws.manifests, root, ws.inspect_preview)
 
 
 def _log_files(paths: list[Path], artifact_dir: str) -> None:
@@ -230,22 +225,23 @@ def _log_files(paths: list[Path], artifact_dir: str) -> None:
 
 def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
     """``renders/<subject>``: the subject model animated along its test pose windows."""
+    ws = Workspace(root)
     from dreampose.render import render_subject
 
-    _check_frame_size(params, root / SUBJECTS / subject)
-    out = root / RENDERS / subject
+    _check_frame_size(params, ws.subject_model(subject))
+    out = ws.render_dir(subject)
     rt = runtime(params)
-    inputs = {"model": root / SUBJECTS / subject, "test_manifest": root / MANIFESTS / "test.parquet"}
+    inputs = {"model": ws.subject_model(subject), "test_manifest": ws.test_manifest}
     run_params = {**params.render.model_dump(), "runtime": rt.describe()}
     with tracking.stage_run("render", run_params, params.tracking.experiment, inputs=inputs, tags={"subject": subject}):
         summary = render_subject(
             params.render,
-            root / SUBJECTS / subject,
-            root / MANIFESTS / "test.parquet",
+            ws.subject_model(subject),
+            ws.test_manifest,
             subject,
             root,
             out,
-            fvd_manifest=root / MANIFESTS / "fvd.parquet",
+            fvd_manifest=ws.fvd_manifest,
             runtime=rt,
         )
         _log_summary({k: v for k, v in summary.items() if k != "frames"}, "render/")
@@ -255,7 +251,8 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
 def score(params: Params, root: Path) -> dict[str, Any]:
     """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
-    from dreampose.metrics.score import is_finite, score_renders
+    ws = Workspace(root)
+    from dreampose.evaluate import is_finite, score_renders
 
     if not params.eval.subjects:
         from dreampose.config import ConfigError
@@ -267,19 +264,19 @@ def score(params: Params, root: Path) -> dict[str, Any]:
     dataset = "synthetic demo" if params.data.source == "synthetic" else "UBC Fashion test"
     rt = runtime(params)
     run_params = {"score": params.score.model_dump(), "render": params.render.model_dump(), "runtime": rt.describe()}
-    inputs = {"renders": root / RENDERS, "test_manifest": root / MANIFESTS / "test.parquet"}
+    inputs = {"renders": ws.renders, "test_manifest": ws.test_manifest}
     with tracking.stage_run("score", run_params, params.tracking.experiment, inputs=inputs):
         result = score_renders(
             params.score,
             params.render,
-            root / MANIFESTS / "test.parquet",
-            root / RENDERS,
+            ws.test_manifest,
+            ws.renders,
             root,
             list(params.eval.subjects),
-            root / METRICS,
-            root / PLOTS,
-            subjects_model_dir=root / SUBJECTS,
-            base_model_dir=root / BASE,
+            ws.metrics,
+            ws.plots,
+            subjects_model_dir=ws.subjects,
+            base_model_dir=ws.base,
             dataset=dataset,
             runtime=rt,
         )
@@ -292,18 +289,19 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             # MLflow names only (quality/ours.l1 ...); metrics/scores.json keeps its own keys for DVC.
             mlflow.log_metrics({f"quality/{k}": float(v) for k, v in flat.items() if is_finite(v)})
             mlflow.log_text(table, "scores_table.txt")
-        files = [root / METRICS / "scores.json", root / METRICS / "per_video.parquet", root / PLOTS / "per_frame.csv"]
+        files = [ws.scores, ws.per_video, ws.per_frame_plot]
         _log_files(files, "scores")
         for subject in params.eval.subjects:
-            _log_files([root / RENDERS / subject / n for n in ("video.mp4", "side_by_side.mp4")], f"videos/{subject}")
+            _log_files(ws.render_videos(subject), f"videos/{subject}")
     return result
 
 
 def report(params: Params, root: Path) -> None:
     """Print our scores beside the paper's Table 1 (published figures, UBC Fashion)."""
+    ws = Workspace(root)
     from dreampose.report import report as build_report
 
-    print(build_report(root / METRICS / "scores.json"))
+    print(build_report(ws.scores))
 
 
 def dump_summary(summary: dict[str, Any]) -> str:

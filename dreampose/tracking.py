@@ -8,13 +8,14 @@ reaches each stage (a separate process under DVC) through ``DREAMPOSE_PARENT_RUN
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from dreampose.fsutil import tree_digest
 
 PARENT_ENV = "DREAMPOSE_PARENT_RUN_ID"
 DISABLE_ENV = "DREAMPOSE_NO_MLFLOW"
@@ -72,21 +73,11 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def path_digest(path: Path) -> str | None:
-    """A content hash of a file or directory tree (md5 of sorted relative paths and bytes).
+    """A content hash of a file or directory tree (md5 of sorted relative paths and bytes; ``fsutil.tree_digest``).
 
     Used to record which data a run consumed; cheap enough for the demo's data sizes.
     """
-    path = Path(path)
-    if not path.exists():
-        return None
-    h = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return tree_digest(path, "md5")
 
 
 def stage_run_name(stage: str, tags: Mapping[str, str] | None = None) -> str:

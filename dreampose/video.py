@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")  # what the pipeline reads as a video file
+
 
 @dataclass(frozen=True)
 class VideoInfo:

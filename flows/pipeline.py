@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
 from dreampose.eval_subjects import fill_eval_subjects
+from dreampose.layout import RENDER_VIDEOS, Workspace
 from dreampose.preflight import require_inputs
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
@@ -60,14 +61,14 @@ def demo_catalog_inputs(params: Params, root: Path) -> dict[str, str] | None:
     if not params.eval.subjects:
         return None
     subject = params.eval.subjects[-1]
-    frames = sorted((root / "data" / "frames" / "test" / subject).glob("*.jpg"))
+    frames = sorted((Workspace(root).frames / "test" / subject).glob("*.jpg"))
     if not frames:
         return None
     return {"photo": str(frames[0]), "poses": subject, "item_id": f"demo-{subject}", "ground_truth": subject}
 
 
 def _read_scores(root: Path) -> dict[str, Any] | None:
-    path = root / "metrics" / "scores.json"
+    path = Workspace(root).scores
     if not path.is_file():
         return None
     try:
@@ -108,7 +109,7 @@ def format_scores(scores: dict[str, Any] | None) -> str:
 def summary_text(
     root: Path, params: Params, tracking_uri: str, catalog: dict[str, Any] | None, run_id: str | None = None
 ) -> str:
-    videos = [root / "renders" / s / "video.mp4" for s in params.eval.subjects]
+    videos = [Workspace(root).render_dir(s) / RENDER_VIDEOS[0] for s in params.eval.subjects]
     lines = ["", "Videos:"]
     lines += [f"  {v}" + ("" if v.is_file() else "  (missing)") for v in videos] or ["  (no eval subjects)"]
     lines += ["", "Scores (metrics/scores.json):", format_scores(_read_scores(root))]

@@ -1,3 +1,5 @@
+import pytest
+
 from dreampose.fsutil import replace_dir
 
 
@@ -30,3 +32,22 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
     from dreampose.fsutil import sha256_file
 
     assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from dreampose.fsutil import atomic_write
+
+    path = tmp_path / "sub" / "a.json"
+    atomic_write(path, lambda tmp: tmp.write_text("old"))
+    with pytest.raises(RuntimeError):
+        atomic_write(path, lambda tmp: (tmp.write_text("half"), (_ for _ in ()).throw(RuntimeError("disk full"))))
+    assert path.read_text() == "old"
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # no temporary file left
+
+
+def test_staging_dir_is_a_fresh_hidden_sibling(tmp_path):
+    from dreampose.fsutil import staging_dir
+
+    out = tmp_path / "deep" / "out"
+    a, b = staging_dir(out), staging_dir(out)
+    assert a != b and a.parent == out.parent and a.name.startswith(".out.tmp-") and out.parent.is_dir()

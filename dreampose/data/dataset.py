@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from dreampose.data.densepose.iuv import pose_window, uv_to_model
-from dreampose.data.densepose.synthetic import load_iuv_npz
+from dreampose.io import load_iuv_npz
 
 MANIFEST_COLUMNS = ("subject_id", "input_path", "target_path", "densepose_path", "pose_frames")
 IUV_MEMBER = "iuv.npy"

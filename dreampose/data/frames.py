@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from dreampose.fsutil import staging_dir
 from dreampose.config import FramesConfig
 from dreampose.fsutil import replace_dir
-from dreampose.video import iter_video, open_stream
+from dreampose.video import VIDEO_SUFFIXES, iter_video, open_stream
 
-VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 INDEX_SCHEMA = pa.schema(
     [
         ("video", pa.string()),
@@ -109,7 +109,7 @@ def list_videos(videos_dir: Path) -> list[tuple[str, Path]]:
     out = []
     for split_dir in sorted(p for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(split_dir.iterdir()):
-            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTS:
+            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_SUFFIXES:
                 out.append((split_dir.name, path))
     return out
 
@@ -210,8 +210,7 @@ def extract_frames(
     videos = list_videos(videos_dir)
     if not videos:
         raise ValueError(f"{videos_dir}: no videos found under <split>/ subdirectories")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = staging_dir(out_dir)
     tmp.mkdir()
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dreampose.fsutil import atomic_write
 from dreampose.config import ManifestConfig
 from dreampose.data.densepose.iuv import pose_window_indices
 
@@ -56,14 +57,7 @@ SKIPPED = "skipped.json"
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def spread_targets(allowed: Sequence[int], num: int) -> list[int]:
@@ -163,10 +157,7 @@ def _quarantined(frames_dir: Path) -> list[dict[str, str]]:
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def build_manifests(
@@ -280,7 +271,7 @@ def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> di
     """Row counts and schemas of the manifests, and a PNG of the first target frame with its IUV overlaid."""
     from PIL import Image
 
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     manifests_dir, root = Path(manifests_dir), Path(root)
     info: dict[str, Any] = {}
@@ -303,10 +294,7 @@ def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> di
         raise ValueError(f"{first['densepose_path']}: IUV size {iuv.shape[:2]} != frame size {frame.shape[:2]}")
     preview = np.concatenate([frame, overlay_iuv(frame, iuv), overlay_iuv(np.zeros_like(frame), iuv, 1.0)], axis=1)
     preview_path = Path(preview_path)
-    preview_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = preview_path.with_name(f".{preview_path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(preview).save(tmp)
-    tmp.replace(preview_path)
+    atomic_write(preview_path, lambda tmp: Image.fromarray(preview).save(tmp, format="PNG"))
     info["preview"] = str(preview_path)
     info["preview_of"] = f"{first['video']} frame {first['target_frame']}"
     return info

@@ -12,6 +12,9 @@ Layout written under ``out_dir`` (``data/raw``)::
     videos/{train,test}/<id>.mp4     H.264, the rendered RGB frames
     iuv/{train,test}/<id>.npz        key ``iuv``: uint8 (T, H, W, 3) = (I, round(255 u), round(255 v))
     download_report.json             source, per-video sha256 + bytes
+
+Over 350 lines because the mannequin renderer and its ground-truth IUV are drawn by the same
+geometry code; apart, the IUV could drift from the pixels.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dreampose.fsutil import staging_dir
 from dreampose.fsutil import replace_dir, sha256_file
 from dreampose.config import SyntheticConfig
 from dreampose.video import write_video
@@ -365,8 +369,7 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: Path, seed: int) -> dict[str
     Generated into a temporary sibling directory and swapped in on success. Returns a summary.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = staging_dir(out_dir)
     start = time.perf_counter()
     entries = []
     ids = video_ids(cfg)

@@ -9,6 +9,9 @@ a size cap, and an atomic rename when complete. Every URL ends up in ``download_
 with its status, size and sha256. Dead links are expected (the paper could use 339 of the 500 listed training
 videos): the missing ones are reported and skipped, and the stage fails only when a split has fewer valid
 videos than ``min_train_videos`` / ``min_test_videos``.
+
+Over 350 lines because the download, its retry/size policy and its report are one contract with
+the stage's failure rule; split, each part would need the others to be read.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from tqdm import tqdm
 
+from dreampose.fsutil import atomic_write
 from dreampose.config import UBCConfig
 from dreampose.fsutil import sha256_file
 from dreampose.video import probe_video
@@ -233,9 +237,7 @@ def _verify(dest: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def split_counts(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

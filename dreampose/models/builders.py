@@ -5,6 +5,9 @@ part that needs pixels before DreamPose training; the image encoder is trained j
 ``pretrained`` loads a local Stable Diffusion v1.x diffusers directory (``unet/``, ``vae/``,
 ``scheduler/``; the text encoder and tokenizer are not used) and a CLIP vision directory. Both
 then widen ``conv_in`` for the pose channels and add a zero-gated adapter.
+
+Over 350 lines because the tiny and the pretrained builders share the widening and adapter steps
+and must stay side by side so both sources build the same architecture.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from dreampose.fsutil import replace_dir
 from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
+from dreampose.fsutil import replace_dir, staging_dir
 from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.pipeline import DreamPosePipeline
 from dreampose.models.sizes import check_frame_size, size_multiple
@@ -333,8 +335,8 @@ def save_pipeline_atomic(pipe: DreamPosePipeline, out_dir: Path, extra_files: di
     """``save_pretrained`` (+ ``extra_files``: name -> text) into a temp dir beside ``out_dir``, then swap it in,
     so ``out_dir`` is never a half-written model."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
+    tmp.mkdir()
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():

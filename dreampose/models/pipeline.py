@@ -18,12 +18,16 @@ range used inside the pipeline and by ``encode_image`` / ``clip_pixels``), sever
 call, ``num_images_per_prompt``, ``num_timesteps`` / ``interrupt`` for callbacks, the
 ``StableDiffusionMixin`` helpers (FreeU, fused QKV projections, VAE slicing / tiling), any
 diffusers VAE (``AutoencoderKL``, ``AutoencoderTiny``, ...), ``enable_model_cpu_offload``.
+
+Over 350 lines because it follows the diffusers pipeline contract (one class with the standard
+``__call__``, encode and latent helpers); ``load_pipeline`` beside it is the one loader of a saved pipeline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +53,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from dreampose.models.adapter import ImagePoseAdapter, install_image_attention
 from dreampose.models.guidance import BRANCHES, dual_guidance
+from dreampose.runtime import Runtime, place_pipeline
 
 SCHEDULERS = ("pndm", "ddim", "dpmsolver++")
 
@@ -558,3 +563,16 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
         if not return_dict:
             return (frames,)
         return DreamPoseOutput(frames=frames)
+
+
+def load_pipeline(model_dir: Path, runtime: Runtime | None = None):
+    """A ``DreamPosePipeline`` from a ``save_pretrained`` directory, eval mode, placed by ``runtime``
+    (device, dtype, CPU offload; ``None`` = CPU fp32, exactly as saved)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a DreamPose pipeline directory (no model_index.json)")
+    if runtime is None or runtime.dtype == torch.float32:
+        pipe = DreamPosePipeline.from_pretrained(model_dir)
+    else:
+        pipe = DreamPosePipeline.from_pretrained(model_dir, dtype=runtime.dtype)
+    return place_pipeline(pipe, runtime)

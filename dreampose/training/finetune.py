@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.fsutil import replace_dir
+from dreampose.fsutil import replace_dir, staging_dir
+from dreampose.models.pipeline import load_pipeline
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
 from dreampose.training.objectives import DecoderObjective, DiffusionObjective, heldout_loss
 
@@ -43,15 +44,6 @@ class MlflowLogger:
 
 def ckpt_dir_for(out_dir: Path) -> Path:
     return Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-
-
-def _load_pipeline(model_dir: Path):
-    from dreampose.models.pipeline import DreamPosePipeline
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a DreamPosePipeline directory (no model_index.json)")
-    return DreamPosePipeline.from_pretrained(model_dir)
 
 
 def _frame_size(size: tuple[int, int] | None, manifest: Path, root: Path) -> tuple[int, int]:
@@ -78,7 +70,7 @@ def _save(
     if extra is None:
         save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
         return
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    staging = staging_dir(out_dir)
     try:
         save_pipeline_atomic(pipe, staging, {})
         summary.update(extra(staging))
@@ -121,7 +113,7 @@ def finetune_base(
     from dreampose.data.dataset import PairDataset
 
     t0 = time.perf_counter()
-    pipe = _load_pipeline(model_dir)
+    pipe = load_pipeline(model_dir)
     h, w = _frame_size(size, Path(manifest), Path(root))
     data = PairDataset(manifest, root, h, w, seed=cfg.seed)
     held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
@@ -204,7 +196,7 @@ def finetune_subject(
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no subject manifest (run `dreampose manifest` first)")
     rows = subject_rows(manifest, subject)
-    pipe = _load_pipeline(base_dir)
+    pipe = load_pipeline(base_dir)
     h, w = _frame_size(size, manifest, Path(root))
     pairs = Subset(PairDataset(manifest, root, h, w, augment=tuple(cfg.crop_scale), seed=cfg.unet.seed), rows)
     plain = Subset(PairDataset(manifest, root, h, w), rows)

@@ -149,7 +149,7 @@ def _archives(tmp_path, n, frames=6, h=8, w=6, compressed=True):
 @pytest.mark.parametrize("compressed", [True, False])
 def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed):
     from dreampose.data.dataset import iuv_shape, read_iuv_frames
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     (path,) = _archives(tmp_path, 1, frames=9, compressed=compressed)
     whole = load_iuv_npz(path)
@@ -169,7 +169,7 @@ def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed)
 
 def test_iuv_cache_never_exceeds_its_bound_and_streams_large_videos(tmp_path):
     from dreampose.data.dataset import CACHE_ENTRY_FRACTION, IUVFrames
-    from dreampose.data.densepose.synthetic import load_iuv_npz
+    from dreampose.io import load_iuv_npz
 
     paths = _archives(tmp_path, 20)  # 6 * 8 * 6 * 3 = 864 bytes each
     cache = IUVFrames(max_bytes=864 * 3 + 100)

@@ -236,3 +236,14 @@ def test_runtime_device_reaches_the_densepose_stage(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=r"runtime\.device: 'cuda' requested"):
             run_densepose(DensePoseConfig(backend="torchscript", weights=str(tmp_path / "m.pt")),
                           ws / "data/frames", ws / "data/raw", tmp_path / "out", device="cuda")  # fmt: skip
+
+
+def test_rooted_config_takes_weight_paths_from_the_workspace(tmp_path):
+    from dreampose.config import DensePoseConfig
+    from dreampose.data.densepose.run import rooted_config
+
+    cfg = DensePoseConfig(backend="torchscript", weights="models/dp.pt")
+    got = rooted_config(cfg, tmp_path)
+    assert got.weights == str(tmp_path / "models/dp.pt")
+    assert got.detectron2_config == str(tmp_path / cfg.detectron2_config)
+    assert cfg.weights == "models/dp.pt"  # the given config is not changed

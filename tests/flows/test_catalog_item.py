@@ -86,12 +86,11 @@ def test_item_id_from_photo_name():
 
 
 def _registered_frames(run_dir: Path, ids) -> np.ndarray:
-    return np.stack([catalog._read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
+    return np.stack([catalog.read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
 
 
 @pytest.mark.slow
 def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness, tmp_path, chromium):
-    pytest.importorskip("dreampose.training.finetune")
     import mlflow
 
     from flows.catalog_item import catalog_item
@@ -146,7 +145,6 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
 
 @pytest.mark.slow
 def test_two_items_at_once_keep_separate_outputs(workspace):
-    pytest.importorskip("dreampose.training.finetune")
     params = _params(workspace)
     photos = {
         "red": person_photo(workspace / "red.png", (200, 30, 30)),

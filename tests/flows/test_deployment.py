@@ -35,7 +35,6 @@ def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subp
 
 @pytest.mark.slow
 def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_workspace):
-    pytest.importorskip("dreampose.training.finetune")
     ws = catalog_workspace
     port = _free_port()
     url = serve.api_url("127.0.0.1", port)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dreampose import stages
+from dreampose import layout, stages
 from dreampose.config import ModelConfig, PretrainedModelConfig, parse_params
 from dreampose.models.builders import build_base_model, model_size_multiple
 from dreampose.models.sizes import check_frame_size, nearest_multiples, saved_size_multiple, size_multiple
@@ -87,9 +87,9 @@ def test_base_model_refuses_a_tiny_size_before_pretraining(tmp_path):
 
 def test_stages_check_the_saved_model_before_loading(pipe, tmp_path, repo, monkeypatch):
     monkeypatch.setenv("DREAMPOSE_NO_MLFLOW", "1")
-    pipe.save_pretrained(tmp_path / stages.PRETRAINED)
-    pipe.save_pretrained(tmp_path / stages.BASE)
-    pipe.save_pretrained(tmp_path / stages.SUBJECTS / "s0")
+    pipe.save_pretrained(tmp_path / layout.PRETRAINED)
+    pipe.save_pretrained(tmp_path / layout.BASE)
+    pipe.save_pretrained(tmp_path / layout.SUBJECTS / "s0")
     import yaml
 
     raw = yaml.safe_load((repo / "params.yaml").read_text())

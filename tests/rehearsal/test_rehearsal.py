@@ -152,7 +152,7 @@ def test_paper_preset_rehearsal(tmp_path, repo, prefect_harness, rehearsal_repor
 
     # score: every metric is a number, and every network it came from is labelled as random weights.
     scores = json.loads((ws / "metrics/scores.json").read_text())
-    from dreampose.metrics.score import METRICS
+    from dreampose.evaluate import METRICS
 
     for m in METRICS:
         v = scores["ours"][m]

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dreampose.fsutil import staging_dir
 from dreampose.config import DensePoseConfig
 from dreampose.data.densepose.base import DensePoseBackend
 from dreampose.fsutil import replace_dir
@@ -40,6 +41,14 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 FRAMES_COLUMNS = ("video", "split", "frame", "source_frame", "path", "width", "height")
+
+
+def rooted_config(cfg: DensePoseConfig, root: Path) -> DensePoseConfig:
+    """``cfg`` with its weight/config paths taken relative to the workspace ``root`` (params.yaml names them
+    relative to the workspace, not the working directory); the densepose stage and catalog items both use it."""
+    return cfg.model_copy(
+        update={"weights": str(Path(root) / cfg.weights), "detectron2_config": str(Path(root) / cfg.detectron2_config)}
+    )
 
 
 def make_backend(
@@ -189,9 +198,7 @@ def run_densepose(
     height, width = int(index["height"].iloc[0]), int(index["width"].iloc[0])
     if client is None:
         backend = backend or make_backend(cfg, raw_dir, height, width, device)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out_dir)
     groups = [((split, video), rows) for (split, video), rows in index.groupby(["split", "video"], sort=True)]
     per_video: list[list[dict[str, Any]]]
     devices: list[str] = []

@@ -16,23 +16,7 @@ import pandas as pd
 
 from dreampose.data.densepose.base import FrameResult
 from dreampose.data.densepose.iuv import iuv_bbox
-
-
-def load_iuv_npz(path: Path) -> np.ndarray:
-    """``iuv`` uint8 ``(T, H, W, 3)`` from an npz; a clear error for a missing, corrupt or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no IUV archive (run the download/densepose stage that writes it)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "iuv" not in z.files:
-                raise ValueError(f"{path}: IUV archive has no 'iuv' array (keys: {z.files})")
-            iuv = z["iuv"]
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
-    if iuv.dtype != np.uint8 or iuv.ndim != 4 or iuv.shape[-1] != 3:
-        raise ValueError(f"{path}: 'iuv' must be uint8 (T, H, W, 3), got {iuv.dtype} {iuv.shape}")
-    return iuv
+from dreampose.io import load_iuv_npz
 
 
 class SyntheticBackend:

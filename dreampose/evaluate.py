@@ -20,6 +20,9 @@ Why the must-beat photo test uses the base model: a subject-finetuned model carr
 appearance in its weights (that is what the paper's finetune is for), so swapping its photo barely
 changes its output and says little about whether the architecture reads the photo. The base model
 is where the photo is the only source of appearance; beating it with a swapped photo shows the photo is used.
+
+Over 350 lines because the score stage is one protocol (load, render baselines, score, summarize, write)
+whose steps share ``SubjectData``; the pure metrics it calls live in ``dreampose.metrics``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import pandas as pd
 import torch
 
 from dreampose.config import RenderConfig, ScoreConfig
+from dreampose.fsutil import atomic_write
+from dreampose.io import load_iuv_npz, read_rgb, write_json
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
 from dreampose.metrics.frechet import frechet_distance_features
@@ -45,13 +50,10 @@ from dreampose.metrics.result import MetricResult
 from dreampose.render import (
     FRAME_NAME,
     fvd_rows,
-    load_iuv,
     load_pipeline,
-    read_rgb,
     read_test_manifest,
     render_to_dir,
     subject_rows,
-    write_json,
 )
 from dreampose.runtime import Runtime
 
@@ -160,13 +162,13 @@ def load_subject(df: pd.DataFrame, subject: str, test_manifest: Path, root: Path
     rows = subject_rows(df, subject, test_manifest)
     frames = [int(f) for f in rows["target_frame"]]
     truth = np.stack([read_rgb(root / p) for p in rows["target_path"]])
-    iuv = load_iuv(root / rows["densepose_path"].iloc[0])
+    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
     masks = iuv[frames][..., 0] > 0
     image = read_rgb(root / rows["input_path"].iloc[0])
     return SubjectData(subject, frames, truth, masks, image)
 
 
-def _subject_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: Path) -> torch.Tensor:
+def subject_poses(df: pd.DataFrame, s: SubjectData, test_manifest: Path, root: Path) -> torch.Tensor:
     from dreampose.data.dataset import load_pose_sequence
 
     if s.poses is None:
@@ -302,16 +304,9 @@ def format_table(ours: dict[str, MetricResult], baselines: dict[str, dict[str, M
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(
+        path, lambda tmp: df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
+    )
 
 
 def _per_video(method: str, m: MethodScores) -> pd.DataFrame:
@@ -357,7 +352,7 @@ def render_baselines(
             frames[b], fvd[b] = {}, {}
     base_pipe = load_pipe(Path(base_model_dir)) if "base_model" in frames else None
     for i, s in enumerate(data):
-        poses = _subject_poses(df, s, test_manifest, root)
+        poses = subject_poses(df, s, test_manifest, root)
         other_image = data[(i + 1) % len(data)].image
         runs: list[tuple[str, Any, np.ndarray, torch.Tensor]] = []
         if "pose_zeroed" in frames or "subject_image_swapped" in frames:

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from dreampose.config import RenderConfig, ScoreConfig
+from dreampose.evaluate import resize_frames, score_renders, table1_shape
+from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.score import resize_frames, score_renders, table1_shape
-from dreampose.render import read_rgb
 from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_workspace, tiny_pipeline
 
 RENDER = RenderConfig(num_inference_steps=2, frame_batch_size=4)

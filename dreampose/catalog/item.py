@@ -1,0 +1,338 @@
+"""The catalog item: validate → subject finetune from the base model → render → score → log to MLflow →
+register a ``review=pending`` version, with a reuse key so an identical item is not trained twice.
+Every run writes only under ``catalog/<item_id>/<run_id>/`` so two items running at once never mix.
+
+Why this file is over 350 lines: ``run_catalog_item`` and ``_train_render_register`` are one orchestration
+(reuse check, attempt bookkeeping, the locked finetune, render, scoring) that reads best in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dreampose.catalog.attempts import remove_run_dir, run_tags, settle_attempts
+from dreampose.catalog.photo import Photo, photo_url_policy, validate_photo
+from dreampose.catalog.poses import PoseSequence, densepose_backend, item_id_from, load_ground_truth, resolve_poses
+from dreampose.catalog.register import log_and_register
+from dreampose.io import read_rgb
+from dreampose.layout import Workspace
+from dreampose.metrics.item import appearance_drift, temporal_l1
+
+# diffusers' from_pretrained patches torch module construction process-wide while it loads, so two
+# items in one process (threads) must not load or train at the same time; separate processes (the
+# Prefect process worker runs each flow run in its own) are fully independent.
+_MODEL_LOCK = threading.Lock()
+
+# ---------------------------------------------------------------- photo pose and scoring
+
+
+def photo_pose(photo: Photo, seq: PoseSequence, params, root: Path = Path(".")) -> tuple[np.ndarray, str]:
+    """The photo's own IUV: detected by a real DensePose backend (no person → error), else known from the
+    workspace (a test video's input frame), else the sequence's first pose (the synthetic-backend limitation)."""
+    if params.densepose.backend != "synthetic":
+        import pandas as pd
+
+        h, w = photo.pixels.shape[:2]
+        backend = densepose_backend(params.densepose, root, h, w)
+        rows = pd.DataFrame({"video": ["photo"], "split": ["catalog"], "frame": [0]})
+        result = backend.predict(photo.pixels[None], rows)[0]
+        if not result.person_found:
+            raise ValueError(
+                f"photo {photo.source}: DensePose found no person (min score {params.densepose.min_score})"
+            )
+        return result.iuv, "densepose"
+    if seq.photo_iuv is not None:
+        return seq.photo_iuv, "test video input frame"
+    return seq.iuv[seq.frame_ids[0]], "first pose of the sequence (synthetic backend)"
+
+
+def score_item(
+    frames: np.ndarray, seq: PoseSequence, photo: np.ndarray, photo_iuv: np.ndarray, truth: np.ndarray | None
+) -> dict[str, float]:
+    """What can be scored for a catalog item; pixel metrics against ground truth when it is given."""
+    iuv = seq.iuv[seq.frame_ids]
+    scores = {
+        "temporal_l1": temporal_l1(frames),
+        "appearance_drift": appearance_drift(frames, iuv, photo, photo_iuv),
+        "num_frames": float(len(frames)),
+    }
+    if truth is not None:
+        from dreampose.metrics.pixel import l1, psnr, ssim
+
+        scores.update(
+            l1=float(np.mean(l1(frames, truth))),
+            ssim=float(np.mean(ssim(frames, truth))),
+            psnr=float(np.mean(psnr(frames, truth))),
+        )
+    return scores
+
+
+# ---------------------------------------------------------------- the catalog item
+
+
+def model_digest(model_dir: Path) -> str:
+    """A cheap identity for a model directory: relative paths, sizes and md5 of files up to 64 MB."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(model_dir)}:{size}".encode())
+        if size <= 64 << 20:
+            h.update(hashlib.md5(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) -> str:
+    """Identity of a catalog item's inputs: photo pixels, poses, base model and the settings that shape the result."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(photo).tobytes())
+    h.update(np.ascontiguousarray(seq.iuv[seq.frame_ids]).tobytes())
+    h.update(json.dumps(seq.frame_ids).encode())
+    h.update(base_digest.encode())
+    settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    if params.runtime.dtype != "fp32":  # reduced-precision renders differ; fp32 keys stay as they always were
+        settings["runtime_dtype"] = params.runtime.dtype
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _write_subject_inputs(run_dir: Path, item_id: str, photo: np.ndarray, photo_iuv: np.ndarray, window: int) -> Path:
+    """The subject-manifest row a finetune expects: the photo as both input and target, with its pose."""
+    import pyarrow as pa
+
+    from dreampose.data.manifest import SCHEMA, write_parquet_atomic
+
+    inp = run_dir / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo).save(inp / "photo.png")
+    np.savez_compressed(inp / "photo_iuv.npz", iuv=photo_iuv[None])
+    row = {
+        "subject_id": item_id,
+        "video": item_id,
+        "split": "catalog",
+        "input_frame": 0,
+        "target_frame": 0,
+        "input_path": "input/photo.png",
+        "target_path": "input/photo.png",
+        "densepose_path": "input/photo_iuv.npz",
+        "pose_frames": [0] * window,
+    }
+    table = pa.Table.from_pylist([{k: row.get(k) for k in SCHEMA.names}], schema=SCHEMA)
+    manifest = inp / "subject.parquet"
+    write_parquet_atomic(table, manifest)
+    return manifest
+
+
+def _reused(info, item_id: str) -> dict[str, Any]:
+    from dreampose import registry
+
+    return {
+        "item_id": item_id,
+        "reused": True,
+        "model_name": info.name,
+        "version": info.version,
+        "review": info.review,
+        "run_id": info.run_id,
+        "video": info.links.get("video"),
+        "scores": info.metrics,
+        "registry": registry.describe(info),
+    }
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A validated catalog item, ready to train."""
+
+    item_id: str
+    photo: Photo
+    seq: PoseSequence
+    truth: np.ndarray | None
+    photo_iuv: np.ndarray
+    photo_iuv_source: str
+    key: str
+    base_digest: str = ""
+
+
+def run_catalog_item(
+    params,
+    root: Path,
+    photo: str,
+    poses: str,
+    item_id: str | None = None,
+    ground_truth: str | None = None,
+    reuse: bool = False,
+    base_dir: Path | None = None,
+    allow_private_urls: bool = False,
+    flow_run_id: str | None = None,
+    attempt_key: str | None = None,
+) -> dict[str, Any]:
+    """One catalog item end to end; returns a JSON-able summary with the registered version.
+
+    A photo URL follows ``params.photo_url``; ``allow_private_urls`` also admits internal addresses.
+
+    ``attempt_key`` (the Prefect flow run id) names one logical run across its attempts: a retry first
+    settles what an earlier attempt of the same key left (a killed process cannot clean up after itself):
+    a finished, registered attempt is returned as is (registered once), an unfinished one is marked
+    KILLED, its registry versions deleted and its ``catalog/<item>/<run_id>/`` directory removed.
+
+    ``reuse``: when a version was already registered for exactly these inputs (photo, poses, base
+    model, subject/render settings), return it instead of training again. Bad input raises
+    ``ValueError``/``FileNotFoundError`` before anything is written or registered. ``flow_run_id``
+    (the Prefect flow run, when there is one) is tagged on the MLflow run.
+    """
+    from dreampose import registry, tracking
+    from dreampose.runtime import resolve_runtime
+
+    runtime = resolve_runtime(params.runtime)  # a device this machine lacks fails before any work
+    root = Path(root).resolve()
+    base_dir = Path(base_dir) if base_dir is not None else Workspace(root).base
+    item_id = item_id_from(photo, item_id)
+    h, w = params.frames.height, params.frames.width
+    checked = validate_photo(photo, h, w, url_policy=photo_url_policy(params.photo_url, allow_private_urls))
+    if not (base_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
+    from dreampose.models.sizes import check_saved_model_frame_size
+
+    check_saved_model_frame_size(base_dir, h, w)
+    seq = resolve_poses(poses, root, params)
+    truth = load_ground_truth(ground_truth, seq, root, params.frames) if ground_truth else None
+    p_iuv, p_iuv_source = photo_pose(checked, seq, params, root)
+    base_digest = model_digest(base_dir)
+    key = input_key(checked.pixels, seq, base_digest, params)
+    name = params.tracking.registered_model
+    enabled = tracking.tracking_enabled()
+    if enabled:
+        tracking.configure(params.tracking.experiment, root)
+        if attempt_key:
+            done = settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+            if done is not None:
+                return _reused(done, item_id)
+        if reuse:
+            found = registry.find_by_input_key(name, key)
+            if found is not None:
+                return _reused(found, item_id)
+    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
+    attempt_key = attempt_key or uuid.uuid4().hex
+    try:
+        return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime, attempt_key)
+    except BaseException:  # e.g. logging or registration failed: no version, no directory stays
+        if enabled:
+            with contextlib.suppress(Exception):
+                settle_attempts(root, item_id, attempt_key, params.tracking.experiment, name)
+        raise
+
+
+def _train_render_register(
+    params,
+    root: Path,
+    base_dir: Path,
+    item: _Item,
+    enabled: bool,
+    flow_run_id: str | None = None,
+    runtime=None,
+    attempt_key: str | None = None,
+) -> dict[str, Any]:
+    """Finetune → render → score → log → register, all under ``catalog/<item_id>/<run_id>/``.
+
+    The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
+    from dreampose import registry, tracking
+    from dreampose.render import load_pipeline, render_sequence
+    from dreampose.training.finetune import MlflowLogger, finetune_subject
+
+    run_ctx = (
+        tracking.stage_run(
+            "catalog_item",
+            {
+                "train_subject": params.train_subject.model_dump(),
+                "render": params.render.model_dump(),
+                "runtime": runtime.describe() if runtime is not None else None,
+            },
+            params.tracking.experiment,
+            tags=run_tags(item, flow_run_id, attempt_key),
+            run_name=f"catalog_item@{item.item_id}",
+        )
+        if enabled
+        else contextlib.nullcontext(None)
+    )
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else uuid.uuid4().hex
+        run_dir = Workspace(root).catalog_item(item.item_id) / run_id
+        if run_dir.exists():
+            raise ValueError(f"{run_dir} already exists; refusing to mix two runs' outputs")
+        try:
+            window = params.manifest.pose_window
+            manifest = _write_subject_inputs(run_dir, item.item_id, item.photo.pixels, item.photo_iuv, window)
+            t0 = time.perf_counter()
+            size = (params.frames.height, params.frames.width)
+            with _MODEL_LOCK:
+                trained = finetune_subject(
+                    params.train_subject,
+                    base_dir,
+                    manifest,
+                    item.item_id,
+                    run_dir,
+                    run_dir / "model",
+                    size=size,
+                    logger=MlflowLogger(prefix="train/") if run is not None else None,
+                    device=runtime.device if runtime is not None else None,
+                )
+                t_train = time.perf_counter() - t0
+                pipe = load_pipeline(run_dir / "model", runtime)
+            render = render_sequence(
+                pipe,
+                item.photo.pixels,
+                item.seq.iuv,
+                params.render,
+                run_dir / "render",
+                window=params.manifest.pose_window,
+                frame_ids=item.seq.frame_ids,
+            )
+            frames = np.stack([read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in item.seq.frame_ids])
+            t1 = time.perf_counter()
+            scores = score_item(frames, item.seq, item.photo.pixels, item.photo_iuv, item.truth)
+            t_score = time.perf_counter() - t1
+            summary = {
+                "item_id": item.item_id,
+                "reused": False,
+                "run_id": run_id,
+                "run_dir": str(run_dir),
+                "photo": item.photo.source,
+                "photo_notes": list(item.photo.notes),
+                "photo_pose": item.photo_iuv_source,
+                "poses": item.seq.source,
+                "frames": item.seq.frame_ids,
+                "input_key": item.key,
+                "finetune": {k: v for k, v in trained.items() if isinstance(v, (int, float, str))},
+                "scores": scores,
+                "seconds": {"finetune": round(t_train, 2), **render.get("seconds", {}), "score": round(t_score, 3)},
+                "video": str(run_dir / "render" / "video.mp4"),
+                "poster": str(run_dir / "render" / "poster.png"),
+            }
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        except BaseException:
+            remove_run_dir(root, item.item_id, run_id)  # nothing half-written survives a failed item
+            raise
+        if run is None:
+            return {**summary, "model_name": None, "version": None, "review": None}
+        t2 = time.perf_counter()
+        info = log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+    seconds = {**summary["seconds"], "registry": round(time.perf_counter() - t2, 2)}  # log + register
+    return {
+        **summary,
+        "seconds": seconds,
+        "model_name": info.name,
+        "version": info.version,
+        "review": info.review,
+        "review_page": info.links.get("review_page"),
+        "approved_uri": registry.approved_uri(info.name, item.item_id),
+    }
