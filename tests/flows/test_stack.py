@@ -151,8 +151,14 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
                 monkeypatch.setenv(k, env[k])
             from mlflow import MlflowClient
 
+            # An earlier in-process test may have set mlflow's global URIs, which outrank the environment:
+            # point them at this stack's server, and put them back after (monkeypatch undoes it).
+            from mlflow.tracking import _model_registry, _tracking_service
+
             from dreampose import registry
 
+            monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", env["MLFLOW_TRACKING_URI"])
+            monkeypatch.setattr(_model_registry.utils, "_registry_uri", env["MLFLOW_TRACKING_URI"])
             client = MlflowClient()
             exp = client.get_experiment_by_name(EXPERIMENT)
             all_runs = client.search_runs([exp.experiment_id], max_results=500)
