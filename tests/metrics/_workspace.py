@@ -46,6 +46,21 @@ def make_frame(iuv: np.ndarray, colour: Sequence[int]) -> np.ndarray:
     return img
 
 
+def manifest_row(subject: str, target: int) -> dict:
+    """One test-manifest row of the stand-in workspace: input frame 0 of ``subject`` against ``target``."""
+    return {
+        "subject_id": subject,
+        "video": subject,
+        "split": "test",
+        "input_frame": 0,
+        "target_frame": target,
+        "input_path": f"data/frames/test/{subject}/00000.png",
+        "target_path": f"data/frames/test/{subject}/{target:05d}.png",
+        "densepose_path": f"data/densepose/test/{subject}.npz",
+        "pose_frames": pose_window_indices(target, NUM_FRAMES, 5),
+    }
+
+
 def make_workspace(root: Path, targets: Sequence[int] = (4, 6, 8, 10), subjects: Sequence[str] = SUBJECTS) -> Path:
     """Write frames + IUV for ``subjects`` and a test manifest with ``targets``; returns the manifest path."""
     rows = []
@@ -60,19 +75,7 @@ def make_workspace(root: Path, targets: Sequence[int] = (4, 6, 8, 10), subjects:
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(make_frame(iuv[t], colours[k % 3])).save(p)
         for t in targets:
-            rows.append(
-                {
-                    "subject_id": s,
-                    "video": s,
-                    "split": "test",
-                    "input_frame": 0,
-                    "target_frame": t,
-                    "input_path": f"data/frames/test/{s}/00000.png",
-                    "target_path": f"data/frames/test/{s}/{t:05d}.png",
-                    "densepose_path": f"data/densepose/test/{s}.npz",
-                    "pose_frames": pose_window_indices(t, NUM_FRAMES, 5),
-                }
-            )
+            rows.append(manifest_row(s, t))
     path = root / "data/manifests/test.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=SCHEMA.names)
@@ -108,21 +111,7 @@ class CountingPipeline:
 
 def make_fvd_manifest(root: Path, start: int = 5, length: int = 4, subjects: Sequence[str] = SUBJECTS) -> Path:
     """``fvd.parquet`` beside the test manifest: ``length`` consecutive frames from ``start`` per subject."""
-    rows = [
-        {
-            "subject_id": s,
-            "video": s,
-            "split": "test",
-            "input_frame": 0,
-            "target_frame": t,
-            "input_path": f"data/frames/test/{s}/00000.png",
-            "target_path": f"data/frames/test/{s}/{t:05d}.png",
-            "densepose_path": f"data/densepose/test/{s}.npz",
-            "pose_frames": pose_window_indices(t, NUM_FRAMES, 5),
-        }
-        for s in subjects
-        for t in range(start, start + length)
-    ]
+    rows = [manifest_row(s, t) for s in subjects for t in range(start, start + length)]
     path = root / "data/manifests/fvd.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=SCHEMA.names)
