@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
-from dreampose.config import PARAMS_FILE, ConfigError, layered_params, load_params
+from dreampose.config import PARAMS_FILE, ConfigError, dump_yaml, layered_params, load_params
 
 # name -> (function in dreampose.stages, help text, takes --subject)
 STAGES: dict[str, tuple[str, str, bool]] = {
@@ -56,7 +54,7 @@ def _config_use(args: argparse.Namespace) -> int:
         return 0
     merged, _ = layered_params(src, args.override)  # validated before anything is overwritten
     header = f"# {src} with {args.override} merged on top (dreampose config use --override); edit those instead\n"
-    dst.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    dst.write_text(header + dump_yaml(merged, dst))
     print(f"{dst} <- {src} + {args.override}")
     return 0
 
