@@ -44,9 +44,11 @@ TEST_BAD = {"91OgfmDMFDS.mp4": "truncated"}
 
 
 def _copy_code(repo: Path, ws: Path) -> None:
-    """What a fresh clone holds that the stages need: dvc.yaml, the presets and the code DVC hashes as deps."""
+    """What a fresh clone holds that the stages need: dvc.yaml, its launcher, the presets and the code DVC hashes as
+    deps."""
     ws.mkdir(parents=True)
     shutil.copy(repo / "dvc.yaml", ws / "dvc.yaml")
+    shutil.copytree(repo / "bin", ws / "bin")
     shutil.copytree(repo / "presets", ws / "presets")
     shutil.copytree(repo / "dreampose", ws / "dreampose", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q", str(ws)], check=True)
