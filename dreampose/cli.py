@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "base-model": ("base_model", "build the base DreamPose model: tiny (VAE pre-trained here) or local SD v1.x", False),
     "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
     "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
-    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/scores.json", False),
+    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/evaluation.json", False),
     "report": ("report", "print our scores next to the paper's published Table 1", False),
     "finetune-base": ("finetune_base", "finetune UNet + adapter on the training pairs -> models/base", False),
     "finetune-subject": (

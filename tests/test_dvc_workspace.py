@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dreampose.config import load_params, parse_yaml
+from dreampose.evaluate import metric_values
 
 SYSTEM_PATH = "/usr/bin:/bin"
 TINY = """\
@@ -87,3 +88,36 @@ def test_launcher_without_venv_or_path_says_what_to_do(tmp_path, repo):
 def test_launcher_is_committed_executable(repo):
     entry = subprocess.run(["git", "ls-files", "-s", "bin/dreampose"], cwd=repo, capture_output=True, text=True)
     assert entry.stdout.split()[:1] == ["100755"]  # a clone runs it as is
+
+
+def _leaves(tree: dict) -> list[object]:
+    return [x for v in tree.values() for x in (_leaves(v) if isinstance(v, dict) else [v])]
+
+
+def test_dvc_metrics_read_the_scores_file_as_numbers(tmp_path, repo):
+    """The demo record's scores.json (``metric_values`` of evaluation.json) as DVC's metrics: every column a
+    number, and a changed number shows in ``dvc metrics diff``."""
+    ws = tmp_path / "ws"
+    (ws / "metrics").mkdir(parents=True)
+    record = json.loads((repo / "metrics/evaluation.json").read_text())
+    scores = metric_values(record)
+    (ws / "metrics/scores.json").write_text(json.dumps(scores))
+    (ws / "dvc.yaml").write_text("stages:\n  score:\n    cmd: 'true'\n    metrics:\n"
+                                 "      - metrics/scores.json:\n          cache: false\n")  # fmt: skip
+    _git(ws, "init", "-q")
+    assert _dvc(ws, "init", "-q").returncode == 0
+    _git(ws, "add", "-A")
+    _git(ws, "commit", "-qm", "scores")
+
+    res = _dvc(ws, "metrics", "show", "--json")
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)[""]["data"]["metrics/scores.json"]
+    assert "error" not in shown and shown["data"] == scores
+    values = _leaves(shown["data"])
+    assert len(values) >= 20 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+    (ws / "metrics/scores.json").write_text(json.dumps({**scores, "ours": {**scores["ours"], "l1": 0.5}}))
+    res = _dvc(ws, "metrics", "diff", "--json")
+    assert res.returncode == 0, res.stderr
+    diff = json.loads(res.stdout)["metrics/scores.json"]
+    assert diff == {"ours.l1": {"old": scores["ours"]["l1"], "new": 0.5, "diff": 0.5 - scores["ours"]["l1"]}}

@@ -153,8 +153,10 @@ def test_paper_preset_rehearsal(tmp_path, repo, prefect_harness, rehearsal_repor
     assert (enc["hidden_size"], enc["patch_size"]) == (clip["hidden_size"], clip["patch_size"])
 
     # score: every metric is a number, and every network it came from is labelled as random weights.
-    scores = json.loads((ws / "metrics/scores.json").read_text())
-    from dreampose.evaluate import METRICS
+    scores = json.loads((ws / "metrics/evaluation.json").read_text())
+    from dreampose.evaluate import METRICS, metric_values
+
+    assert json.loads((ws / "metrics/scores.json").read_text()) == metric_values(scores)  # DVC's: numbers only
 
     for m in METRICS:
         v = scores["ours"][m]
