@@ -121,3 +121,9 @@ def test_dvc_metrics_read_the_scores_file_as_numbers(tmp_path, repo):
     assert res.returncode == 0, res.stderr
     diff = json.loads(res.stdout)["metrics/scores.json"]
     assert diff == {"ours.l1": {"old": scores["ours"]["l1"], "new": 0.5, "diff": 0.5 - scores["ours"]["l1"]}}
+
+
+def test_what_dvc_writes_locally_is_ignored_by_git(repo):
+    paths = ["dvc_plots/index.html", ".dvc/tmp/exps/run", ".dvc/cache/files/md5/00/x", ".dvc/config.local"]
+    res = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo, capture_output=True, text=True)
+    assert res.stdout.split() == paths
