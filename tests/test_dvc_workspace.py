@@ -82,7 +82,21 @@ def test_launcher_without_venv_or_path_says_what_to_do(tmp_path, repo):
     res = subprocess.run(["bin/dreampose", "download"], cwd=ws, env=_plain_shell_env(), capture_output=True, text=True)
     assert res.returncode == 127
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "make install" in lines[0] and str(ws.resolve() / ".venv") in lines[0]
+    assert len(lines) == 1 and "make install" in lines[0] and str(ws.resolve()) in lines[0]
+
+
+def test_launcher_in_an_experiment_copy_finds_the_workspace_venv(tmp_path, repo):
+    """`dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps/, which has no .venv."""
+    ws = tmp_path / "ws"
+    venv_bin = ws / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "dreampose").write_text('#!/bin/sh\necho "workspace venv: $*"\n')
+    (venv_bin / "dreampose").chmod(0o755)
+    copy = ws / ".dvc" / "tmp" / "exps" / "tmp1234"
+    shutil.copytree(repo / "bin", copy / "bin")
+    res = subprocess.run(["bin/dreampose", "score"], cwd=copy, env=_plain_shell_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "workspace venv: score"
 
 
 def test_launcher_is_committed_executable(repo):
