@@ -168,9 +168,17 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The base model the ``base_model`` stage builds.
+
+    ``image_tokens``: what the adapter turns the input photo into: ``clip_vae`` (the paper's adapter, CLIP tokens +
+    the photo's VAE-latent tokens) or ``clip`` (CLIP tokens only: the "Ours_CLIP" ablation of the paper's Table 2).
+    It is saved in the model's adapter config, so the finetunes, render, score and the catalog all follow it.
+    """
+
     source: Literal["tiny", "pretrained"] = "tiny"
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     pose_channels: int = Field(10, ge=2)
+    image_tokens: Literal["clip_vae", "clip"] = "clip_vae"
     pretrained: PretrainedModelConfig = PretrainedModelConfig()
     tiny: TinyModelConfig = TinyModelConfig()
 
