@@ -244,6 +244,17 @@ class RenderConfig(_Strict):
     frame_batch_size: int = Field(8, ge=1)
     fps: int = Field(16, ge=1)
     seed: int = 0
+    temporal_smoothing: int = Field(
+        0, ge=0, description="0 = off; an odd k >= 3: each output frame is the mean of the raw renders of the k "
+        "video frames centred on it (paper Table 2 Ours_smooth; see dreampose.render.temporal_smooth)"
+    )  # fmt: skip
+
+    @field_validator("temporal_smoothing")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v > 1 and v % 2 == 0:
+            raise ValueError("temporal_smoothing must be 0 (off) or an odd window (centred on the frame)")
+        return v
 
 
 class ScoreConfig(_Strict):

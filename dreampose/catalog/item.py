@@ -99,7 +99,10 @@ def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) ->
     h.update(np.ascontiguousarray(seq.iuv[seq.frame_ids]).tobytes())
     h.update(json.dumps(seq.frame_ids).encode())
     h.update(base_digest.encode())
-    settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    render = params.render.model_dump()
+    if not render["temporal_smoothing"]:  # off: keys stay as they were before the setting existed
+        del render["temporal_smoothing"]
+    settings = {"train_subject": params.train_subject.model_dump(), "render": render}
     if params.runtime.dtype != "fp32":  # reduced-precision renders differ; fp32 keys stay as they always were
         settings["runtime_dtype"] = params.runtime.dtype
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
