@@ -228,3 +228,19 @@ def test_render_subject_with_smoothing_renders_the_neighbours_and_smooths_over_t
         np.testing.assert_array_equal(read_rgb(out / "fvd/frames" / f"{f:05d}.png"), want)
     assert not np.array_equal(read_rgb(out / "frames/00004.png"), read_rgb(tmp_path / "off/frames/00004.png"))
     assert json.loads((out / "render.json").read_text())["settings"]["temporal_smoothing"] == 3
+
+
+def test_the_registered_model_smooths_as_the_catalog_render_did(tmp_path):
+    from dreampose.mlflow_model import DreamPoseSubjectModel
+
+    pipe = tiny_pipeline()
+    photo = np.full((H, W, 3), 90, np.uint8)
+    iuv = np.stack([make_iuv(t) for t in range(4)])
+    cfg = CFG.model_copy(update={"temporal_smoothing": 3})
+    render_sequence(pipe, photo, iuv, cfg, tmp_path / "item", frame_ids=[1, 2])
+    model = DreamPoseSubjectModel()
+    model.pipe, model.photo, model.render_cfg, model.window = pipe, photo, cfg, 5
+    got = model.predict(None, iuv, {"frame_ids": [1, 2]})
+    for k, f in enumerate((1, 2)):
+        np.testing.assert_allclose(got[k].astype(int), read_rgb(tmp_path / f"item/frames/{f:05d}.png"), atol=2)
+    assert sorted(p.name for p in (tmp_path / "item/raw/frames").glob("*.png")) == [f"{f:05d}.png" for f in range(4)]

@@ -69,7 +69,7 @@ def build_tiny_components(
     """Small seeded VAE / UNet / CLIP vision model / adapter / DDIM scheduler for ``height x width`` frames.
 
     The VAE downsamples by ``2 ** (len(vae_channels) - 1)``; the UNet takes ``4 + pose_channels`` inputs.
-    ``image_tokens`` is the adapter's (``clip_vae`` | ``clip``, ``model.image_tokens``); the weights do not depend on it.
+    ``image_tokens`` (``clip_vae`` | ``clip``) is the adapter's; the weights do not depend on it.
     Returns the keyword arguments of ``DreamPosePipeline``.
     """
     n_vae = len(cfg.vae_channels)
