@@ -154,11 +154,12 @@ def _catalog_item(args: argparse.Namespace) -> int:
     result = run_catalog_item(
         params,
         Path(args.root),
-        args.photo,
+        args.photo if len(args.photo) > 1 else args.photo[0],
         args.poses,
         item_id=args.item_id,
         ground_truth=args.ground_truth,
         allow_private_urls=args.allow_private_urls,
+        finetune=not args.no_finetune,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -263,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     ra.set_defaults(func=_remote_add)
 
     cat = sub.add_parser("catalog-item", help="one photo + poses -> subject model, video, review=pending version")
-    cat.add_argument("--photo", required=True, help="product photo: a path or an http(s) URL")
+    cat.add_argument(
+        "--photo",
+        required=True,
+        action="append",
+        help="product photo: a path or an http(s) URL; repeat it for several photos of the same garment (the first "
+        "conditions the render, all are subject-finetune targets)",
+    )
     cat.add_argument("--poses", required=True, help="a test video id, a directory of IUV .npz/.png, or a video")
     cat.add_argument("--item-id", default=None, help="catalog item id (default: from the photo's file name)")
     cat.add_argument("--ground-truth", default=None, help="optional: ground-truth video id or frames for full metrics")
@@ -271,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private-urls",
         action="store_true",
         help="let a photo URL reach loopback/private/link-local hosts (an intranet; refused by default)",
+    )
+    cat.add_argument(
+        "--no-finetune",
+        action="store_true",
+        help="skip the subject finetune: render with the base model (tagged catalog.subject_finetune=false)",
     )
     cat.set_defaults(func=_catalog_item)
 

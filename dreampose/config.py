@@ -170,9 +170,20 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The base model the ``base_model`` stage builds.
+
+    ``image_tokens``: what the adapter turns the input photo into: ``clip_vae`` (the paper's adapter, CLIP tokens +
+    the photo's VAE-latent tokens) or ``clip`` (CLIP tokens only: the "Ours_CLIP" ablation of the paper's Table 2).
+    It is saved in the model's adapter config, so the finetunes, render, score and the catalog all follow it.
+    """
+
     source: Literal["tiny", "pretrained"] = "tiny"
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    pose_channels: int = Field(10, ge=2)
+    pose_channels: int = Field(
+        10, ge=2, description="UNet pose input channels: u, v per pose frame; in params files derived as "
+        "2 x manifest.pose_window when unset (a different value is an error)"
+    )  # fmt: skip
+    image_tokens: Literal["clip_vae", "clip"] = "clip_vae"
     pretrained: PretrainedModelConfig = PretrainedModelConfig()
     tiny: TinyModelConfig = TinyModelConfig()
 
@@ -235,6 +246,17 @@ class RenderConfig(_Strict):
     frame_batch_size: int = Field(8, ge=1)
     fps: int = Field(16, ge=1)
     seed: int = 0
+    temporal_smoothing: int = Field(
+        0, ge=0, description="0 = off; an odd k >= 3: each output frame is the mean of the raw renders of the k "
+        "video frames centred on it (paper Table 2 Ours_smooth; see dreampose.render.temporal_smooth)"
+    )  # fmt: skip
+
+    @field_validator("temporal_smoothing")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v > 1 and v % 2 == 0:
+            raise ValueError("temporal_smoothing must be 0 (off) or an odd window (centred on the frame)")
+        return v
 
 
 class ScoreConfig(_Strict):
@@ -350,6 +372,31 @@ class Params(_Strict):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     photo_url: PhotoUrlConfig = PhotoUrlConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_pose_channels(cls, data: object) -> object:
+        """``model.pose_channels`` follows ``manifest.pose_window`` (u and v per frame) unless set: one switch,
+        ``manifest.pose_window: 1``, makes the 1-pose model (paper Table 2 "Ours_1-pose")."""
+        if not isinstance(data, dict):
+            return data
+        model, manifest = data.get("model", {}), data.get("manifest", {})
+        if not isinstance(model, dict) or not isinstance(manifest, dict) or "pose_channels" in model:
+            return data
+        window = manifest.get("pose_window", ManifestConfig.model_fields["pose_window"].default)
+        if not isinstance(window, int) or isinstance(window, bool):
+            return data  # the field's own validation names it
+        return {**data, "model": {**model, "pose_channels": 2 * window}}
+
+    @model_validator(mode="after")
+    def _pose_channels_match_window(self) -> Params:
+        channels, window = self.model.pose_channels, self.manifest.pose_window
+        if channels != 2 * window:
+            raise ValueError(
+                f"model.pose_channels is {channels} but manifest.pose_window {window} gives {2 * window} pose "
+                "channels (u, v per frame); leave model.pose_channels unset"
+            )
+        return self
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:

@@ -81,6 +81,50 @@ def poster(rows: np.ndarray, max_rows: int = POSTER_ROWS) -> np.ndarray:
     return np.concatenate(list(rows[idx]), axis=0)
 
 
+def temporal_smooth(frames: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over time of consecutive frames ``(T, H, W, C)``: frame ``t`` becomes the mean of
+    frames ``t - k//2 .. t + k//2`` (``k = window``); at the ends the window is cut to the frames that exist.
+
+    A box over an odd window of whole frames, not a Gaussian of some sigma: the parameter is a count of video
+    frames, the same unit as the pose window the full model sees (5), and a constant sequence stays bit for bit
+    constant. ``window`` 0 or 1 returns the frames unchanged. uint8 in, uint8 out (rounded); floats in, float32 out.
+    """
+    arr = np.asarray(frames)
+    if window < 0 or (window > 1 and window % 2 == 0):
+        raise ValueError(f"smoothing window must be 0, 1 or odd, got {window}")
+    if arr.ndim != 4:
+        raise ValueError(f"frames must be (T, H, W, C), got {arr.shape}")
+    if window <= 1 or len(arr) <= 1:
+        return arr.copy()
+    half, n = window // 2, len(arr)
+    csum = np.concatenate([np.zeros((1, *arr.shape[1:])), np.cumsum(arr, axis=0, dtype=np.float64)])
+    t = np.arange(n)
+    lo, hi = np.maximum(t - half, 0), np.minimum(t + half + 1, n)
+    mean = (csum[hi] - csum[lo]) / (hi - lo).reshape(-1, 1, 1, 1)
+    if arr.dtype == np.uint8:
+        return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+    return mean.astype(np.float32)
+
+
+def smoothing_support(frame_ids: Sequence[int], window: int, num_frames: int) -> list[int]:
+    """The video frames whose raw renders smoothing ``frame_ids`` over ``window`` needs: each id's centred
+    neighbourhood, clipped to ``[0, num_frames - 1]``; sorted, distinct."""
+    half = max(window, 1) // 2
+    ids = {i for f in frame_ids for i in range(max(int(f) - half, 0), min(int(f) + half, num_frames - 1) + 1)}
+    return sorted(ids)
+
+
+def consecutive_runs(ids: Sequence[int]) -> list[list[int]]:
+    """Sorted distinct ids split into runs of consecutive numbers: ``[1, 2, 3, 7, 8] -> [[1, 2, 3], [7, 8]]``."""
+    runs: list[list[int]] = []
+    for i in sorted(set(int(x) for x in ids)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 # ---------------------------------------------------------------- pipeline calls
 
 
@@ -177,6 +221,39 @@ def render_to_dir(
     return {"rendered": len(todo), "skipped": len(frame_ids) - len(todo)}
 
 
+def render_smoothed_to_dir(
+    pipe,
+    image,
+    iuv_seq: np.ndarray,
+    frame_ids: Sequence[int],
+    pose_window: int,
+    cfg: RenderConfig,
+    frames_dir: Path,
+    raw_dir: Path,
+    desc: str,
+) -> dict[str, int]:
+    """``frames_dir/NNNNN.png`` for ``frame_ids``, temporally smoothed over ``cfg.temporal_smoothing`` video frames.
+
+    The test targets lie far apart, so each target's neighbours in the video are rendered too (from their own pose
+    windows of ``iuv_seq``, the whole ``(T, H, W, 3)`` DensePose sequence) into ``raw_dir`` (resumable, shared by
+    the targets and the FVD clip: a frame's render depends only on its id), and the smoothing runs over
+    consecutive video frames only. Counts are those of the raw renders."""
+    from dreampose.data.densepose.iuv import pose_window as window_of
+
+    k = cfg.temporal_smoothing
+    needed = smoothing_support(frame_ids, k, len(iuv_seq))
+    poses = torch.stack([window_of(iuv_seq, t, pose_window) for t in needed])
+    counts = render_to_dir(pipe, image, poses, needed, cfg, raw_dir, desc=desc)
+    wanted = {int(f) for f in frame_ids}
+    Path(frames_dir).mkdir(parents=True, exist_ok=True)
+    for run in consecutive_runs(needed):
+        smoothed = temporal_smooth(np.stack([read_rgb(Path(raw_dir) / FRAME_NAME.format(f)) for f in run]), k)
+        for f, frame in zip(run, smoothed, strict=True):
+            if f in wanted:
+                write_png(frame, Path(frames_dir) / FRAME_NAME.format(f))
+    return counts
+
+
 def _write_videos(out_dir: Path, generated: np.ndarray, columns: list[np.ndarray], fps: int) -> dict[str, str]:
     from dreampose.video import write_video
 
@@ -241,7 +318,9 @@ def render_subject(
     Writes ``frames/NNNNN.png`` (one per target, by target frame), ``video.mp4``,
     ``side_by_side.mp4`` (input photo | colour-coded IUV | generated | ground truth),
     ``poster.png`` and ``render.json``. With ``fvd_manifest``, also the subject's FVD clip
-    (consecutive frames) as ``fvd/frames/NNNNN.png``. ``pipe`` overrides loading ``model_dir`` (tests, flows).
+    (consecutive frames) as ``fvd/frames/NNNNN.png``. With ``cfg.temporal_smoothing`` (an odd k > 1) the frames
+    are smoothed over the k video frames around each (:func:`render_smoothed_to_dir`; the raw renders, targets'
+    neighbours included, stay in ``raw/frames/``). ``pipe`` overrides loading ``model_dir`` (tests, flows).
     ``runtime`` places the loaded pipeline (device, dtype, offload).
     """
     from dreampose.data.dataset import load_pose_sequence
@@ -263,12 +342,26 @@ def render_subject(
         pipe = load_pipeline(model_dir, runtime)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    counts = render_to_dir(pipe, image, poses, frame_ids, cfg, out_dir / "frames", desc=f"render {subject}")
+    window = len(rows["pose_frames"].iloc[0])
+    smooth = cfg.temporal_smoothing > 1
+    if smooth:  # raw renders of the targets and their neighbours in raw/frames, smoothed ones in frames/
+        raw = out_dir / "raw" / "frames"
+        counts = render_smoothed_to_dir(
+            pipe, image, iuv, frame_ids, window, cfg, out_dir / "frames", raw, desc=f"render {subject}"
+        )
+    else:
+        counts = render_to_dir(pipe, image, poses, frame_ids, cfg, out_dir / "frames", desc=f"render {subject}")
     fvd: dict[str, Any] = {}
     if fvd_manifest is not None:
         clip = fvd_rows(fvd_manifest, subject)
         clip_ids = [int(f) for f in clip["target_frame"]]
-        if clip_ids:
+        if clip_ids and smooth:
+            c = render_smoothed_to_dir(
+                pipe, image, iuv, clip_ids, len(clip["pose_frames"].iloc[0]), cfg, out_dir / "fvd" / "frames",
+                raw, desc=f"fvd {subject}",
+            )  # fmt: skip
+            counts = {k: counts[k] + c[k] for k in counts}
+        elif clip_ids:
             clip_poses = load_pose_sequence(iuv_path, clip_ids, window=len(clip["pose_frames"].iloc[0]))
             c = render_to_dir(pipe, image, clip_poses, clip_ids, cfg, out_dir / "fvd" / "frames", desc=f"fvd {subject}")
             counts = {k: counts[k] + c[k] for k in counts}
@@ -329,7 +422,11 @@ def render_sequence(
     if np.asarray(image).shape[:2] != tuple(poses.shape[-2:]):
         raise ValueError(f"input image is {np.asarray(image).shape[:2]} but the poses are {tuple(poses.shape[-2:])}")
     t0 = time.perf_counter()
-    counts = render_to_dir(pipe, image, poses, ids, cfg, out_dir / "frames", desc="render")
+    if cfg.temporal_smoothing > 1:
+        raw = out_dir / "raw" / "frames"
+        counts = render_smoothed_to_dir(pipe, image, iuv_seq, ids, window, cfg, out_dir / "frames", raw, "render")
+    else:
+        counts = render_to_dir(pipe, image, poses, ids, cfg, out_dir / "frames", desc="render")
     t_render = time.perf_counter() - t0
     generated = np.stack([read_rgb(out_dir / "frames" / FRAME_NAME.format(f)) for f in ids])
     pose_rgb = np.stack([iuv_to_rgb(iuv_seq[t]) for t in ids])

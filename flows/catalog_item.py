@@ -50,13 +50,14 @@ def end_with_parent(parent: int | None = None, poll_s: float = 0.5) -> threading
 def run_item_task(
     root: str,
     params_file: str,
-    photo: str,
+    photo: str | list[str],
     poses: str,
     item_id: str | None,
     ground_truth: str | None,
     reuse: bool,
     allow_private_urls: bool = False,
     attempt_key: str | None = None,
+    finetune: bool = True,
 ) -> dict[str, Any]:
     """Validate, finetune, render, score, log and register (side effects only: never cached)."""
     from prefect.runtime import flow_run
@@ -75,12 +76,13 @@ def run_item_task(
         allow_private_urls=allow_private_urls,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         attempt_key=attempt_key,
+        finetune=finetune,
     )
 
 
 @flow(name="catalog-item", persist_result=False, log_prints=True)
 def catalog_item(
-    photo: str,
+    photo: str | list[str],
     poses: str,
     item_id: str | None = None,
     ground_truth: str | None = None,
@@ -88,9 +90,12 @@ def catalog_item(
     params_file: str = PARAMS_FILE,
     reuse: bool = False,
     allow_private_urls: bool = False,
+    finetune: bool = True,
 ) -> dict[str, Any]:
-    """One catalog item: ``photo`` (path or http(s) URL), ``poses`` (a test video id, a directory of
-    IUV ``.npz``/``.png`` files, or a video for DensePose), optional ``ground_truth`` for full metrics.
+    """One catalog item: ``photo`` (path or http(s) URL, or a list of photos of the same garment: the first conditions
+    the render, all are subject-finetune targets), ``poses`` (a test video id, a directory of IUV ``.npz``/``.png``
+    files, or a video for DensePose), optional ``ground_truth`` for full metrics. ``finetune=False`` renders with
+    the base model, without the subject finetune (tagged ``catalog.subject_finetune=false``).
 
     ``reuse=True`` returns the version already registered for identical inputs instead of retraining.
     A photo URL may not reach internal addresses unless ``allow_private_urls`` (or ``photo_url`` in params).
@@ -106,7 +111,7 @@ def catalog_item(
         if flow_run.run_count > MAX_ATTEMPTS:
             raise RuntimeError(f"catalog item {item_id or photo}: giving up after {MAX_ATTEMPTS} attempts")
     result = run_item_task(
-        root_p, params_file, photo, poses, item_id, ground_truth, reuse, allow_private_urls, attempt_key
+        root_p, params_file, photo, poses, item_id, ground_truth, reuse, allow_private_urls, attempt_key, finetune
     )
     if result.get("reused"):
         log.info("inputs unchanged: reusing %s version %s", result["model_name"], result["version"])
@@ -118,7 +123,7 @@ def catalog_item(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.catalog_item", description="Run one catalog item.")
-    p.add_argument("--photo", required=True)
+    p.add_argument("--photo", required=True, action="append", help="repeat for several photos of the garment")
     p.add_argument("--poses", required=True)
     p.add_argument("--item-id", default=None)
     p.add_argument("--ground-truth", default=None)
@@ -126,9 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default=PARAMS_FILE)
     p.add_argument("--reuse", action="store_true", help="return the existing version for identical inputs")
     p.add_argument("--allow-private-urls", action="store_true", help="let a photo URL reach internal hosts")
+    p.add_argument("--no-finetune", action="store_true", help="render with the base model (no subject finetune)")
     a = p.parse_args(argv)
+    photo = a.photo[0] if len(a.photo) == 1 else a.photo
     try:
-        catalog_item(a.photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse, a.allow_private_urls)
+        catalog_item(
+            photo, a.poses, a.item_id, a.ground_truth, a.root, a.params, a.reuse, a.allow_private_urls,
+            finetune=not a.no_finetune,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         print(f"catalog-item: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from PIL import Image
 from dreampose.config import RenderConfig
 from dreampose.data.densepose.iuv import uv_to_model
 from dreampose.render import (
+    consecutive_runs,
     frame_generators,
     iuv_to_rgb,
     png_complete,
@@ -17,6 +18,8 @@ from dreampose.render import (
     render_sequence,
     render_subject,
     side_by_side,
+    smoothing_support,
+    temporal_smooth,
     to_uint8,
 )
 from dreampose.video import probe_video
@@ -161,3 +164,83 @@ def test_a_bright_photo_reaches_the_pipeline_unambiguously():
     np.testing.assert_array_equal(ours, direct(bright))  # what the pipeline makes of the photo itself
     misread = direct(torch.from_numpy(bright).permute(2, 0, 1).float() / 127.5 - 1.0)  # no negative value
     assert (ours != misread).any()  # the ambiguity is real for the pipeline's raw input
+
+
+# ----- temporal smoothing of the output (render.temporal_smoothing; paper Table 2, Ours_smooth)
+
+
+def test_temporal_smooth_keeps_constants_is_identity_at_window_1_and_cuts_the_window_at_the_ends():
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, 256, (6, 4, 3, 3), dtype=np.uint8)
+    const = np.full((5, 4, 3, 3), 77, np.uint8)
+    np.testing.assert_array_equal(temporal_smooth(const, 5), const)
+    np.testing.assert_array_equal(temporal_smooth(seq, 1), seq)
+    np.testing.assert_array_equal(temporal_smooth(seq, 0), seq)
+    out = temporal_smooth(seq, 3)
+    assert out.dtype == np.uint8 and out.shape == seq.shape
+    f = seq.astype(np.float64)
+    np.testing.assert_array_equal(out[0], np.rint((f[0] + f[1]) / 2).astype(np.uint8))  # cut at the start
+    np.testing.assert_array_equal(out[2], np.rint((f[1] + f[2] + f[3]) / 3).astype(np.uint8))
+    np.testing.assert_array_equal(out[-1], np.rint((f[-2] + f[-1]) / 2).astype(np.uint8))  # and at the end
+    with pytest.raises(ValueError, match="odd"):
+        temporal_smooth(seq, 4)
+
+
+def test_temporal_smooth_reduces_flicker():
+    flicker = np.stack([np.full((2, 2, 3), 100 + 40 * (t % 2), np.uint8) for t in range(9)])
+    smooth = temporal_smooth(flicker, 3)
+    assert temporal_l1_of(smooth) < 0.5 * temporal_l1_of(flicker)
+
+
+def temporal_l1_of(frames: np.ndarray) -> float:
+    return float(np.abs(np.diff(frames.astype(np.float64), axis=0)).mean())
+
+
+def test_smoothing_support_and_runs():
+    assert smoothing_support([4, 8], 3, 12) == [3, 4, 5, 7, 8, 9]
+    assert smoothing_support([0, 11], 5, 12) == [0, 1, 2, 9, 10, 11]
+    assert smoothing_support([4], 0, 12) == [4]
+    assert consecutive_runs([9, 3, 4, 5, 8, 7]) == [[3, 4, 5], [7, 8, 9]]
+    with pytest.raises(ValueError, match="odd window"):
+        RenderConfig(temporal_smoothing=4)
+
+
+def test_render_subject_with_smoothing_renders_the_neighbours_and_smooths_over_them(tmp_path):
+    manifest = make_workspace(tmp_path, targets=(4, 8))
+    fvd_manifest = make_fvd_manifest(tmp_path, start=5, length=3)
+    pipe = CountingPipeline(tiny_pipeline())
+    off = render_subject(CFG, tmp_path, manifest, SUBJECTS[0], tmp_path, tmp_path / "off", pipe=pipe.pipe)
+    cfg = CFG.model_copy(update={"temporal_smoothing": 3})
+    out = tmp_path / "smooth"
+    meta = render_subject(cfg, tmp_path, manifest, SUBJECTS[0], tmp_path, out, pipe=pipe, fvd_manifest=fvd_manifest)
+    # targets 4, 8 and their neighbours 3, 5, 7, 9; the FVD clip 5..7 adds 6 (its 4 and 8 are already there)
+    assert sorted(p.name for p in (out / "raw/frames").glob("*.png")) == [f"{f:05d}.png" for f in range(3, 10)]
+    assert pipe.frames == meta["rendered"] == 7
+    assert meta["frames"] == off["frames"] == [4, 8]
+    raw = {f: read_rgb(out / "raw/frames" / f"{f:05d}.png").astype(np.float64) for f in range(3, 10)}
+    for f in (4, 8):  # a smoothed target is the mean of its own raw render and its two neighbours'
+        want = np.rint((raw[f - 1] + raw[f] + raw[f + 1]) / 3).astype(np.uint8)
+        np.testing.assert_array_equal(read_rgb(out / "frames" / f"{f:05d}.png"), want)
+        unsmoothed = read_rgb(tmp_path / "off/frames" / f"{f:05d}.png").astype(int)
+        np.testing.assert_allclose(raw[f], unsmoothed, atol=2)  # the raw render is the plain render
+    for f in (5, 6, 7):
+        want = np.rint((raw[f - 1] + raw[f] + raw[f + 1]) / 3).astype(np.uint8)
+        np.testing.assert_array_equal(read_rgb(out / "fvd/frames" / f"{f:05d}.png"), want)
+    assert not np.array_equal(read_rgb(out / "frames/00004.png"), read_rgb(tmp_path / "off/frames/00004.png"))
+    assert json.loads((out / "render.json").read_text())["settings"]["temporal_smoothing"] == 3
+
+
+def test_the_registered_model_smooths_as_the_catalog_render_did(tmp_path):
+    from dreampose.mlflow_model import DreamPoseSubjectModel
+
+    pipe = tiny_pipeline()
+    photo = np.full((H, W, 3), 90, np.uint8)
+    iuv = np.stack([make_iuv(t) for t in range(4)])
+    cfg = CFG.model_copy(update={"temporal_smoothing": 3})
+    render_sequence(pipe, photo, iuv, cfg, tmp_path / "item", frame_ids=[1, 2])
+    model = DreamPoseSubjectModel()
+    model.pipe, model.photo, model.render_cfg, model.window = pipe, photo, cfg, 5
+    got = model.predict(None, iuv, {"frame_ids": [1, 2]})
+    for k, f in enumerate((1, 2)):
+        np.testing.assert_allclose(got[k].astype(int), read_rgb(tmp_path / f"item/frames/{f:05d}.png"), atol=2)
+    assert sorted(p.name for p in (tmp_path / "item/raw/frames").glob("*.png")) == [f"{f:05d}.png" for f in range(4)]

@@ -17,9 +17,18 @@ if TYPE_CHECKING:
 ATTEMPT_TAG = "catalog.attempt_key"
 
 
+def subject_tags(item: _Item) -> dict[str, str]:
+    """How the item's model was made: with or without the subject finetune, and from how many photos."""
+    return {
+        "catalog.subject_finetune": str(item.finetune).lower(),
+        "catalog.num_photos": str(1 + len(item.more_photos)),
+    }
+
+
 def run_tags(item: _Item, flow_run_id: str | None, attempt_key: str | None = None) -> dict[str, str]:
     """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
     tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
+    tags.update(subject_tags(item))
     if flow_run_id:
         tags["prefect.flow_run_id"] = str(flow_run_id)
     if attempt_key:

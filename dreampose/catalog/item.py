@@ -92,42 +92,69 @@ def model_digest(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def input_key(photo: np.ndarray, seq: PoseSequence, base_digest: str, params) -> str:
-    """Identity of a catalog item's inputs: photo pixels, poses, base model and the settings that shape the result."""
+def input_key(
+    photo: np.ndarray,
+    seq: PoseSequence,
+    base_digest: str,
+    params,
+    more_photos: tuple[np.ndarray, ...] = (),
+    finetune: bool = True,
+) -> str:
+    """Identity of a catalog item's inputs: photo pixels (every photo, in order), poses, base model and the settings
+    that shape the result. One photo with the subject finetune keys exactly as before those options existed."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(photo).tobytes())
+    for extra in more_photos:
+        h.update(b"|photo|" + np.ascontiguousarray(extra).tobytes())
     h.update(np.ascontiguousarray(seq.iuv[seq.frame_ids]).tobytes())
     h.update(json.dumps(seq.frame_ids).encode())
     h.update(base_digest.encode())
-    settings = {"train_subject": params.train_subject.model_dump(), "render": params.render.model_dump()}
+    render = params.render.model_dump()
+    if not render["temporal_smoothing"]:  # off: keys stay as they were before the setting existed
+        del render["temporal_smoothing"]
+    settings: dict[str, Any] = {"train_subject": params.train_subject.model_dump(), "render": render}
+    if not finetune:  # the base model renders: the subject settings play no part
+        settings = {"render": render, "subject_finetune": False}
     if params.runtime.dtype != "fp32":  # reduced-precision renders differ; fp32 keys stay as they always were
         settings["runtime_dtype"] = params.runtime.dtype
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
 
-def _write_subject_inputs(run_dir: Path, item_id: str, photo: np.ndarray, photo_iuv: np.ndarray, window: int) -> Path:
-    """The subject-manifest row a finetune expects: the photo as both input and target, with its pose."""
+def photo_file(k: int) -> str:
+    """The run directory's name for photo ``k`` (0 = the conditioning photo, ``input/photo.png`` as always)."""
+    return "input/photo.png" if k == 0 else f"input/photo_{k}.png"
+
+
+def _write_subject_inputs(
+    run_dir: Path, item_id: str, photos: list[np.ndarray], photo_iuvs: list[np.ndarray], window: int
+) -> Path:
+    """The subject-manifest rows a finetune expects, one per photo: each photo as both input and target, with its
+    own pose repeated over the window (photos are not a video); as for a test video's ``subject_frames``."""
     import pyarrow as pa
 
     from dreampose.data.manifest import SCHEMA, write_parquet_atomic
 
     inp = run_dir / "input"
     inp.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(photo).save(inp / "photo.png")
-    np.savez_compressed(inp / "photo_iuv.npz", iuv=photo_iuv[None])
-    row = {
-        "subject_id": item_id,
-        "video": item_id,
-        "split": "catalog",
-        "input_frame": 0,
-        "target_frame": 0,
-        "input_path": "input/photo.png",
-        "target_path": "input/photo.png",
-        "densepose_path": "input/photo_iuv.npz",
-        "pose_frames": [0] * window,
-    }
-    table = pa.Table.from_pylist([{k: row.get(k) for k in SCHEMA.names}], schema=SCHEMA)
+    for k, photo in enumerate(photos):
+        Image.fromarray(photo).save(run_dir / photo_file(k))
+    np.savez_compressed(inp / "photo_iuv.npz", iuv=np.stack(photo_iuvs))
+    rows = [
+        {
+            "subject_id": item_id,
+            "video": item_id,
+            "split": "catalog",
+            "input_frame": k,
+            "target_frame": k,
+            "input_path": photo_file(k),
+            "target_path": photo_file(k),
+            "densepose_path": "input/photo_iuv.npz",
+            "pose_frames": [k] * window,
+        }
+        for k in range(len(photos))
+    ]
+    table = pa.Table.from_pylist([{k: row.get(k) for k in SCHEMA.names} for row in rows], schema=SCHEMA)
     manifest = inp / "subject.parquet"
     write_parquet_atomic(table, manifest)
     return manifest
@@ -161,12 +188,16 @@ class _Item:
     photo_iuv_source: str
     key: str
     base_digest: str = ""
+    # Further photos of the same garment (subject-finetune targets beside ``photo``) and their poses.
+    more_photos: tuple[Photo, ...] = ()
+    more_photo_iuvs: tuple[np.ndarray, ...] = ()
+    finetune: bool = True  # False: render with the base model, no subject finetune
 
 
 def run_catalog_item(
     params,
     root: Path,
-    photo: str,
+    photo: str | list[str] | tuple[str, ...],
     poses: str,
     item_id: str | None = None,
     ground_truth: str | None = None,
@@ -175,8 +206,14 @@ def run_catalog_item(
     allow_private_urls: bool = False,
     flow_run_id: str | None = None,
     attempt_key: str | None = None,
+    finetune: bool = True,
 ) -> dict[str, Any]:
     """One catalog item end to end; returns a JSON-able summary with the registered version.
+
+    ``photo``: one photo, or several photos of the same garment (paper supplement, "Multiple Input Frames"): the
+    first is the conditioning photo of the render, all of them are subject-finetune targets. Each is validated,
+    resized and center-cropped like a single photo. ``finetune=False`` skips the subject finetune and renders
+    with the base model (tagged ``catalog.subject_finetune=false`` on the run and the version; one photo only).
 
     A photo URL follows ``params.photo_url``; ``allow_private_urls`` also admits internal addresses.
 
@@ -196,9 +233,18 @@ def run_catalog_item(
     runtime = resolve_runtime(params.runtime)  # a device this machine lacks fails before any work
     root = Path(root).resolve()
     base_dir = Path(base_dir) if base_dir is not None else Workspace(root).base
-    item_id = item_id_from(photo, item_id)
+    photos = [photo] if isinstance(photo, str) else list(photo)
+    if not photos or not all(isinstance(p, str) and p for p in photos):
+        raise ValueError(f"photo: expected one or more paths or URLs, got {photo!r}")
+    if not finetune and len(photos) > 1:
+        raise ValueError(
+            f"{len(photos)} photos without the subject finetune: the extra photos are finetune targets only; "
+            "give one photo, or drop --no-finetune"
+        )
+    item_id = item_id_from(photos[0], item_id)
     h, w = params.frames.height, params.frames.width
-    checked = validate_photo(photo, h, w, url_policy=photo_url_policy(params.photo_url, allow_private_urls))
+    policy = photo_url_policy(params.photo_url, allow_private_urls)
+    checked, *more = [validate_photo(p, h, w, url_policy=policy) for p in photos]
     if not (base_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no base model (run the pipeline up to finetune_base first)")
     from dreampose.models.sizes import check_saved_model_frame_size
@@ -207,8 +253,9 @@ def run_catalog_item(
     seq = resolve_poses(poses, root, params)
     truth = load_ground_truth(ground_truth, seq, root, params.frames) if ground_truth else None
     p_iuv, p_iuv_source = photo_pose(checked, seq, params, root)
+    more_iuvs = tuple(photo_pose(m, seq, params, root)[0] for m in more)
     base_digest = model_digest(base_dir)
-    key = input_key(checked.pixels, seq, base_digest, params)
+    key = input_key(checked.pixels, seq, base_digest, params, tuple(m.pixels for m in more), finetune)
     name = params.tracking.registered_model
     enabled = tracking.tracking_enabled()
     if enabled:
@@ -221,7 +268,7 @@ def run_catalog_item(
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
-    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest)
+    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest, tuple(more), more_iuvs, finetune)
     attempt_key = attempt_key or uuid.uuid4().hex
     try:
         return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime, attempt_key)
@@ -271,23 +318,29 @@ def _train_render_register(
             raise ValueError(f"{run_dir} already exists; refusing to mix two runs' outputs")
         try:
             window = params.manifest.pose_window
-            manifest = _write_subject_inputs(run_dir, item.item_id, item.photo.pixels, item.photo_iuv, window)
+            photos = [item.photo.pixels, *(m.pixels for m in item.more_photos)]
+            manifest = _write_subject_inputs(
+                run_dir, item.item_id, photos, [item.photo_iuv, *item.more_photo_iuvs], window
+            )
             t0 = time.perf_counter()
             size = (params.frames.height, params.frames.width)
+            model_dir = run_dir / "model" if item.finetune else base_dir
             with _MODEL_LOCK:
-                trained = finetune_subject(
-                    params.train_subject,
-                    base_dir,
-                    manifest,
-                    item.item_id,
-                    run_dir,
-                    run_dir / "model",
-                    size=size,
-                    logger=MlflowLogger(prefix="train/") if run is not None else None,
-                    device=runtime.device if runtime is not None else None,
-                )
+                trained: dict[str, Any] = {"skipped": "no subject finetune: the base model renders"}
+                if item.finetune:
+                    trained = finetune_subject(
+                        params.train_subject,
+                        base_dir,
+                        manifest,
+                        item.item_id,
+                        run_dir,
+                        model_dir,
+                        size=size,
+                        logger=MlflowLogger(prefix="train/") if run is not None else None,
+                        device=runtime.device if runtime is not None else None,
+                    )
                 t_train = time.perf_counter() - t0
-                pipe = load_pipeline(run_dir / "model", runtime)
+                pipe = load_pipeline(model_dir, runtime)
             render = render_sequence(
                 pipe,
                 item.photo.pixels,
@@ -307,6 +360,9 @@ def _train_render_register(
                 "run_id": run_id,
                 "run_dir": str(run_dir),
                 "photo": item.photo.source,
+                "photos": [item.photo.source, *(m.source for m in item.more_photos)],
+                "subject_finetune": item.finetune,
+                "model_dir": str(model_dir),
                 "photo_notes": list(item.photo.notes),
                 "photo_pose": item.photo_iuv_source,
                 "poses": item.seq.source,
@@ -325,7 +381,7 @@ def _train_render_register(
         if run is None:
             return {**summary, "model_name": None, "version": None, "review": None}
         t2 = time.perf_counter()
-        info = log_and_register(params, root, item, run_id, run_dir, scores, summary, frames)
+        info = log_and_register(params, root, item, run_id, run_dir, scores, summary, frames, model_dir)
     seconds = {**summary["seconds"], "registry": round(time.perf_counter() - t2, 2)}  # log + register
     return {
         **summary,

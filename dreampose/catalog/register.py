@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dreampose.catalog.attempts import subject_tags
 from dreampose.layout import Workspace
 
 if TYPE_CHECKING:
     from dreampose.catalog.item import _Item
 
 
-def _log_model(params, item: _Item, run_dir: Path) -> None:
-    """The subject model as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
+def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None) -> None:
+    """The subject model (``model_dir``, default the run's ``model/``; the base model when the item skipped the
+    subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
     import mlflow
 
     from dreampose.mlflow_model import save_subject_model
@@ -24,7 +26,7 @@ def _log_model(params, item: _Item, run_dir: Path) -> None:
     staging = run_dir / "mlflow_model"
     save_subject_model(
         staging,
-        run_dir / "model",
+        model_dir if model_dir is not None else run_dir / "model",
         run_dir / "input" / "photo.png",
         params.render.model_dump(),
         params.manifest.pose_window,
@@ -71,18 +73,21 @@ def _description(run, model_name: str, item_id: str) -> str:
     )
 
 
-def log_and_register(params, root: Path, item: _Item, run_id: str, run_dir: Path, scores, summary, frames) -> Any:
+def log_and_register(
+    params, root: Path, item: _Item, run_id: str, run_dir: Path, scores, summary, frames, model_dir: Path | None = None
+) -> Any:
     """Quality metrics, the pyfunc model, media, the registered version and its review page."""
     import mlflow
 
     from dreampose import registry
 
     mlflow.log_metrics({f"quality/{k}": v for k, v in scores.items() if np.isfinite(v)})
-    _log_model(params, item, run_dir)
+    _log_model(params, item, run_dir, model_dir)
     for f in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json"):
         if (run_dir / "render" / f).is_file():
             mlflow.log_artifact(str(run_dir / "render" / f), "render")
-    mlflow.log_artifact(str(run_dir / "input" / "photo.png"), "input")
+    for photo in sorted((run_dir / "input").glob("photo*.png")):
+        mlflow.log_artifact(str(photo), "input")
     mlflow.log_dict(summary, "metrics.json")
     runs = f"runs:/{run_id}"
     run = mlflow.active_run()
@@ -101,6 +106,7 @@ def log_and_register(params, root: Path, item: _Item, run_id: str, run_dir: Path
             "base_model.sha256": item.base_digest,
             "photo": item.photo.source[:500],
             "poses": item.seq.source[:500],
+            **subject_tags(item),
         },
         description=_description(run, params.tracking.registered_model, item.item_id),
     )

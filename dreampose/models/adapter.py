@@ -80,7 +80,14 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         patch_size: side of the latent patch that becomes one token.
         projection_dim: size of CLIP's ``image_embeds``; when set, the projected embedding is
             prepended as one extra global token.
+        image_tokens: ``"clip_vae"`` (the paper's adapter: CLIP tokens + the photo's VAE-latent tokens) or
+            ``"clip"`` (CLIP tokens only, the paper's "Ours_CLIP" ablation, Table 2). Saved in the adapter's
+            config, so every user of the model (finetunes, render, score, catalog) conditions the same way.
+            The VAE branch's weights exist either way (same state dict and seeded init); CLIP-only leaves
+            them unused.
     """
+
+    IMAGE_TOKENS = ("clip_vae", "clip")
 
     @register_to_config
     def __init__(
@@ -90,8 +97,11 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         latent_channels: int = 4,
         patch_size: int = 2,
         projection_dim: int | None = None,
+        image_tokens: str = "clip_vae",
     ):
         super().__init__()
+        if image_tokens not in self.IMAGE_TOKENS:
+            raise ValueError(f"image_tokens must be one of {self.IMAGE_TOKENS}, got {image_tokens!r}")
         self.clip_norm = nn.LayerNorm(clip_dim)
         self.clip_proj = nn.Linear(clip_dim, cross_attention_dim)
         if clip_dim == cross_attention_dim:
@@ -110,6 +120,11 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         # Zero gate: the VAE branch contributes nothing until training opens it (exactly so in the UNet,
         # through DecoupledImageAttention; see the module docstring).
         self.vae_gate = nn.Parameter(torch.zeros(1))
+
+    @property
+    def uses_vae_tokens(self) -> bool:
+        """Whether the conditioning includes the photo's VAE-latent tokens (``image_tokens == "clip_vae"``)."""
+        return self.config.image_tokens == "clip_vae"
 
     def num_clip_tokens(self, vision_config) -> int:
         """Length of the CLIP part of :meth:`forward`'s sequence for a CLIP vision model config.
@@ -155,10 +170,15 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         latents: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``clip_tokens`` followed (with ``latents``) by the gated ``vae_tokens``: ``(B, N (+1) + h*w/p^2, D)``."""
+        """``clip_tokens`` followed (with ``latents``) by the gated ``vae_tokens``: ``(B, N (+1) + h*w/p^2, D)``.
+
+        A CLIP-only adapter (``image_tokens="clip"``) refuses ``latents`` rather than silently dropping them.
+        """
         tokens = self.clip_tokens(clip_hidden_states, image_embeds)
         if latents is None:
             return tokens
+        if not self.uses_vae_tokens:
+            raise ValueError("this adapter is CLIP-only (image_tokens='clip'): pass latents=None")
         if latents.shape[0] != tokens.shape[0]:
             raise ValueError(
                 f"latents batch {latents.shape[0]} does not match clip_hidden_states batch {tokens.shape[0]}"

@@ -64,10 +64,12 @@ def build_tiny_components(
     prediction_type: str = "v_prediction",
     seed: int = 0,
     pose_channels: int = 10,
+    image_tokens: str = "clip_vae",
 ) -> dict[str, Any]:
     """Small seeded VAE / UNet / CLIP vision model / adapter / DDIM scheduler for ``height x width`` frames.
 
     The VAE downsamples by ``2 ** (len(vae_channels) - 1)``; the UNet takes ``4 + pose_channels`` inputs.
+    ``image_tokens`` (``clip_vae`` | ``clip``) is the adapter's; the weights do not depend on it.
     Returns the keyword arguments of ``DreamPosePipeline``.
     """
     n_vae = len(cfg.vae_channels)
@@ -122,6 +124,7 @@ def build_tiny_components(
             cross_attention_dim=cfg.cross_attention_dim,
             latent_channels=4,
             patch_size=ADAPTER_PATCH,
+            image_tokens=image_tokens,
         )
     feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": clip_size},
@@ -147,7 +150,10 @@ def _is_local(path: str) -> bool:
 
 
 def load_pretrained_components(
-    cfg: PretrainedModelConfig, prediction_type: str = "epsilon", pose_channels: int = 10
+    cfg: PretrainedModelConfig,
+    prediction_type: str = "epsilon",
+    pose_channels: int = 10,
+    image_tokens: str = "clip_vae",
 ) -> dict[str, Any]:
     """Stable Diffusion v1.x (diffusers layout) + CLIP vision model -> ``DreamPosePipeline`` keyword arguments.
 
@@ -182,6 +188,7 @@ def load_pretrained_components(
         cross_attention_dim=unet.config.cross_attention_dim,
         latent_channels=vae.config.latent_channels,
         patch_size=ADAPTER_PATCH,
+        image_tokens=image_tokens,
     ).eval()
     return {
         "vae": vae,
@@ -365,8 +372,12 @@ def build_base_model(
     check_frame_size(height, width, model_size_multiple(cfg), f"the {cfg.source} model (model.source)")
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"source": cfg.source, "prediction_type": cfg.prediction_type}
+    if cfg.image_tokens != "clip_vae":  # only when set, so the default base model's build.json is unchanged
+        summary["image_tokens"] = cfg.image_tokens
     if cfg.source == "tiny":
-        comps = build_tiny_components(cfg.tiny, height, width, cfg.prediction_type, seed, cfg.pose_channels)
+        comps = build_tiny_components(
+            cfg.tiny, height, width, cfg.prediction_type, seed, cfg.pose_channels, cfg.image_tokens
+        )
         frames_dir = Path(frames_dir)
         root = Path(root) if root is not None else frames_dir.parent.parent
         metrics = pretrain_tiny_vae(
@@ -380,7 +391,7 @@ def build_base_model(
         )
         summary.update(metrics)
     else:
-        comps = load_pretrained_components(cfg.pretrained, cfg.prediction_type, cfg.pose_channels)
+        comps = load_pretrained_components(cfg.pretrained, cfg.prediction_type, cfg.pose_channels, cfg.image_tokens)
     pipe = DreamPosePipeline(**comps)
     summary.update(
         {

@@ -230,11 +230,14 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
         return z * self.vae.config.scaling_factor
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Cross-attention tokens ``(B, L, D)`` of ``pixels`` (B, 3, H, W) in [-1, 1]: CLIP + VAE latent, adapted."""
+        """Cross-attention tokens ``(B, L, D)`` of ``pixels`` (B, 3, H, W) in [-1, 1]: CLIP + VAE latent, adapted
+        (CLIP alone when the adapter is CLIP-only: ``adapter.config.image_tokens == "clip"``; the VAE is not run)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels has shape {tuple(pixels.shape)}, expected (B, 3, H, W) in [-1, 1]")
         enc = self.image_encoder(pixel_values=self.clip_pixels(pixels).to(self.image_encoder.dtype))
         embeds = enc.image_embeds if self.adapter.config.projection_dim else None
+        if not self.adapter.uses_vae_tokens:
+            return self.adapter(enc.last_hidden_state, None, image_embeds=embeds)
         latents = self.encode_latents(pixels)
         return self.adapter(enc.last_hidden_state, latents.to(self.adapter.dtype), image_embeds=embeds)
 

@@ -188,7 +188,8 @@ def finetune_subject(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Phase 1: UNet + adapter (or UNet LoRA + adapter when ``cfg.lora_rank > 0``) on ``subject``'s pairs with
-    aligned random crops; phase 2: VAE decoder (L1). ``device`` as in :func:`finetune_base`."""
+    aligned random crops; phase 2: VAE decoder (L1), skipped when ``cfg.decoder_steps == 0`` (the subject model
+    then keeps the base model's VAE, bit for bit). ``device`` as in :func:`finetune_base`."""
     from dreampose.data.dataset import PairDataset
 
     t0 = time.perf_counter()
@@ -252,6 +253,8 @@ def finetune_subject(
             decoder_l1_first=phase2.losses[0] if phase2.losses else None,
             decoder_l1_last=phase2.losses[-1] if phase2.losses else None,
         )
+    else:  # UNet only (paper Table 2 "Ours_No-VAE-FT"): the subject model keeps the base model's VAE decoder
+        summary["decoder_steps"] = 0
     summary["seconds"] = time.perf_counter() - t0
     if accelerator.is_main_process:
         pipe.vae.requires_grad_(False)

@@ -124,6 +124,7 @@ def test_pose_window_indices_clamped():
     assert I.pose_window_indices(5, 10) == [3, 4, 5, 6, 7]
     assert I.pose_window_indices(9, 10) == [7, 8, 9, 9, 9]
     assert I.pose_window_indices(0, 1, 3) == [0, 0, 0]
+    assert I.pose_window_indices(4, 10, 1) == [4]  # manifest.pose_window: 1 (paper Table 2, Ours_1-pose)
     with pytest.raises(ValueError, match="odd"):
         I.pose_window_indices(0, 10, 4)
     with pytest.raises(ValueError, match="outside"):

@@ -54,6 +54,22 @@ def test_finetune_subject_trains_unet_then_decoder(ws):
     assert not torch.equal(pipe.unet.conv_in.weight, ref.unet.conv_in.weight)
 
 
+def test_decoder_steps_0_finetunes_the_unet_only_and_keeps_the_base_vae(ws):
+    from dreampose.models.pipeline import DreamPosePipeline
+
+    cfg = SubjectConfig(unet=TrainConfig(max_steps=2, batch_size=2, lr=3e-4, checkpoint_every=2), decoder_steps=0)
+    out = ws / "models" / "subjects" / "syn_0"
+    summary = finetune_subject(
+        cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws, out, size=(H, W)
+    )
+    assert summary["unet_steps"] == 2 and summary["decoder_steps"] == 0 and "decoder_l1_last" not in summary
+    pipe = DreamPosePipeline.from_pretrained(out)
+    ref = DreamPosePipeline.from_pretrained(ws / "pretrained")
+    got, want = pipe.vae.state_dict(), ref.vae.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(pipe.unet.conv_in.weight, ref.unet.conv_in.weight)
+
+
 def test_unknown_subject_is_a_clear_error(ws):
     with pytest.raises(ValueError, match="no rows for subject 'nobody'"):
         subject_rows(ws / "manifests" / "pairs.parquet", "nobody")

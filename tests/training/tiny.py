@@ -19,11 +19,11 @@ TINY = TinyModelConfig(
 )
 
 
-def tiny_pipeline(seed: int = 0, prediction_type: str = "v_prediction"):
+def tiny_pipeline(seed: int = 0, prediction_type: str = "v_prediction", pose_channels: int = POSE_CHANNELS):
     from dreampose.models.builders import build_tiny_components
     from dreampose.models.pipeline import DreamPosePipeline
 
-    return DreamPosePipeline(**build_tiny_components(TINY, H, W, prediction_type, seed, POSE_CHANNELS))
+    return DreamPosePipeline(**build_tiny_components(TINY, H, W, prediction_type, seed, pose_channels))
 
 
 class TinyPairs(Dataset):
@@ -53,8 +53,11 @@ class TinyPairs(Dataset):
 FRAMES = 6
 
 
-def write_workspace(root: Path) -> Path:
-    """Two subjects, 6 frames each: a coloured square that moves with its IUV; pair manifests."""
+def write_workspace(root: Path, window: int = 5) -> Path:
+    """Two subjects, 6 frames each: a coloured square that moves with its IUV; pair manifests with ``window``
+    pose frames per pair, and a base model in ``pretrained/`` with ``2 * window`` pose channels."""
+    from dreampose.data.densepose.iuv import pose_window_indices
+
     rng = np.random.default_rng(0)
     rows = []
     for s, colour in enumerate([(220, 40, 40), (40, 60, 220)]):
@@ -76,10 +79,10 @@ def write_workspace(root: Path) -> Path:
                     "input_path": f"frames/{vid}/00000.png",
                     "target_path": f"frames/{vid}/{t:05d}.png",
                     "densepose_path": f"densepose/{vid}.npz",
-                    "pose_frames": [int(min(max(t + d, 0), FRAMES - 1)) for d in range(-2, 3)],
+                    "pose_frames": pose_window_indices(int(t), FRAMES, window),
                 }
             )
     (root / "manifests").mkdir()
     pd.DataFrame(rows).to_parquet(root / "manifests" / "pairs.parquet")
-    tiny_pipeline(seed=0).save_pretrained(root / "pretrained", safe_serialization=True)
+    tiny_pipeline(seed=0, pose_channels=2 * window).save_pretrained(root / "pretrained", safe_serialization=True)
     return root / "manifests" / "pairs.parquet"
