@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
-from dreampose.config import PARAMS_FILE, ConfigError, layered_params, load_params
+from dreampose.config import PARAMS_FILE, ConfigError, dump_yaml, layered_params, load_params
 
 # name -> (function in dreampose.stages, help text, takes --subject)
 STAGES: dict[str, tuple[str, str, bool]] = {
@@ -26,7 +24,7 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "base-model": ("base_model", "build the base DreamPose model: tiny (VAE pre-trained here) or local SD v1.x", False),
     "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
     "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
-    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/scores.json", False),
+    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/evaluation.json", False),
     "report": ("report", "print our scores next to the paper's published Table 1", False),
     "finetune-base": ("finetune_base", "finetune UNet + adapter on the training pairs -> models/base", False),
     "finetune-subject": (
@@ -56,7 +54,7 @@ def _config_use(args: argparse.Namespace) -> int:
         return 0
     merged, _ = layered_params(src, args.override)  # validated before anything is overwritten
     header = f"# {src} with {args.override} merged on top (dreampose config use --override); edit those instead\n"
-    dst.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    dst.write_text(header + dump_yaml(merged, dst))
     print(f"{dst} <- {src} + {args.override}")
     return 0
 

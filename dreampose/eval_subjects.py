@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dreampose.config import PARAMS_FILE, ConfigError, load_params, parse_params
+from dreampose.config import PARAMS_FILE, ConfigError, dump_yaml, load_params, parse_params, parse_yaml
 from dreampose.data.manifest import select_eval_subjects
 from dreampose.fsutil import atomic_write
 from dreampose.layout import Workspace
@@ -30,10 +30,12 @@ _TOP_KEY = re.compile(r"^[^\s#]")
 
 
 def _scalar(value: str) -> str:
-    """``value`` as a YAML scalar that reads back as the same string (quoted when it would not, e.g. ``123``)."""
+    """``value`` as a YAML scalar that reads back as the same string under YAML 1.2 (DVC, ``parse_yaml``) and 1.1
+    (PyYAML) (quoted when it would not, e.g. ``123``, ``no``)."""
+    plain_ok = value.strip() == value and not value.startswith(("[", "{"))
     try:
-        plain_ok = yaml.safe_load(value) == value and value.strip() == value and not value.startswith(("[", "{"))
-    except yaml.YAMLError:
+        plain_ok = plain_ok and yaml.safe_load(value) == value and parse_yaml(value, "<scalar>") == value
+    except (yaml.YAMLError, ConfigError):
         plain_ok = False
     return value if plain_ok else json.dumps(value)
 
@@ -56,9 +58,9 @@ def set_eval_subjects_text(text: str, subjects: Sequence[str]) -> str:
     end = next((j for j in range(start + 1, len(lines)) if _TOP_KEY.match(lines[j])), len(lines))
     head = lines[start]
     if re.sub(r"#.*", "", head.split(":", 1)[1]).strip():  # a flow mapping on the key's line: rewrite as a block
-        raw = yaml.safe_load(head) or {}
+        raw = parse_yaml(head, "eval") or {}
         block = dict(raw.get("eval") or {}, subjects=list(subjects))
-        body = yaml.safe_dump(block, default_flow_style=None, sort_keys=False, width=MAX_FLOW_LINE)
+        body = dump_yaml(block, "eval", flow_leaves=True)
         new = ["eval:\n"] + [f"  {ln}\n" for ln in body.splitlines()]
         return "".join(lines[:start] + new + lines[end:])
     children = [j for j in range(start + 1, end) if lines[j].strip() and not lines[j].lstrip().startswith("#")]
@@ -90,13 +92,13 @@ def write_eval_subjects(params_path: str | Path, subjects: Sequence[str]) -> Non
     text = path.read_text()
     subjects = [str(s) for s in subjects]
     new_text = set_eval_subjects_text(text, subjects)
-    expected = copy.deepcopy(yaml.safe_load(text) or {})
+    expected = copy.deepcopy(parse_yaml(text, path) or {})
     if not isinstance(expected.get("eval"), dict):
         expected["eval"] = {}
     expected["eval"]["subjects"] = subjects
     try:
-        got = yaml.safe_load(new_text)
-    except yaml.YAMLError as err:
+        got = parse_yaml(new_text, path)
+    except ConfigError as err:
         got = err
     if got != expected:
         raise ConfigError(

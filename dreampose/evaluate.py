@@ -8,7 +8,11 @@ mask. A metric whose network is absent is reported ``unavailable`` with the reas
 
 Resolution: the top-level numbers are at the frames' native size. With ``cfg.table1_size`` set, the
 same metrics of ``ours`` are computed again on frames resized (antialiased, aspect kept) so their longer
-side is ``table1_size`` pixels, the resolution of the paper's Table 1, under ``table1`` in scores.json.
+side is ``table1_size`` pixels, the resolution of the paper's Table 1, under ``table1``.
+
+Two records: ``evaluation.json`` holds everything (with the reasons and notes); ``scores.json``, the DVC metrics
+file, holds its numbers only (``metric_values``), so ``dvc metrics diff`` and ``dvc exp show`` list metrics, not
+"unavailable" strings.
 
 Baselines rendered and scored in the same run (``<out_dir>/baselines/<name>/<subject>/frames``):
 ``copy_input`` (the input photo as every frame), ``pose_zeroed`` (the subject model with zero pose
@@ -30,7 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ import torch
 from dreampose.config import RenderConfig, ScoreConfig
 from dreampose.fsutil import atomic_write
 from dreampose.io import load_iuv_npz, read_rgb, write_json
+from dreampose.layout import EVALUATION, SCORES
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
 from dreampose.metrics.frechet import frechet_distance_features
@@ -396,9 +401,10 @@ def score_renders(
 ) -> dict[str, Any]:
     """Score ``renders_dir/<subject>/frames`` against the ground truth; write the DVC metrics and plots.
 
-    Writes ``out_dir/scores.json`` (ours, baselines, the comparison, unavailable metrics with reasons),
-    ``out_dir/per_video.parquet`` (one row per method and subject) and ``plots_dir/per_frame.csv``
-    (ours, one row per subject and frame). Returns the scores.json content plus ``table`` (text).
+    Writes ``out_dir/evaluation.json`` (ours, baselines, the comparison, unavailable metrics with reasons),
+    ``out_dir/scores.json`` (its numbers only, for DVC), ``out_dir/per_video.parquet`` (one row per method and
+    subject) and ``plots_dir/per_frame.csv`` (ours, one row per subject and frame). Returns the evaluation.json
+    content plus ``table`` (text).
     FVD clips come from ``fvd_manifest`` (default: ``fvd.parquet`` beside ``test_manifest``) and are read
     only when an I3D network is available.
     ``runtime`` places the baseline pipelines (device, dtype, offload) and the metric networks (device, fp32).
@@ -468,7 +474,8 @@ def score_renders(
             "native_size": list(native),
             "ours": {k: v.to_json() for k, v in t1.items()},
         }
-    write_json(scores, out_dir / "scores.json")
+    write_json(scores, out_dir / EVALUATION)
+    write_json(metric_values(scores), out_dir / SCORES)
     per_video = pd.concat([_per_video(n, m) for n, m in methods.items()], ignore_index=True)
     _write_parquet(per_video, out_dir / "per_video.parquet")
     per_frame = pd.DataFrame(methods["ours"].per_frame)[["subject_id", "frame", "l1", "ssim", "psnr"]]
@@ -480,3 +487,17 @@ def score_renders(
 
 def is_finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def metric_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of an evaluation record, nested as they are: finite ints and floats only; strings, bools,
+    lists, ``None``, unavailable-metric records and mappings left empty are dropped."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            value = metric_values(value)
+            if value:
+                out[key] = value
+        elif is_finite(value):
+            out[key] = value
+    return out

@@ -21,6 +21,10 @@ SUBJECTS = Path("models/subjects")
 RENDERS = Path("renders")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+# The score stage's two records in METRICS: the numbers only (DVC's metrics file, `dvc exp show` columns), and the
+# full evaluation (dataset, unavailable metrics with their reasons, comparisons, backbone notes, Table-1 size).
+SCORES = "scores.json"
+EVALUATION = "evaluation.json"
 CATALOG = Path("catalog")
 
 # What a render directory holds besides its frames.
@@ -114,7 +118,13 @@ class Workspace:
 
     @property
     def scores(self) -> Path:
-        return self.metrics / "scores.json"
+        """The DVC metrics file: the evaluation's numbers only (``evaluate.metric_values``)."""
+        return self.metrics / SCORES
+
+    @property
+    def evaluation(self) -> Path:
+        """The full evaluation record: ``scores`` plus dataset, unavailable metrics' reasons, comparisons, notes."""
+        return self.metrics / EVALUATION
 
     @property
     def per_video(self) -> Path:

@@ -5,7 +5,7 @@ The published rows are Karras et al. 2023 (DreamPose), Table 1: the UBC Fashion 
 dataset named beside it (the synthetic demo unless ``data.source`` is ``ubc``), so the numbers are
 comparable only when that dataset is UBC Fashion at the same protocol.
 
-Resolution: when scores.json has a ``table1`` block (``score.table1_size`` set; the paper preset
+Resolution: when evaluation.json has a ``table1`` block (``score.table1_size`` set; the paper preset
 uses 256), the row set against the paper is ours at that size, with our native-resolution row
 beside it; otherwise only the native row is shown, labelled as such.
 """
@@ -36,7 +36,7 @@ def load_scores(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(scores, dict) or not isinstance(scores.get("ours"), dict):
-        raise ValueError(f"{path}: no 'ours' section; not a scores.json written by `dreampose score`")
+        raise ValueError(f"{path}: no 'ours' section; not an evaluation.json written by `dreampose score`")
     return scores
 
 
@@ -109,5 +109,5 @@ def format_report(scores: dict[str, Any]) -> str:
 
 
 def report(scores_path: Path) -> str:
-    """The printable Table-1 comparison for ``metrics/scores.json``."""
+    """The printable Table-1 comparison for ``metrics/evaluation.json`` (it names unavailable metrics' reasons)."""
     return format_report(load_scores(scores_path))

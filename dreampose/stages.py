@@ -250,7 +250,8 @@ def render(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
 
 def score(params: Params, root: Path) -> dict[str, Any]:
-    """``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``, ``plots/per_frame.csv``."""
+    """``metrics/evaluation.json``, its numbers ``metrics/scores.json`` (DVC metrics), ``metrics/per_video.parquet``,
+    ``plots/per_frame.csv``."""
     ws = Workspace(root)
     from dreampose.evaluate import is_finite, score_renders
 
@@ -286,10 +287,10 @@ def score(params: Params, root: Path) -> dict[str, Any]:
             import mlflow
 
             flat = tracking.flatten({"ours": result["ours"], "baselines": result["baselines"]})
-            # MLflow names only (quality/ours.l1 ...); metrics/scores.json keeps its own keys for DVC.
+            # MLflow names only (quality/ours.l1 ...); metrics/scores.json keeps the record's own keys for DVC.
             mlflow.log_metrics({f"quality/{k}": float(v) for k, v in flat.items() if is_finite(v)})
             mlflow.log_text(table, "scores_table.txt")
-        files = [ws.scores, ws.per_video, ws.per_frame_plot]
+        files = [ws.evaluation, ws.scores, ws.per_video, ws.per_frame_plot]
         _log_files(files, "scores")
         for subject in params.eval.subjects:
             _log_files(ws.render_videos(subject), f"videos/{subject}")
@@ -301,7 +302,7 @@ def report(params: Params, root: Path) -> None:
     ws = Workspace(root)
     from dreampose.report import report as build_report
 
-    print(build_report(ws.scores))
+    print(build_report(ws.evaluation))
 
 
 def dump_summary(summary: dict[str, Any]) -> str:

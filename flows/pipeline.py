@@ -68,7 +68,7 @@ def demo_catalog_inputs(params: Params, root: Path) -> dict[str, str] | None:
 
 
 def _read_scores(root: Path) -> dict[str, Any] | None:
-    path = Workspace(root).scores
+    path = Workspace(root).evaluation
     if not path.is_file():
         return None
     try:
@@ -81,10 +81,10 @@ SCORE_COLUMNS = ("l1", "ssim", "psnr", "color_dist")
 
 
 def format_scores(scores: dict[str, Any] | None) -> str:
-    """``metrics/scores.json`` as a table: one row per method (ours, then each baseline), the weight-free
+    """``metrics/evaluation.json`` as a table: one row per method (ours, then each baseline), the weight-free
     metrics as columns, then the metrics that are unavailable (named once, with the reason)."""
     if not scores or not isinstance(scores.get("ours"), dict):
-        return "(no metrics/scores.json)"
+        return "(no metrics/evaluation.json)"
     rows = {"ours": scores["ours"], **{f"{k} (baseline)": v for k, v in (scores.get("baselines") or {}).items()}}
     width = max(len(k) for k in rows)
     lines = ["  " + "method".ljust(width) + "".join(c.rjust(12) for c in SCORE_COLUMNS)]
@@ -112,7 +112,7 @@ def summary_text(
     videos = [Workspace(root).render_dir(s) / RENDER_VIDEOS[0] for s in params.eval.subjects]
     lines = ["", "Videos:"]
     lines += [f"  {v}" + ("" if v.is_file() else "  (missing)") for v in videos] or ["  (no eval subjects)"]
-    lines += ["", "Scores (metrics/scores.json):", format_scores(_read_scores(root))]
+    lines += ["", "Scores (metrics/evaluation.json):", format_scores(_read_scores(root))]
     if catalog:
         lines += [
             "",

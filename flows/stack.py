@@ -300,6 +300,12 @@ def ensure_process_pool(api: str, pool: str, auth: tuple[str, str] | None = None
         res.raise_for_status()
 
 
+def set_pool_concurrency(api: str, pool: str, limit: int | None, auth: tuple[str, str] | None = None) -> None:
+    """How many flow runs of ``pool`` may run at once across all its workers (``None``: no limit)."""
+    res = requests.patch(f"{api}/work_pools/{pool}", json={"concurrency_limit": limit}, auth=auth, timeout=30)
+    res.raise_for_status()
+
+
 def ensure_automations(api: str, auth: tuple[str, str] | None = None, flow_name: str = "catalog-item") -> list[str]:
     """Create the stack's automations unless automations of the same names exist; returns their names."""
     have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
@@ -416,8 +422,21 @@ class Stack:
                                                    config, secrets_env, self.logs / "mlflow.log")  # fmt: skip
         wait_http(f"{self.mlflow_uri}/health", self.procs["mlflow"], name="MLflow server")
 
+    @property
+    def threads_per_run(self) -> int:
+        """OpenMP/MKL threads for each flow run: the cores shared by every run the workers may run at once.
+
+        Oversubscribed torch processes slow each other far more than their share (threads of a parallel
+        region wait for a descheduled sibling), so a worker's runs get ``cores // (workers * worker_limit)``.
+        ``OMP_NUM_THREADS`` set in the environment wins.
+        """
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers * self.worker_limit))
+
     def start_worker(self, name: str) -> subprocess.Popen:
         env = self.client_env()
+        threads = env.get("OMP_NUM_THREADS") or str(self.threads_per_run)
+        env.setdefault("OMP_NUM_THREADS", threads)
+        env.setdefault("MKL_NUM_THREADS", threads)
         cmd = [str(sv.BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
                "--name", name, "--limit", str(self.worker_limit)]  # fmt: skip
         self.procs[name] = sv.spawn(cmd, env, self.logs / f"{name}.log", cwd=self.worker_cwd)

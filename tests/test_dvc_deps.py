@@ -1,7 +1,8 @@
 """dvc.yaml's code deps are true: every package module a stage's command runs is covered by that stage's deps
 (a directory dep covers the modules under it), and every code dep covers a module the stage runs.
 
-A stage's code is read from its CLI entry: ``dreampose <stage>`` -> ``dreampose.stages.<fn>`` (``cli.STAGES``)
+A stage's code is read from its CLI entry: ``bin/dreampose <stage>`` (the launcher of ``dreampose``)
+-> ``dreampose.stages.<fn>`` (``cli.STAGES``)
 -> the modules ``stages`` imports at module level and inside ``<fn>`` (and the same-module helpers it calls),
 followed transitively, parents' ``__init__`` included. The argument parsing in ``cli.py`` and the bare
 package's ``__init__`` (its version string) are the dispatch every stage shares and are not listed.
@@ -36,7 +37,7 @@ def _covered(path: Path, deps: list[Path]) -> bool:
 
 def _runs(stage: dict) -> set[Path]:
     words = stage["cmd"].split()
-    assert words[0] == "dreampose" and words[1] in STAGES, f"unexpected stage command {stage['cmd']!r}"
+    assert words[0] == "bin/dreampose" and words[1] in STAGES, f"unexpected stage command {stage['cmd']!r}"
     mods = function_closure("dreampose.stages", STAGES[words[1]][0]) - DISPATCH
     return {modules()[m].relative_to(REPO) for m in mods}
 
@@ -58,6 +59,6 @@ def test_stage_code_deps_are_run(name):
 
 
 def test_a_missing_dep_is_found():
-    stage = {"cmd": "dreampose render --subject s", "deps": ["dreampose/render.py"]}
+    stage = {"cmd": "bin/dreampose render --subject s", "deps": ["dreampose/render.py"]}
     assert Path("dreampose/models/pipeline.py") in {p for p in _runs(stage) if not _covered(p, _code_deps(stage))}
     assert _covered(Path("dreampose/models/unet.py"), [Path("dreampose/models")])

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from dreampose.config import RenderConfig, ScoreConfig
-from dreampose.evaluate import resize_frames, score_renders, table1_shape
+from dreampose.evaluate import metric_values, resize_frames, score_renders, table1_shape
 from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
@@ -104,12 +104,39 @@ def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
 def test_absent_weights_are_unavailable_with_reasons_not_numbers(tmp_path):
     manifest = make_workspace(tmp_path)
     _fake_renders(tmp_path, manifest)
-    _score(tmp_path, manifest)  # loads from the configured (absent) paths under tmp_path
-    ours = json.loads((tmp_path / "metrics/scores.json").read_text())["ours"]
+    result = _score(tmp_path, manifest)  # loads from the configured (absent) paths under tmp_path
+    record = json.loads((tmp_path / "metrics/evaluation.json").read_text())
+    ours = record["ours"]
     for name in ("lpips", "vgg", "fid", "fvd", "aed"):
         assert ours[name]["status"] == "unavailable", name
         assert "weights not found" in ours[name]["reason"]
     assert all(isinstance(ours[k], float) for k in ("l1", "ssim", "psnr", "color_dist"))
+    assert record == {k: v for k, v in result.items() if k != "table"}
+    # The DVC metrics file: the same numbers, nothing else (no reasons, dataset name or comparison booleans).
+    scores = json.loads((tmp_path / "metrics/scores.json").read_text())
+    assert scores == metric_values(record)
+    assert scores["ours"] == {k: ours[k] for k in ("l1", "ssim", "psnr", "color_dist")}
+    assert scores["num_frames"] == record["num_frames"] == 8
+    assert set(scores) == {"num_subjects", "num_frames", "ours"}
+
+
+def test_metric_values_keeps_numbers_only():
+    record = {
+        "dataset": "synthetic demo",
+        "num_frames": 8,
+        "ours": {"l1": 0.5, "fid": {"status": "unavailable", "reason": "no weights"}, "x": float("nan"), "y": None},
+        "baselines": {"b": {"l1": 0.7, "psnr": 12}, "dead": {"status": "unavailable", "reason": "no model"}},
+        "ours_better_than": {"b": {"l1": True, "ssim": False}},
+        "backbone_notes": {},
+        "table1": {"size": [16, 12], "native_size": [32, 24], "ours": {"l1": 0.25}},
+    }
+    assert metric_values(record) == {
+        "num_frames": 8,
+        "ours": {"l1": 0.5},
+        "baselines": {"b": {"l1": 0.7, "psnr": 12}},
+        "table1": {"ours": {"l1": 0.25}},
+    }
+    assert record["ours"]["fid"]["status"] == "unavailable"  # the input is left alone
 
 
 @pytest.mark.slow
@@ -208,11 +235,13 @@ def test_table1_block_scores_downsampled_frames_and_leaves_native_keys_alone(tmp
     manifest = make_workspace(tmp_path)
     _fake_renders(tmp_path, manifest)
     native = _score(tmp_path, manifest)
-    assert "table1" not in native  # table1_size unset (the demo): scores.json as before
+    assert "table1" not in native  # table1_size unset (the demo): the record as before
     result = _score(tmp_path, manifest, cfg=NO_BASELINES.model_copy(update={"table1_size": 16}))
     assert {k: result[k] for k in native if k != "table"} == {k: native[k] for k in native if k != "table"}
-    t1 = json.loads((tmp_path / "metrics/scores.json").read_text())["table1"]
+    t1 = json.loads((tmp_path / "metrics/evaluation.json").read_text())["table1"]
     assert t1["size"] == [16, 12] and t1["native_size"] == [H, W]
+    numbers = {k: v for k, v in t1["ours"].items() if isinstance(v, float)}
+    assert json.loads((tmp_path / "metrics/scores.json").read_text())["table1"] == {"ours": numbers}
     df = pd.read_parquet(manifest)
     gen = np.stack(
         [

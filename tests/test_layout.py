@@ -25,7 +25,8 @@ def test_every_dvc_output_is_a_workspace_path():
     ws = Workspace(Path("."))
     named = {
         ws.raw, ws.frames, ws.densepose, ws.manifests, ws.pretrained, ws.base, ws.subject_model("${item}"),
-        ws.render_dir("${item}"), ws.per_video, ws.metrics / "baselines", ws.scores, ws.per_frame_plot,
+        ws.render_dir("${item}"), ws.per_video, ws.metrics / "baselines", ws.scores, ws.evaluation,
+        ws.per_frame_plot,
     }  # fmt: skip
     assert {Path(o) for o in _dvc_outs()} == named
 

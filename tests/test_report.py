@@ -35,10 +35,10 @@ def test_report_puts_published_rows_beside_ours(tmp_path):
 
 def test_report_needs_scores(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dreampose score` first"):
-        report(tmp_path / "scores.json")
-    (tmp_path / "scores.json").write_text(json.dumps({"l1": 1}))
+        report(tmp_path / "evaluation.json")
+    (tmp_path / "evaluation.json").write_text(json.dumps({"l1": 1}))
     with pytest.raises(ValueError, match="no 'ours' section"):
-        report(tmp_path / "scores.json")
+        report(tmp_path / "evaluation.json")
 
 
 def test_report_compares_the_paper_with_ours_at_its_resolution_and_shows_native_beside(tmp_path):
@@ -50,8 +50,8 @@ def test_report_compares_the_paper_with_ours_at_its_resolution_and_shows_native_
         "ours": native,
         "table1": {"size": [256, 205], "native_size": [640, 512], "ours": small},
     }
-    (tmp_path / "scores.json").write_text(json.dumps(scores))
-    lines = report(tmp_path / "scores.json").splitlines()
+    (tmp_path / "evaluation.json").write_text(json.dumps(scores))
+    lines = report(tmp_path / "evaluation.json").splitlines()
     labels = [line.split("  ")[0].strip() for line in lines]
     i = labels.index("ours @ 256x205 px (UBC Fashion test, 5000 frames)")
     assert labels[i + 1] == "ours @ native 640x512 px"

@@ -157,9 +157,7 @@ def test_fvd_manifest_lists_consecutive_frames_after_the_gap(tmp_path):
     before = _build(ws, CFG)
     tables = {n: (ws / f"data/manifests/{n}.parquet").read_bytes() for n in ("train", "subject", "test")}
     assert not (ws / "data/manifests/fvd.parquet").exists()  # no clip length, no FVD manifest
-    counts = build_manifests(
-        CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", fvd_clip_len=4
-    )
+    counts = build_manifests(CFG, ws / "data/frames", ws / "data/densepose", ws / "data/manifests", fvd_clip_len=4)
     assert counts == {**before, "fvd_rows": 8, "fvd_videos": 2}
     # the target manifests are byte-identical with or without the FVD clips
     assert all((ws / f"data/manifests/{n}.parquet").read_bytes() == b for n, b in tables.items())

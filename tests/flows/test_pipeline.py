@@ -56,7 +56,7 @@ def test_format_scores_is_a_method_table_with_unavailable_reasons():
     assert lines[2].split()[:4] == ["copy_input", "(baseline)", "0.1200", "0.3700"]
     assert "ours beats on L1 and SSIM: copy_input" in text
     assert "fid: unavailable (no inception)" in text
-    assert format_scores(None) == "(no metrics/scores.json)"
+    assert format_scores(None) == "(no metrics/evaluation.json)"
 
 
 @pytest.mark.slow

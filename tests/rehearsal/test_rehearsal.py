@@ -44,9 +44,11 @@ TEST_BAD = {"91OgfmDMFDS.mp4": "truncated"}
 
 
 def _copy_code(repo: Path, ws: Path) -> None:
-    """What a fresh clone holds that the stages need: dvc.yaml, the presets and the code DVC hashes as deps."""
+    """What a fresh clone holds that the stages need: dvc.yaml, its launcher, the presets and the code DVC hashes as
+    deps."""
     ws.mkdir(parents=True)
     shutil.copy(repo / "dvc.yaml", ws / "dvc.yaml")
+    shutil.copytree(repo / "bin", ws / "bin")
     shutil.copytree(repo / "presets", ws / "presets")
     shutil.copytree(repo / "dreampose", ws / "dreampose", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q", str(ws)], check=True)
@@ -151,8 +153,10 @@ def test_paper_preset_rehearsal(tmp_path, repo, prefect_harness, rehearsal_repor
     assert (enc["hidden_size"], enc["patch_size"]) == (clip["hidden_size"], clip["patch_size"])
 
     # score: every metric is a number, and every network it came from is labelled as random weights.
-    scores = json.loads((ws / "metrics/scores.json").read_text())
-    from dreampose.evaluate import METRICS
+    scores = json.loads((ws / "metrics/evaluation.json").read_text())
+    from dreampose.evaluate import METRICS, metric_values
+
+    assert json.loads((ws / "metrics/scores.json").read_text()) == metric_values(scores)  # DVC's: numbers only
 
     for m in METRICS:
         v = scores["ours"][m]
