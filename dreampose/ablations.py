@@ -72,9 +72,11 @@ def hydra_literal(value: Any) -> str:
             raise ValueError(f"cannot pass a non-finite number to DVC: {value}")
         return repr(value)
     if isinstance(value, str):
-        if "'" in value:
-            raise ValueError(f"cannot quote {value!r} for a DVC override")
-        return f"'{value}'"
+        # Hydra's quoted strings: a quote is escaped; backslashes count only before a quote (so before the
+        # closing one too), elsewhere they are literal.
+        body = value.replace("'", "\\'")
+        tail = len(body) - len(body.rstrip("\\"))
+        return "'" + body + "\\" * tail + "'"
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_literal(v) for v in value) + "]"
     if isinstance(value, Mapping):

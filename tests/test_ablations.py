@@ -43,7 +43,17 @@ def _get(params, dotted):
 
 
 def test_hydra_literals_round_trip_through_dvcs_override_parser(tmp_path):
-    values = {"i": 12, "f": 0.0005, "s": "no", "t": "ddim", "n": None, "b": False, "l": [16, 32], "d": {"pose": 0.05}}
+    values = {
+        "i": 12,
+        "f": 0.0005,
+        "s": "no",
+        "t": "it's a\\b",
+        "e": "ends\\",
+        "n": None,
+        "b": False,
+        "l": [16, 32],
+        "d": {"pose": 0.05},
+    }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({k: "x" for k in values}))
     apply_overrides(path, [f"{k}={hydra_literal(v)}" for k, v in values.items()])
