@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo paper test lint bench serve clean-demo install remote
+.PHONY: demo paper test lint bench serve clean-demo install remote ablations
 
 install: $(VENV_STAMP)
 
@@ -24,6 +24,10 @@ paper: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	.venv/bin/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# The paper's Table 2 ablations as DVC experiments (after `make demo`): each variant re-runs only what it changes.
+ablations: $(VENV_STAMP)
+	.venv/bin/dreampose ablations --run
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check .

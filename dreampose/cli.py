@@ -89,6 +89,26 @@ def _eval_subjects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablations(args: argparse.Namespace) -> int:
+    import os
+
+    from dreampose import ablations
+
+    root = Path(args.root).resolve()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    # The experiments run in temporary copies of the workspace: this environment's tools first on PATH, and
+    # MLflow runs recorded in this workspace's store rather than the copy's.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    if args.run is not None:
+        names = args.run or [v.name for v in ablations.VARIANTS]
+        for name in names:
+            ablations.variant(name)  # an unknown name fails before any experiment runs
+        ablations.run_variants(names, root, dvc=dvc, env=env)
+    print(ablations.format_table(ablations.read_results(root, dvc=dvc, env=env)))
+    return 0
+
+
 def _review(args: argparse.Namespace) -> int:
     import json
 
@@ -224,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--write", action="store_true", help="write the list into the params file's eval.subjects")
     ev.set_defaults(func=_eval_subjects)
+
+    abl = sub.add_parser(
+        "ablations",
+        help="the paper's Table 2 ablations as DVC experiments: print ours beside the paper (--run runs them first)",
+        description="Each variant is a set of params run as `dvc exp run --temp -n abl-<name> -S ...`; DVC re-runs "
+        "only the stages a variant changes. Without --run, print the table of the experiments already run.",
+    )
+    abl.add_argument(
+        "--run", nargs="*", metavar="VARIANT", default=None,
+        help="run these variants (all when none are named) before printing: "
+             "clip no_vae_ft one_pose smooth full photos_3",
+    )  # fmt: skip
+    abl.set_defaults(func=_ablations)
 
     from dreampose.registry import STATUSES, default_reviewer
 

@@ -219,6 +219,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    color_augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that a pair's input photo and target get one shared random colour change",
+    )
     seed: int = 0
 
 

@@ -12,6 +12,7 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from dreampose import cli
+from dreampose.ablations import hydra_literal
 from dreampose.config import ConfigError, dump_yaml, layered_params, load_params, parse_yaml
 
 PARAMS_FILES = ["params.yaml", "presets/paper.yaml"]
@@ -27,23 +28,6 @@ def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             out.append((dotted, value))
     return out
-
-
-def hydra_literal(value: object) -> str:
-    """``value`` in Hydra's override grammar (what ``dvc exp run -S key=<literal>`` takes)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_literal(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no Hydra literal for {value!r}")
 
 
 def _dvc_set(src: Path, dst: Path, override: str) -> Path:

@@ -201,6 +201,7 @@ class PairDataset(Dataset):
         augment: tuple[float, float] | None = None,
         seed: int = 0,
         cache_bytes: int = CACHE_BYTES,
+        color_augment: float = 0.0,
     ):
         path = Path(manifest_path)
         if not path.is_file():
@@ -214,6 +215,9 @@ class PairDataset(Dataset):
         self.root = Path(root)
         self.height, self.width = height, width
         self.augment = augment
+        if not 0.0 <= color_augment <= 1.0:
+            raise ValueError(f"color_augment is a probability, got {color_augment}")
+        self.color_augment = float(color_augment)
         self.seed = seed
         self.iuv = IUVFrames(cache_bytes)
         self._key: int | None = None
@@ -252,17 +256,45 @@ class PairDataset(Dataset):
         if pose_iuv.shape[-2:] != (self.height, self.width):
             pose_iuv = F.interpolate(pose_iuv.float(), size=(self.height, self.width), mode="nearest").to(torch.uint8)
         target = load_image(self.root / row["target_path"], self.height, self.width)
+        image = load_image(self.root / row["input_path"], self.height, self.width)
+        rng = self._rng(index) if self.augment is not None or self.color_augment > 0 else None
         if self.augment is not None:
-            box = crop_box(self._rng(index), self.height, self.width, self.augment)
+            box = crop_box(rng, self.height, self.width, self.augment)
             target = crop_resize(target, box, "bilinear")
             pose_iuv = crop_resize(pose_iuv, box, "nearest").round().to(torch.uint8)
+        if self.color_augment > 0 and rng.random() < self.color_augment:
+            perm, gain = color_change(rng)
+            image, target = recolor(image, perm, gain), recolor(target, perm, gain)
         poses = uv_to_model(pose_iuv.permute(0, 2, 3, 1)).flatten(0, 1)
         return {
-            "input_pixels": load_image(self.root / row["input_path"], self.height, self.width),
+            "input_pixels": image,
             "target_pixels": target.clamp(-1, 1),
             "poses": poses,
             "subject_id": str(row["subject_id"]),
         }
+
+
+def color_change(
+    rng: np.random.Generator, gain_range: tuple[float, float] = (0.6, 1.4)
+) -> tuple[list[int], list[float]]:
+    """One random colour change: a permutation of the RGB channels and a gain per channel."""
+    perm = [int(c) for c in rng.permutation(3)]
+    gain = [float(g) for g in rng.uniform(*gain_range, size=3)]
+    return perm, gain
+
+
+def recolor(pixels: torch.Tensor, perm: Sequence[int], gain: Sequence[float]) -> torch.Tensor:
+    """``(3, H, W)`` in [-1, 1] -> its channels permuted by ``perm`` and scaled by ``gain`` in [0, 1] space.
+
+    Applied with one ``(perm, gain)`` to a pair's input photo and its target, it changes the garment's
+    colours without changing which photo goes with which target: the base model cannot learn a subject's
+    colours from its body shape (the synthetic subjects' proportions identify them), only from the photo.
+    """
+    if pixels.ndim != 3 or pixels.shape[0] != 3:
+        raise ValueError(f"pixels must be (3, H, W), got {tuple(pixels.shape)}")
+    unit = (pixels[list(perm)] + 1.0) / 2.0
+    unit = unit * torch.tensor(gain, dtype=pixels.dtype).view(3, 1, 1)
+    return unit.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 def load_pose_sequence(densepose_npz: str | Path, frames: Sequence[int], window: int = 5) -> torch.Tensor:

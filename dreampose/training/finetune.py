@@ -115,7 +115,7 @@ def finetune_base(
     t0 = time.perf_counter()
     pipe = load_pipeline(model_dir)
     h, w = _frame_size(size, Path(manifest), Path(root))
-    data = PairDataset(manifest, root, h, w, seed=cfg.seed)
+    data = PairDataset(manifest, root, h, w, seed=cfg.seed, color_augment=cfg.color_augment)
     held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
     accelerator = make_accelerator(cfg.mixed_precision, cpu=_on_cpu(device))
     objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder).to(accelerator.device)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dreampose.config import DensePoseConfig, FramesConfig, ManifestConfig, SyntheticConfig
-from dreampose.data.dataset import PairDataset, load_pose_sequence
+from dreampose.data.dataset import PairDataset, color_change, load_pose_sequence, recolor
 from dreampose.data.densepose import run_densepose
 from dreampose.data.densepose.iuv import pose_window
 from dreampose.data.manifest import build_manifests
@@ -197,3 +197,44 @@ def test_dataset_memory_is_bounded_and_items_unchanged(tmp_path):
         a, b = big[i], none[i]
         assert torch.equal(a["poses"], b["poses"]) and torch.equal(a["target_pixels"], b["target_pixels"])
     assert len(big.iuv) == 1 and len(none.iuv) == 0
+
+
+def test_recolor_is_one_colour_change_for_photo_and_target():
+    x = torch.linspace(-1, 1, 3 * 4 * 5).view(3, 4, 5)
+    same = recolor(x, [0, 1, 2], [1.0, 1.0, 1.0])
+    torch.testing.assert_close(same, x)
+    out = recolor(x, [2, 0, 1], [0.5, 1.0, 2.0])
+    torch.testing.assert_close((out[0] + 1) / 2, ((x[2] + 1) / 2 * 0.5))
+    torch.testing.assert_close((out[1] + 1) / 2, (x[0] + 1) / 2)
+    torch.testing.assert_close((out[2] + 1) / 2, ((x[1] + 1) / 2 * 2.0).clamp(0, 1))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        recolor(x[:2], [0, 1, 2], [1.0, 1.0, 1.0])
+    perm, gain = color_change(np.random.default_rng(0))
+    assert sorted(perm) == [0, 1, 2] and all(0.6 <= g <= 1.4 for g in gain)
+
+
+def test_colour_augmentation_changes_photo_and_target_alike_and_keeps_poses(tmp_path):
+    ws = _workspace(tmp_path, ext="png")
+    path = ws / "data/manifests/train.parquet"
+    plain = PairDataset(path, ws, H, W)
+    never = PairDataset(path, ws, H, W, color_augment=0.0, seed=1)
+    always = PairDataset(path, ws, H, W, color_augment=1.0, seed=1)
+    always.set_augment_key(5)
+    items = [always[i] for i in range(4)]
+    for i in range(4):
+        ref, off, item = plain[i], never[i], items[i]
+        for k in ("input_pixels", "target_pixels", "poses"):
+            assert torch.equal(off[k], ref[k])  # probability 0: the items as before, bit for bit
+        assert torch.equal(item["poses"], ref["poses"])
+        assert not torch.equal(item["target_pixels"], ref["target_pixels"])
+        # one change for both: some (perm, gain) maps the plain pair onto the augmented pair
+        rng = np.random.default_rng([1, 5, i, 0, 0])
+        assert rng.random() < 1.0  # the draw that decides whether this pair is recoloured
+        perm, gain = color_change(rng)
+        torch.testing.assert_close(item["input_pixels"], recolor(ref["input_pixels"], perm, gain))
+        torch.testing.assert_close(item["target_pixels"], recolor(ref["target_pixels"], perm, gain).clamp(-1, 1))
+    again = PairDataset(path, ws, H, W, color_augment=1.0, seed=1)
+    again.set_augment_key(5)
+    assert torch.equal(again[0]["target_pixels"], items[0]["target_pixels"])  # a pure function of the key
+    with pytest.raises(ValueError, match="probability"):
+        PairDataset(path, ws, H, W, color_augment=1.5)
