@@ -101,17 +101,17 @@ def test_variants_run_as_dvc_experiments_and_come_back_in_the_table(tmp_path):
     """A real git + DVC repo whose one stage writes metrics from the params the variants set."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    params = {"train_base": {"image_tokens": "clip_vae"}, "train_subject": {"decoder_steps": 5},
+    params = {"model": {"image_tokens": "clip_vae"}, "train_subject": {"decoder_steps": 5},
               "manifest": {"pose_window": 5, "subject_frames": 1}, "render": {"temporal_smoothing": 0}}  # fmt: skip
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     script = (
         "import json, os, yaml; p = yaml.safe_load(open('params.yaml')); os.makedirs('metrics', exist_ok=True); "
-        "l1 = 0.01 * p['manifest']['pose_window'] + 0.1 * (p['train_base']['image_tokens'] == 'clip'); "
+        "l1 = 0.01 * p['manifest']['pose_window'] + 0.1 * (p['model']['image_tokens'] == 'clip'); "
         "json.dump({'ours': {'l1': l1, 'ssim': 0.5}}, open('metrics/scores.json', 'w'))"
     )
     stage = {
         "cmd": f'{sys.executable} -c "{script}"',
-        "params": ["train_base", "manifest", "render", "train_subject"],
+        "params": ["model", "manifest", "render", "train_subject"],
         "metrics": [{"metrics/scores.json": {"cache": False}}],
     }
     (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"score": stage}}))
