@@ -25,7 +25,7 @@ COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("ssim", "ours.ssim", "SSIM", False),
     ("vgg", "ours.vgg", "VGG", True),
     ("lpips", "ours.lpips", "LPIPS", True),
-    ("temporal_l1", "ours.temporal_l1", "tL1", True),
+    ("temporal_error", "ours.temporal_error", "temporal err", True),
 )
 
 

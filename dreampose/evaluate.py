@@ -52,7 +52,7 @@ from dreampose.metrics.features import Backbones, load_backbones
 from dreampose.metrics.frechet import frechet_distance_features
 from dreampose.metrics.pixel import l1, psnr, ssim
 from dreampose.metrics.result import MetricResult
-from dreampose.metrics.temporal import temporal_l1
+from dreampose.metrics.temporal import temporal_error
 from dreampose.render import (
     FRAME_NAME,
     fvd_rows,
@@ -65,7 +65,7 @@ from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.score")
 
-METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg", "fid", "fvd", "aed", "temporal_l1")
+METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg", "fid", "fvd", "aed", "temporal_error")
 FRAME_METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg")
 LOWER_IS_BETTER = {"l1": True, "ssim": False, "psnr": False, "color_dist": True, "lpips": True, "vgg": True}
 BASELINES = ("copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped")
@@ -96,7 +96,7 @@ class MethodScores:
     inception: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"gen": [], "real": []})
     i3d: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"gen": [], "real": []})
     aed: list[np.ndarray] = field(default_factory=list)
-    temporal: list[float] = field(default_factory=list)  # per subject: mean temporal L1 of its consecutive clip
+    temporal: list[float] = field(default_factory=list)  # per subject: mean temporal error of its consecutive clip
 
 
 def _to_batch(frames: np.ndarray) -> torch.Tensor:
@@ -240,7 +240,7 @@ def score_frames(
         method.i3d["gen"].append(_batched(backbones.i3d, torch.from_numpy(clips(fvd_generated, clip_len))))
         method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))))
     if fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= 2:
-        method.temporal.append(float(temporal_l1(fvd_generated, s.fvd_truth).mean()))
+        method.temporal.append(float(temporal_error(fvd_generated, s.fvd_truth).mean()))
     if backbones.reid is not None:
         e_gen, e_real = _batched(backbones.reid, gen_t), _batched(backbones.reid, real_t)
         vals["aed"] = np.linalg.norm(e_gen - e_real, axis=1)
@@ -283,9 +283,9 @@ def summarize(
     else:
         out["aed"] = MetricResult.ok(float(np.mean(np.concatenate(method.aed))))
     if method.temporal:
-        out["temporal_l1"] = MetricResult.ok(float(np.mean(method.temporal)))
+        out["temporal_error"] = MetricResult.ok(float(np.mean(method.temporal)))
     else:
-        out["temporal_l1"] = MetricResult.unavailable(
+        out["temporal_error"] = MetricResult.unavailable(
             "no clip of consecutive frames rendered (score.fvd_clip_len unset, or no data/manifests/fvd.parquet)"
         )
     return out
@@ -428,7 +428,7 @@ def score_renders(
     t1_size = table1_shape(*native, cfg.table1_size) if cfg.table1_size is not None else None
     if backbones is None:
         backbones = load_backbones(cfg, root, runtime.device if runtime is not None else None)
-    # The consecutive clips serve FVD (with I3D) and the temporal L1 (no network needed), so they are read either way.
+    # The consecutive clips serve FVD (with I3D) and the temporal error (no network), so they are read either way.
     fvd_manifest = Path(fvd_manifest) if fvd_manifest is not None else Path(test_manifest).with_name("fvd.parquet")
     fvd_reason = attach_fvd_clips(data, fvd_manifest, root)
     ours_fvd = {

@@ -12,7 +12,7 @@ from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.temporal import temporal_l1
+from dreampose.metrics.temporal import temporal_error
 from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_workspace, tiny_pipeline
 
 RENDER = RenderConfig(num_inference_steps=2, frame_batch_size=4)
@@ -92,12 +92,12 @@ def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
             net3d(as_clips(fvd_gen)).double().numpy(), net3d(as_clips(fvd_gt)).double().numpy()
         )
     assert scores["ours"]["fvd"] == pytest.approx(fvd, rel=1e-5)
-    # temporal L1: per subject over its consecutive clip, then the mean over subjects
+    # temporal error: per subject over its consecutive clip, then the mean over subjects
     per_subject = [
-        temporal_l1(fvd_gen[(fvd_df.subject_id == s).to_numpy()], fvd_gt[(fvd_df.subject_id == s).to_numpy()]).mean()
+        temporal_error(fvd_gen[(fvd_df.subject_id == s).to_numpy()], fvd_gt[(fvd_df.subject_id == s).to_numpy()]).mean()
         for s in SUBJECTS
     ]
-    assert scores["ours"]["temporal_l1"] == pytest.approx(np.mean(per_subject))
+    assert scores["ours"]["temporal_error"] == pytest.approx(np.mean(per_subject))
     assert scores["num_frames"] == 8 and result["table"].startswith("method")
 
     per_video = pd.read_parquet(tmp_path / "metrics/per_video.parquet")
@@ -119,7 +119,7 @@ def test_absent_weights_are_unavailable_with_reasons_not_numbers(tmp_path):
         assert "weights not found" in ours[name]["reason"]
     assert all(isinstance(ours[k], float) for k in ("l1", "ssim", "psnr", "color_dist"))
     # no consecutive-frame clips in this workspace (no fvd.parquet): the temporal metric says so
-    assert ours["temporal_l1"]["status"] == "unavailable" and "fvd.parquet" in ours["temporal_l1"]["reason"]
+    assert ours["temporal_error"]["status"] == "unavailable" and "fvd.parquet" in ours["temporal_error"]["reason"]
     assert record == {k: v for k, v in result.items() if k != "table"}
     # The DVC metrics file: the same numbers, nothing else (no reasons, dataset name or comparison booleans).
     scores = json.loads((tmp_path / "metrics/scores.json").read_text())

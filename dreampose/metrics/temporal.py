@@ -4,9 +4,9 @@ Per-frame L1/SSIM cannot see flicker: a video whose every frame is independently
 the same whether the errors agree from frame to frame or jump around. The paper's single-pose ablation
 is exactly that case (Table 2: "similar numerical results", but "noticeable flickering").
 
-``temporal_l1`` compares the temporal differences instead of the frames::
+``temporal_error`` compares the temporal differences instead of the frames::
 
-    tL1 = mean_t mean_pixels | (x[t+1] - x[t]) - (g[t+1] - g[t]) |
+    temporal_error = mean_t mean_pixels | (x[t+1] - x[t]) - (g[t+1] - g[t]) |
 
 over consecutive frames ``t`` of a clip. A still error (the same wrong colour in every frame) cancels
 out; a flickering one counts twice. Copying the ground truth scores 0; a frozen video scores the mean
@@ -20,7 +20,7 @@ import numpy as np
 from dreampose.metrics.pixel import to_float01
 
 
-def temporal_l1(pred, target) -> np.ndarray:
+def temporal_error(pred, target) -> np.ndarray:
     """Per-step temporal error ``(T - 1,)`` of a clip (see the module docstring)."""
     p, t = to_float01(pred), to_float01(target)
     if p.shape != t.shape:
