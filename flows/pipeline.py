@@ -77,7 +77,21 @@ def _read_scores(root: Path) -> dict[str, Any] | None:
         return None
 
 
-SCORE_COLUMNS = ("l1", "ssim", "psnr", "color_dist")
+SCORE_COLUMNS = ("l1", "ssim", "psnr", "color_dist", "temporal_error")
+
+
+def photo_use(scores: dict[str, Any]) -> str | None:
+    """Does the base model read the photo? Its L1 with the subject's own photo over its L1 with another subject's
+    photo (lower: the photo matters more), and the SSIM gap between the two; None without both baselines."""
+    b = scores.get("baselines") or {}
+    own, swapped = b.get("base_model") or {}, b.get("image_swapped") or {}
+    vals = [own.get("l1"), swapped.get("l1"), own.get("ssim"), swapped.get("ssim")]
+    if not all(isinstance(v, (int, float)) for v in vals) or not vals[1]:
+        return None
+    return (
+        f"  photo use, base model: own/swapped-photo L1 {vals[0] / vals[1]:.3f} "
+        f"({vals[0]:.4f} / {vals[1]:.4f}), SSIM gap {vals[2] - vals[3]:+.4f}"
+    )
 
 
 def format_scores(scores: dict[str, Any] | None) -> str:
@@ -87,13 +101,13 @@ def format_scores(scores: dict[str, Any] | None) -> str:
         return "(no metrics/evaluation.json)"
     rows = {"ours": scores["ours"], **{f"{k} (baseline)": v for k, v in (scores.get("baselines") or {}).items()}}
     width = max(len(k) for k in rows)
-    lines = ["  " + "method".ljust(width) + "".join(c.rjust(12) for c in SCORE_COLUMNS)]
+    lines = ["  " + "method".ljust(width) + "".join(c.rjust(15) for c in SCORE_COLUMNS)]
     unavailable: dict[str, str] = {}
     for name, m in rows.items():
         cells = []
         for c in SCORE_COLUMNS:
             v = m.get(c)
-            cells.append(f"{v:12.4f}" if isinstance(v, (int, float)) else "n/a".rjust(12))
+            cells.append(f"{v:15.4f}" if isinstance(v, (int, float)) else "n/a".rjust(15))
         lines.append("  " + name.ljust(width) + "".join(cells))
         for k, v in m.items():
             if isinstance(v, dict) and v.get("status") == "unavailable":
@@ -102,6 +116,9 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     if beaten:
         wins = [b for b, r in beaten.items() if all(r.values())]
         lines.append(f"  ours beats on L1 and SSIM: {', '.join(wins) or 'none'}")
+    gap = photo_use(scores)
+    if gap:
+        lines.append(gap)
     lines += [f"  {k}: unavailable ({why})" for k, why in unavailable.items()]
     return "\n".join(lines)
 

@@ -51,12 +51,21 @@ def test_format_scores_is_a_method_table_with_unavailable_reasons():
         }
     )
     lines = text.splitlines()
-    assert lines[0].split() == ["method", "l1", "ssim", "psnr", "color_dist"]
-    assert lines[1].split() == ["ours", "0.0381", "0.8500", "n/a", "n/a"]
+    assert lines[0].split() == ["method", "l1", "ssim", "psnr", "color_dist", "temporal_error"]
+    assert lines[1].split() == ["ours", "0.0381", "0.8500", "n/a", "n/a", "n/a"]
     assert lines[2].split()[:4] == ["copy_input", "(baseline)", "0.1200", "0.3700"]
     assert "ours beats on L1 and SSIM: copy_input" in text
     assert "fid: unavailable (no inception)" in text
     assert format_scores(None) == "(no metrics/evaluation.json)"
+    assert "photo use" not in text  # no base-model baselines: nothing to compare
+
+
+def test_format_scores_reports_how_much_the_base_model_reads_the_photo():
+    base = {"base_model": {"l1": 0.06, "ssim": 0.78}, "image_swapped": {"l1": 0.08, "ssim": 0.75}}
+    text = format_scores({"ours": {"l1": 0.04}, "baselines": base})
+    assert "photo use, base model: own/swapped-photo L1 0.750 (0.0600 / 0.0800), SSIM gap +0.0300" in text
+    unavailable = {"status": "unavailable", "reason": "no base model"}
+    assert "photo use" not in format_scores({"ours": {}, "baselines": {**base, "image_swapped": unavailable}})
 
 
 @pytest.mark.slow
