@@ -176,7 +176,12 @@ def run_variants(
 
 
 def read_results(
-    root: Path, dvc: str = "dvc", env: Mapping[str, str] | None = None
+    root: Path, dvc: str = "dvc", env: Mapping[str, str] | None = None, commits: int = 20
 ) -> dict[str, dict[str, float | None]]:
-    out = subprocess.run([dvc, "exp", "show", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    """The table's values of every ``abl-*`` experiment (and ``full``) from ``dvc exp show --json``.
+
+    An experiment hangs off the commit that was ``HEAD`` when it started, so the last ``commits`` commits are read
+    (newest first: a variant run again after a commit replaces its older result)."""
+    cmd = [dvc, "exp", "show", "--json", "-n", str(commits)]
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=True)
     return collect(json.loads(out.stdout))
