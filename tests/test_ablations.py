@@ -123,10 +123,14 @@ def test_variants_run_as_dvc_experiments_and_come_back_in_the_table(tmp_path):
     ran = ablations.run_variants(["clip", "one_pose", "full"], ws, dvc=DVC, env=env)
     assert ran == ["clip", "one_pose"]
     ablations.run_variants(["clip"], ws, dvc=DVC, env=env)  # a re-run replaces the experiment of that name
+    # a commit after the experiments (e.g. the README gets the table): they hang off the older HEAD, still read
+    (ws / "notes.txt").write_text("results\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=ws, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "notes"], cwd=ws, env=env, check=True, capture_output=True)
     got = ablations.read_results(ws, dvc=DVC, env=env)
     assert got["full"]["l1"] == pytest.approx(0.05)
     assert got["clip"]["l1"] == pytest.approx(0.15)
     assert got["one_pose"]["l1"] == pytest.approx(0.01)
     assert yaml.safe_load((ws / "params.yaml").read_text()) == params  # --temp: the workspace is untouched
-    names = subprocess.run([DVC, "exp", "ls", "--name-only"], cwd=ws, env=env, capture_output=True, text=True)
+    names = subprocess.run([DVC, "exp", "ls", "-A", "--name-only"], cwd=ws, env=env, capture_output=True, text=True)
     assert sorted(names.stdout.split()) == ["abl-clip", "abl-one_pose"]
