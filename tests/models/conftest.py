@@ -21,11 +21,9 @@ def tiny_components() -> dict:
     return build_tiny_components(TEST_CFG, H, W, prediction_type="v_prediction", seed=0)
 
 
-@pytest.fixture
-def pipe(tiny_components) -> DreamPosePipeline:
-    p = DreamPosePipeline(**tiny_components)
-    # Random init leaves the new pose weights and the adapter's gate at zero; open them so that
-    # pose and VAE tokens actually influence the output in the tests that look for it.
+def open_conditioning(p: DreamPosePipeline) -> DreamPosePipeline:
+    """Random init leaves the new pose weights and the adapter's gate at zero; open them so that pose and VAE
+    tokens actually influence the output in the tests that look for it."""
     with torch.no_grad():
         g = torch.Generator().manual_seed(1)
         w = p.unet.conv_in.weight
@@ -33,6 +31,11 @@ def pipe(tiny_components) -> DreamPosePipeline:
         p.adapter.vae_gate.fill_(0.5)
     p.set_progress_bar_config(disable=True)
     return p
+
+
+@pytest.fixture
+def pipe(tiny_components) -> DreamPosePipeline:
+    return open_conditioning(DreamPosePipeline(**tiny_components))
 
 
 @pytest.fixture

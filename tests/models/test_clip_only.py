@@ -9,18 +9,13 @@ from dreampose.config import ConfigError, ModelConfig, parse_params
 from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.builders import build_tiny_components
 from dreampose.models.pipeline import DreamPosePipeline
-from tests.models.conftest import TEST_CFG, H, W
+from tests.models.conftest import TEST_CFG, H, W, open_conditioning
 
 
 def _pipe(image_tokens: str) -> DreamPosePipeline:
-    pipe = DreamPosePipeline(**build_tiny_components(TEST_CFG, H, W, "v_prediction", seed=0, image_tokens=image_tokens))
-    with torch.no_grad():  # open the pose weights and the VAE gate, so both would count if used
-        g = torch.Generator().manual_seed(1)
-        w = pipe.unet.conv_in.weight
-        w[:, 4:] = torch.randn(w[:, 4:].shape, generator=g) * 0.1
-        pipe.adapter.vae_gate.fill_(0.5)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    # the pose weights and the VAE gate opened, so both would count if used
+    comps = build_tiny_components(TEST_CFG, H, W, "v_prediction", seed=0, image_tokens=image_tokens)
+    return open_conditioning(DreamPosePipeline(**comps))
 
 
 def _conditioning_lengths(pipe: DreamPosePipeline) -> list[int]:
