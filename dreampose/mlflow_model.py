@@ -81,15 +81,12 @@ class DreamPoseSubjectModel(PythonModel):
         ids = frame_ids_for(len(iuv), (params or {}).get("frame_ids"))
         k = self.render_cfg.temporal_smoothing
         if k > 1:  # as the catalog render did: the neighbours are rendered, then smoothed over consecutive frames
-            from dreampose.render import consecutive_runs, smoothing_support, temporal_smooth
+            from dreampose.render import smooth_over_runs, smoothing_support
 
             needed = smoothing_support(ids, k, len(iuv))
             poses = torch.stack([pose_window(iuv, t, self.window) for t in needed])
             frames = render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=needed)
-            raw = dict(zip(needed, frames, strict=True))
-            smoothed = {}
-            for run in consecutive_runs(needed):
-                smoothed.update(zip(run, temporal_smooth(np.stack([raw[f] for f in run]), k), strict=True))
+            smoothed = smooth_over_runs(dict(zip(needed, frames, strict=True)), k)
             return np.stack([smoothed[f] for f in ids])
         poses = torch.stack([pose_window(iuv, t, self.window) for t in ids])
         return render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=ids)

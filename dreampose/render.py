@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,15 @@ def consecutive_runs(ids: Sequence[int]) -> list[list[int]]:
         else:
             runs.append([i])
     return runs
+
+
+def smooth_over_runs(raw: Mapping[int, np.ndarray], window: int) -> dict[int, np.ndarray]:
+    """Raw renders by video frame id -> the same ids, each smoothed over ``window`` video frames
+    (:func:`temporal_smooth`) within its run of consecutive ids only (:func:`consecutive_runs`)."""
+    out: dict[int, np.ndarray] = {}
+    for run in consecutive_runs(raw):
+        out.update(zip(run, temporal_smooth(np.stack([raw[f] for f in run]), window), strict=True))
+    return out
 
 
 # ---------------------------------------------------------------- pipeline calls
@@ -244,14 +253,33 @@ def render_smoothed_to_dir(
     needed = smoothing_support(frame_ids, k, len(iuv_seq))
     poses = torch.stack([window_of(iuv_seq, t, pose_window) for t in needed])
     counts = render_to_dir(pipe, image, poses, needed, cfg, raw_dir, desc=desc)
-    wanted = {int(f) for f in frame_ids}
+    smoothed = smooth_over_runs({f: read_rgb(Path(raw_dir) / FRAME_NAME.format(f)) for f in needed}, k)
     Path(frames_dir).mkdir(parents=True, exist_ok=True)
-    for run in consecutive_runs(needed):
-        smoothed = temporal_smooth(np.stack([read_rgb(Path(raw_dir) / FRAME_NAME.format(f)) for f in run]), k)
-        for f, frame in zip(run, smoothed, strict=True):
-            if f in wanted:
-                write_png(frame, Path(frames_dir) / FRAME_NAME.format(f))
+    for f in {int(f) for f in frame_ids}:
+        write_png(smoothed[f], Path(frames_dir) / FRAME_NAME.format(f))
     return counts
+
+
+def render_windows_to_dir(
+    pipe,
+    image,
+    iuv_seq: np.ndarray,
+    frame_ids: Sequence[int],
+    pose_window: int,
+    cfg: RenderConfig,
+    frames_dir: Path,
+    raw_dir: Path,
+    desc: str,
+) -> dict[str, int]:
+    """``frames_dir/NNNNN.png`` for ``frame_ids``, each from its centred ``pose_window`` of ``iuv_seq``: smoothed
+    (:func:`render_smoothed_to_dir`, raw renders in ``raw_dir``) when ``cfg.temporal_smoothing`` > 1, else as
+    rendered (:func:`render_to_dir`)."""
+    if cfg.temporal_smoothing > 1:
+        return render_smoothed_to_dir(pipe, image, iuv_seq, frame_ids, pose_window, cfg, frames_dir, raw_dir, desc)
+    from dreampose.data.densepose.iuv import pose_window as window_of
+
+    poses = torch.stack([window_of(iuv_seq, int(t), pose_window) for t in frame_ids])
+    return render_to_dir(pipe, image, poses, frame_ids, cfg, frames_dir, desc=desc)
 
 
 def _write_videos(out_dir: Path, generated: np.ndarray, columns: list[np.ndarray], fps: int) -> dict[str, str]:
@@ -323,47 +351,35 @@ def render_subject(
     neighbours included, stay in ``raw/frames/``). ``pipe`` overrides loading ``model_dir`` (tests, flows).
     ``runtime`` places the loaded pipeline (device, dtype, offload).
     """
-    from dreampose.data.dataset import load_pose_sequence
-
     root, out_dir = Path(root), Path(out_dir)
     rows = subject_rows(read_test_manifest(test_manifest), subject, test_manifest)
     input_path = root / rows["input_path"].iloc[0]
     image = read_rgb(input_path)
-    iuv_path = root / rows["densepose_path"].iloc[0]
-    iuv = load_iuv_npz(iuv_path)
+    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
     frame_ids = [int(f) for f in rows["target_frame"]]
-    # The same windows the manifest lists (pose_frames), built by the loader training uses.
-    poses = load_pose_sequence(iuv_path, frame_ids, window=len(rows["pose_frames"].iloc[0]))
-    if image.shape[:2] != tuple(poses.shape[-2:]):
-        raise ValueError(f"{input_path}: image is {image.shape[:2]} but its poses are {tuple(poses.shape[-2:])}")
+    if image.shape[:2] != tuple(iuv.shape[1:3]):
+        raise ValueError(f"{input_path}: image is {image.shape[:2]} but its poses are {tuple(iuv.shape[1:3])}")
 
     t0 = time.perf_counter()
     if pipe is None:
         pipe = load_pipeline(model_dir, runtime)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
+    # The same windows the manifest lists (pose_frames); raw renders (when smoothing) shared by targets and clip.
+    raw = out_dir / "raw" / "frames"
     window = len(rows["pose_frames"].iloc[0])
-    smooth = cfg.temporal_smoothing > 1
-    if smooth:  # raw renders of the targets and their neighbours in raw/frames, smoothed ones in frames/
-        raw = out_dir / "raw" / "frames"
-        counts = render_smoothed_to_dir(
-            pipe, image, iuv, frame_ids, window, cfg, out_dir / "frames", raw, desc=f"render {subject}"
-        )
-    else:
-        counts = render_to_dir(pipe, image, poses, frame_ids, cfg, out_dir / "frames", desc=f"render {subject}")
+    counts = render_windows_to_dir(
+        pipe, image, iuv, frame_ids, window, cfg, out_dir / "frames", raw, desc=f"render {subject}"
+    )
     fvd: dict[str, Any] = {}
     if fvd_manifest is not None:
         clip = fvd_rows(fvd_manifest, subject)
         clip_ids = [int(f) for f in clip["target_frame"]]
-        if clip_ids and smooth:
-            c = render_smoothed_to_dir(
+        if clip_ids:
+            c = render_windows_to_dir(
                 pipe, image, iuv, clip_ids, len(clip["pose_frames"].iloc[0]), cfg, out_dir / "fvd" / "frames",
                 raw, desc=f"fvd {subject}",
             )  # fmt: skip
-            counts = {k: counts[k] + c[k] for k in counts}
-        elif clip_ids:
-            clip_poses = load_pose_sequence(iuv_path, clip_ids, window=len(clip["pose_frames"].iloc[0]))
-            c = render_to_dir(pipe, image, clip_poses, clip_ids, cfg, out_dir / "fvd" / "frames", desc=f"fvd {subject}")
             counts = {k: counts[k] + c[k] for k in counts}
         fvd = {"fvd_frames": clip_ids}
     t_render = time.perf_counter() - t1
@@ -422,11 +438,8 @@ def render_sequence(
     if np.asarray(image).shape[:2] != tuple(poses.shape[-2:]):
         raise ValueError(f"input image is {np.asarray(image).shape[:2]} but the poses are {tuple(poses.shape[-2:])}")
     t0 = time.perf_counter()
-    if cfg.temporal_smoothing > 1:
-        raw = out_dir / "raw" / "frames"
-        counts = render_smoothed_to_dir(pipe, image, iuv_seq, ids, window, cfg, out_dir / "frames", raw, "render")
-    else:
-        counts = render_to_dir(pipe, image, poses, ids, cfg, out_dir / "frames", desc="render")
+    raw = out_dir / "raw" / "frames"
+    counts = render_windows_to_dir(pipe, image, iuv_seq, ids, window, cfg, out_dir / "frames", raw, "render")
     t_render = time.perf_counter() - t0
     generated = np.stack([read_rgb(out_dir / "frames" / FRAME_NAME.format(f)) for f in ids])
     pose_rgb = np.stack([iuv_to_rgb(iuv_seq[t]) for t in ids])
