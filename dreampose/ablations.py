@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,15 +162,14 @@ def run_variants(
     root: Path,
     dvc: str = "dvc",
     env: Mapping[str, str] | None = None,
-    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> list[str]:
     """Run each named variant as a ``--temp`` DVC experiment (replacing an earlier one of the same name)."""
     done = []
     for v in (variant(n) for n in names):
         if not v.params:
             continue  # full: the committed configuration, already in dvc.lock / metrics
-        run([dvc, "exp", "remove", PREFIX + v.name], cwd=root, env=env, capture_output=True)  # absent is fine
-        run(exp_run_command(v, dvc), cwd=root, env=env, check=True)
+        subprocess.run([dvc, "exp", "remove", PREFIX + v.name], cwd=root, env=env, capture_output=True)  # absent: fine
+        subprocess.run(exp_run_command(v, dvc), cwd=root, env=env, check=True)
         done.append(v.name)
     return done
 

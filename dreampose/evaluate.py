@@ -415,8 +415,8 @@ def score_renders(
     ``out_dir/scores.json`` (its numbers only, for DVC), ``out_dir/per_video.parquet`` (one row per method and
     subject) and ``plots_dir/per_frame.csv`` (ours, one row per subject and frame). Returns the evaluation.json
     content plus ``table`` (text).
-    FVD clips come from ``fvd_manifest`` (default: ``fvd.parquet`` beside ``test_manifest``) and are read
-    only when an I3D network is available.
+    Consecutive-frame clips come from ``fvd_manifest`` (default: ``fvd.parquet`` beside ``test_manifest``); they
+    feed FVD (when an I3D network is available) and the temporal error.
     ``runtime`` places the baseline pipelines (device, dtype, offload) and the metric networks (device, fp32).
     """
     root, out_dir, plots_dir = Path(root), Path(out_dir), Path(plots_dir)
