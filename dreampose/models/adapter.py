@@ -4,28 +4,36 @@ DreamPose (paper §4.2) replaces Stable Diffusion's text tokens by an embedding 
 photo. CLIP alone loses fine garment detail, so the adapter also reads the VAE latent of the
 same photo: the latent is cut into ``patch_size x patch_size`` patches, one token each, with a
 fixed 2-D sine-cosine position code. The token count therefore follows the latent size (no
-resolution is baked in). The VAE tokens pass through a scalar gate ``g`` initialised at zero.
+resolution is baked in). The VAE tokens leave through an output projection ``G`` (``vae_out``, a
+``D x D`` linear layer) whose weights are initialised at zero: the paper's "the weights corresponding
+to the VAE embeddings are set to zero", so training starts from the CLIP embeddings alone.
+
+Why a zero *matrix* and not a zero scalar gate: under Adam every parameter moves by about ``lr`` per
+step whatever its gradient's size, so a scalar gate can reach at most ``lr x steps`` (0.125 after the
+paper's 25,000 steps at 5e-6: the VAE branch would stay nearly shut for the whole base finetune). Each
+token of ``G x`` sums ``D`` entries that move together, so the branch opens about ``D`` times faster at
+the same learning rate (measured in ``tests/models/test_adapter.py``).
 
 Why the UNet attends to the two token groups separately
 -------------------------------------------------------
 Zero tokens are not "no tokens" in one softmax: with ``to_k`` without bias a zero token has key
 0, logit 0, and still takes ``exp(0) / Z`` of the attention mass. At 640x512 there are 1,280 VAE
 tokens beside ~50 CLIP tokens, so a plain concatenation would dilute the pretrained UNet's
-attention to the CLIP tokens ~25x at initialisation. Masking the gated tokens out of the softmax
+attention to the CLIP tokens ~25x at initialisation. Masking the VAE tokens out of the softmax
 is exact but never trains: a weight driven to exactly 0 through its logit has zero gradient
-(``d softmax_j / d s_j = w_j (1 - w_j) = 0``), so the gate would stay shut.
+(``d softmax_j / d s_j = w_j (1 - w_j) = 0``), so the branch would stay shut.
 
 So every cross-attention layer of the UNet is made a :class:`DecoupledImageAttention`
 (IP-Adapter-style decoupled cross-attention with *shared* ``to_k`` / ``to_v``, so no new UNet
 weights and the photo's VAE embedding still feeds the same cross-attention, as in the paper)::
 
-    out = Attn(q, K(clip), V(clip))  +  W_out · Attn(q, K(g·x), V(g·x))
+    out = Attn(q, K(clip), V(clip))  +  W_out · Attn(q, K(G·x), V(G·x))
 
 The first term is the layer's ordinary attention processor on the CLIP tokens alone. The second is
-the VAE tokens' own softmax, projected by ``to_out`` without its bias. At ``g = 0`` its values
+the VAE tokens' own softmax, projected by ``to_out`` without its bias. At ``G = 0`` its values
 ``to_v(0)`` are exactly 0 (SD's ``to_v`` has no bias), so the term is exactly 0 and the UNet output
-is bit-for-bit the CLIP-only output. It is multiplicative in ``g``, so ``d out / d g`` (the mean
-of the VAE tokens' values, projected) is not zero and training opens the gate.
+is bit-for-bit the CLIP-only output. The values are linear in the tokens, so ``d out / d G`` (the
+attention-weighted upstream gradient times ``x``) is not zero and training opens the branch.
 
 The split point is the number of CLIP tokens, fixed by the image encoder
 (:meth:`ImagePoseAdapter.num_clip_tokens`); sequences no longer than that are plain cross-attention.
@@ -117,9 +125,12 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
             nn.GELU(),
             nn.Linear(2 * cross_attention_dim, cross_attention_dim),
         )
-        # Zero gate: the VAE branch contributes nothing until training opens it (exactly so in the UNet,
-        # through DecoupledImageAttention; see the module docstring).
-        self.vae_gate = nn.Parameter(torch.zeros(1))
+        # Zero output projection: the VAE branch contributes nothing until training opens it (exactly so in
+        # the UNet, through DecoupledImageAttention), and it opens ~D times faster than a scalar gate would
+        # (see the module docstring).
+        self.vae_out = nn.Linear(cross_attention_dim, cross_attention_dim)
+        nn.init.zeros_(self.vae_out.weight)
+        nn.init.zeros_(self.vae_out.bias)
 
     @property
     def uses_vae_tokens(self) -> bool:
@@ -149,7 +160,7 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         return tokens
 
     def vae_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """One gated token per ``patch_size x patch_size`` latent patch, ``(B, h*w/p^2, D)``."""
+        """One token per ``patch_size x patch_size`` latent patch, through ``vae_out``: ``(B, h*w/p^2, D)``."""
         p = self.config.patch_size
         c = self.config.latent_channels
         if latents.ndim != 4 or latents.shape[1] != c or latents.shape[2] % p or latents.shape[3] % p:
@@ -162,7 +173,7 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         x = self.vae_proj(patches)
         x = x + sincos_position_embedding(gh, gw, x.shape[-1], device=x.device, dtype=x.dtype)
         x = x + self.vae_mlp(self.vae_norm(x))
-        return x * self.vae_gate.to(x.dtype)
+        return self.vae_out(x)
 
     def forward(
         self,
@@ -170,7 +181,7 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         latents: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``clip_tokens`` followed (with ``latents``) by the gated ``vae_tokens``: ``(B, N (+1) + h*w/p^2, D)``.
+        """``clip_tokens`` followed (with ``latents``) by the ``vae_tokens``: ``(B, N (+1) + h*w/p^2, D)``.
 
         A CLIP-only adapter (``image_tokens="clip"``) refuses ``latents`` rather than silently dropping them.
         """

@@ -4,7 +4,7 @@
 part that needs pixels before DreamPose training; the image encoder is trained jointly later).
 ``pretrained`` loads a local Stable Diffusion v1.x diffusers directory (``unet/``, ``vae/``,
 ``scheduler/``; the text encoder and tokenizer are not used) and a CLIP vision directory. Both
-then widen ``conv_in`` for the pose channels and add a zero-gated adapter.
+then widen ``conv_in`` for the pose channels and add an adapter whose VAE branch starts at zero.
 
 Over 350 lines because the tiny and the pretrained builders share the widening and adapter steps
 and must stay side by side so both sources build the same architecture.
@@ -363,7 +363,7 @@ def build_base_model(
     width: int = 48,
     root: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the base ``DreamPosePipeline`` (expanded ``conv_in``, zero-gated adapter) to ``out_dir``.
+    """Write the base ``DreamPosePipeline`` (expanded ``conv_in``, adapter with its VAE branch at zero) to ``out_dir``.
 
     ``tiny`` pre-trains the VAE on the frames listed in ``frames_dir / "index.parquet"`` (paths relative
     to ``root``, default ``frames_dir.parent.parent``, the workspace of ``data/frames``). Returns a summary.

@@ -147,7 +147,7 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
             scheduler=scheduler,
         )
         # The adapter's VAE tokens get their own softmax in every cross-attention layer (exactly CLIP-only at
-        # gate 0; see models/adapter.py). Not saved with the UNet, so installed on every build and load.
+        # a zero VAE projection; see models/adapter.py). Not saved with the UNet, so installed on every build and load.
         install_image_attention(unet, adapter, image_encoder)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)

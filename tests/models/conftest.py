@@ -21,14 +21,21 @@ def tiny_components() -> dict:
     return build_tiny_components(TEST_CFG, H, W, prediction_type="v_prediction", seed=0)
 
 
+def open_vae_tokens(adapter, scale: float = 0.5) -> None:
+    """Set the adapter's zero-initialised VAE output projection to ``scale`` x identity (tokens = scale * x)."""
+    with torch.no_grad():
+        adapter.vae_out.weight.copy_(scale * torch.eye(adapter.vae_out.weight.shape[0]))
+        adapter.vae_out.bias.zero_()
+
+
 def open_conditioning(p: DreamPosePipeline) -> DreamPosePipeline:
-    """Random init leaves the new pose weights and the adapter's gate at zero; open them so that pose and VAE
-    tokens actually influence the output in the tests that look for it."""
+    """Random init leaves the new pose weights and the adapter's VAE output projection at zero; open them so that
+    pose and VAE tokens actually influence the output in the tests that look for it."""
     with torch.no_grad():
         g = torch.Generator().manual_seed(1)
         w = p.unet.conv_in.weight
         w[:, 4:] = torch.randn(w[:, 4:].shape, generator=g) * 0.1
-        p.adapter.vae_gate.fill_(0.5)
+    open_vae_tokens(p.adapter)
     p.set_progress_bar_config(disable=True)
     return p
 

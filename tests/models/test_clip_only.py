@@ -99,4 +99,4 @@ def test_clip_only_training_step_updates_the_clip_path_only():
     }
     objective(batch, torch.Generator().manual_seed(1)).backward()
     assert pipe.adapter.clip_proj.weight.grad is not None
-    assert pipe.adapter.vae_gate.grad is None and pipe.adapter.vae_proj.weight.grad is None
+    assert pipe.adapter.vae_out.weight.grad is None and pipe.adapter.vae_proj.weight.grad is None

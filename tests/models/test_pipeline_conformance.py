@@ -18,7 +18,7 @@ import torch
 
 from dreampose.models.builders import build_tiny_components
 from dreampose.models.pipeline import DreamPosePipeline
-from tests.models.conftest import TEST_CFG, H, W
+from tests.models.conftest import TEST_CFG, H, W, open_vae_tokens
 from tests.third_party.diffusers_common.test_pipelines_common import (
     PipelineLatentTesterMixin,
     PipelineTesterMixin,
@@ -82,12 +82,12 @@ class DreamPosePipelineConformanceTests(
 
     def get_dummy_components(self):
         comps = build_tiny_components(CFG, H, W, prediction_type="v_prediction", seed=0)
-        # Open the zero-initialised pose weights and adapter gate so poses and VAE tokens change the output.
+        # Open the zero-initialised pose weights and adapter VAE projection so poses and VAE tokens change the output.
         with torch.no_grad():
             g = torch.Generator().manual_seed(1)
             w = comps["unet"].conv_in.weight
             w[:, 4:] = torch.randn(w[:, 4:].shape, generator=g) * 0.1
-            comps["adapter"].vae_gate.fill_(0.5)
+        open_vae_tokens(comps["adapter"])
         return comps
 
     def get_dummy_inputs(self, device, seed=0):
