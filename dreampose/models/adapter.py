@@ -132,6 +132,17 @@ class ImagePoseAdapter(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.vae_out.weight)
         nn.init.zeros_(self.vae_out.bias)
 
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        """diffusers' hook for architecture changes: adapters saved with the earlier scalar gate ``vae_gate`` (tokens
+        ``g * x``) load as the exactly equivalent projection ``vae_out = g * I`` with zero bias."""
+        gate = state_dict.pop("vae_gate", None)
+        if gate is not None and "vae_out.weight" not in state_dict:
+            dim = self.config.cross_attention_dim
+            eye = torch.eye(dim, dtype=gate.dtype, device=gate.device)
+            state_dict["vae_out.weight"] = eye * gate.reshape(())
+            state_dict["vae_out.bias"] = torch.zeros(dim, dtype=gate.dtype, device=gate.device)
+        super()._fix_state_dict_keys_on_load(state_dict)
+
     @property
     def uses_vae_tokens(self) -> bool:
         """Whether the conditioning includes the photo's VAE-latent tokens (``image_tokens == "clip_vae"``)."""

@@ -89,6 +89,14 @@ def _registered_frames(run_dir: Path, ids) -> np.ndarray:
     return np.stack([catalog.read_rgb(run_dir / "render" / "frames" / f"{f:05d}.png") for f in ids])
 
 
+def _assert_same_up_to_batching(got: np.ndarray, want: np.ndarray) -> None:
+    """Frame 0 rendered alone vs inside a batch of ``frame_batch_size``: the same computation, but CPU kernels sum
+    in a batch-size-dependent order (~1e-6 apart before uint8 rounding), so a pixel on a rounding boundary may
+    flip by 1."""
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
 @pytest.mark.slow
 def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harness, tmp_path, chromium):
     import mlflow
@@ -188,4 +196,4 @@ def test_two_items_at_once_keep_separate_outputs(workspace):
         model = mlflow.pyfunc.load_model(uri)
         iuv = catalog.resolve_poses("poses", workspace, params).iuv
         frame0 = model.predict(iuv, params={"frame_ids": [0]})
-        np.testing.assert_array_equal(frame0, _registered_frames(dirs[item], [0]))
+        _assert_same_up_to_batching(frame0, _registered_frames(dirs[item], [0]))

@@ -314,3 +314,25 @@ def test_the_vae_branch_opens_faster_than_a_scalar_gate_could_at_the_papers_lr()
     gain = (seen["out"].pow(2).mean().sqrt() / seen["x"].pow(2).mean().sqrt()).item()
     scalar_bound = lr * steps
     assert gain > 3 * scalar_bound, (gain, scalar_bound)
+
+
+def test_an_adapter_saved_with_the_scalar_gate_loads_as_the_equivalent_projection(tmp_path):
+    """Models registered before the projection replaced the gate (``vae_gate``, tokens ``g * x``) still load, exactly."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = ImagePoseAdapter(clip_dim=16, cross_attention_dim=24)
+    adapter.save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    old = {k: v for k, v in load_file(weights).items() if not k.startswith("vae_out.")}
+    old["vae_gate"] = torch.tensor([0.3])
+    save_file(old, weights)
+
+    again = ImagePoseAdapter.from_pretrained(tmp_path)
+    clip, latents = _inputs()
+    seen = {}
+    handle = again.vae_out.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    out = again(clip, latents)
+    handle.remove()
+    assert out.device.type == "cpu" and not again.vae_out.bias.any()
+    torch.testing.assert_close(out[:, 5:], seen["x"] * 0.3, rtol=0, atol=1e-7)
+    torch.testing.assert_close(out[:, :5], adapter(clip)[:, :5], rtol=0, atol=0)
