@@ -230,36 +230,6 @@ def render_to_dir(
     return {"rendered": len(todo), "skipped": len(frame_ids) - len(todo)}
 
 
-def render_smoothed_to_dir(
-    pipe,
-    image,
-    iuv_seq: np.ndarray,
-    frame_ids: Sequence[int],
-    pose_window: int,
-    cfg: RenderConfig,
-    frames_dir: Path,
-    raw_dir: Path,
-    desc: str,
-) -> dict[str, int]:
-    """``frames_dir/NNNNN.png`` for ``frame_ids``, temporally smoothed over ``cfg.temporal_smoothing`` video frames.
-
-    The test targets lie far apart, so each target's neighbours in the video are rendered too (from their own pose
-    windows of ``iuv_seq``, the whole ``(T, H, W, 3)`` DensePose sequence) into ``raw_dir`` (resumable, shared by
-    the targets and the FVD clip: a frame's render depends only on its id), and the smoothing runs over
-    consecutive video frames only. Counts are those of the raw renders."""
-    from dreampose.data.densepose.iuv import pose_window as window_of
-
-    k = cfg.temporal_smoothing
-    needed = smoothing_support(frame_ids, k, len(iuv_seq))
-    poses = torch.stack([window_of(iuv_seq, t, pose_window) for t in needed])
-    counts = render_to_dir(pipe, image, poses, needed, cfg, raw_dir, desc=desc)
-    smoothed = smooth_over_runs({f: read_rgb(Path(raw_dir) / FRAME_NAME.format(f)) for f in needed}, k)
-    Path(frames_dir).mkdir(parents=True, exist_ok=True)
-    for f in {int(f) for f in frame_ids}:
-        write_png(smoothed[f], Path(frames_dir) / FRAME_NAME.format(f))
-    return counts
-
-
 def render_windows_to_dir(
     pipe,
     image,
@@ -271,15 +241,26 @@ def render_windows_to_dir(
     raw_dir: Path,
     desc: str,
 ) -> dict[str, int]:
-    """``frames_dir/NNNNN.png`` for ``frame_ids``, each from its centred ``pose_window`` of ``iuv_seq``: smoothed
-    (:func:`render_smoothed_to_dir`, raw renders in ``raw_dir``) when ``cfg.temporal_smoothing`` > 1, else as
-    rendered (:func:`render_to_dir`)."""
-    if cfg.temporal_smoothing > 1:
-        return render_smoothed_to_dir(pipe, image, iuv_seq, frame_ids, pose_window, cfg, frames_dir, raw_dir, desc)
+    """``frames_dir/NNNNN.png`` for ``frame_ids``, each from its centred ``pose_window`` of ``iuv_seq`` (the whole
+    ``(T, H, W, 3)`` DensePose sequence), rendered resumably (:func:`render_to_dir`).
+
+    With ``cfg.temporal_smoothing`` = k > 1 the frames are smoothed over k video frames. The test targets lie far
+    apart, so each target's neighbours in the video are rendered too, into ``raw_dir`` (resumable, shared by the
+    targets and the FVD clip: a frame's render depends only on its id), and the smoothing runs over consecutive
+    video frames only. Counts are those of the renders (the raw ones when smoothing)."""
     from dreampose.data.densepose.iuv import pose_window as window_of
 
-    poses = torch.stack([window_of(iuv_seq, int(t), pose_window) for t in frame_ids])
-    return render_to_dir(pipe, image, poses, frame_ids, cfg, frames_dir, desc=desc)
+    k = cfg.temporal_smoothing
+    smooth = k > 1
+    needed = smoothing_support(frame_ids, k, len(iuv_seq)) if smooth else list(frame_ids)
+    poses = torch.stack([window_of(iuv_seq, int(t), pose_window) for t in needed])
+    counts = render_to_dir(pipe, image, poses, needed, cfg, raw_dir if smooth else frames_dir, desc=desc)
+    if smooth:
+        smoothed = smooth_over_runs({f: read_rgb(Path(raw_dir) / FRAME_NAME.format(f)) for f in needed}, k)
+        Path(frames_dir).mkdir(parents=True, exist_ok=True)
+        for f in {int(f) for f in frame_ids}:
+            write_png(smoothed[f], Path(frames_dir) / FRAME_NAME.format(f))
+    return counts
 
 
 def _write_videos(out_dir: Path, generated: np.ndarray, columns: list[np.ndarray], fps: int) -> dict[str, str]:
@@ -347,7 +328,7 @@ def render_subject(
     ``side_by_side.mp4`` (input photo | colour-coded IUV | generated | ground truth),
     ``poster.png`` and ``render.json``. With ``fvd_manifest``, also the subject's FVD clip
     (consecutive frames) as ``fvd/frames/NNNNN.png``. With ``cfg.temporal_smoothing`` (an odd k > 1) the frames
-    are smoothed over the k video frames around each (:func:`render_smoothed_to_dir`; the raw renders, targets'
+    are smoothed over the k video frames around each (:func:`render_windows_to_dir`; the raw renders, targets'
     neighbours included, stay in ``raw/frames/``). ``pipe`` overrides loading ``model_dir`` (tests, flows).
     ``runtime`` places the loaded pipeline (device, dtype, offload).
     """
