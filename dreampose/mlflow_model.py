@@ -75,21 +75,20 @@ class DreamPoseSubjectModel(PythonModel):
         import torch
 
         from dreampose.data.densepose.iuv import pose_window
-        from dreampose.render import render_frames
+        from dreampose.render import render_frames, smooth_over_runs, smoothing_support
 
         iuv = check_iuv(model_input, self.photo.shape[:2])
         ids = frame_ids_for(len(iuv), (params or {}).get("frame_ids"))
         k = self.render_cfg.temporal_smoothing
-        if k > 1:  # as the catalog render did: the neighbours are rendered, then smoothed over consecutive frames
-            from dreampose.render import smooth_over_runs, smoothing_support
-
-            needed = smoothing_support(ids, k, len(iuv))
-            poses = torch.stack([pose_window(iuv, t, self.window) for t in needed])
-            frames = render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=needed)
-            smoothed = smooth_over_runs(dict(zip(needed, frames, strict=True)), k)
-            return np.stack([smoothed[f] for f in ids])
-        poses = torch.stack([pose_window(iuv, t, self.window) for t in ids])
-        return render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=ids)
+        # As the catalog render does: when smoothing, the neighbours are rendered too, then smoothed over
+        # consecutive frames.
+        needed = smoothing_support(ids, k, len(iuv)) if k > 1 else ids
+        poses = torch.stack([pose_window(iuv, t, self.window) for t in needed])
+        frames = render_frames(self.pipe, self.photo, poses, self.render_cfg, frame_ids=needed)
+        if k <= 1:
+            return frames
+        smoothed = smooth_over_runs(dict(zip(needed, frames, strict=True)), k)
+        return np.stack([smoothed[f] for f in ids])
 
 
 def signature(height: int, width: int):
