@@ -4,8 +4,6 @@ One pydantic model per component. Unknown keys and bad values are errors that na
 key and the file. Defaults live here only; ``params.yaml`` (the demo preset) and
 ``presets/paper.yaml`` override them. The library never reads this file by itself: the CLI
 loads it and passes the relevant section down as an argument.
-
-Over 350 lines because it is the one config source: every section's schema and check lives here.
 """
 
 from __future__ import annotations

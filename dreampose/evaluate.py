@@ -24,9 +24,6 @@ Why the must-beat photo test uses the base model: a subject-finetuned model carr
 appearance in its weights (that is what the paper's finetune is for), so swapping its photo barely
 changes its output and says little about whether the architecture reads the photo. The base model
 is where the photo is the only source of appearance; beating it with a swapped photo shows the photo is used.
-
-Over 350 lines because the score stage is one protocol (load, render baselines, score, summarize, write)
-whose steps share ``SubjectData``; the pure metrics it calls live in ``dreampose.metrics``.
 """
 
 from __future__ import annotations

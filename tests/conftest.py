@@ -37,9 +37,27 @@ def _seed_and_isolate(monkeypatch, tmp_path):
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
+    _reset_mlflow_globals()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.delenv("DREAMPOSE_PARENT_RUN_ID", raising=False)
     yield
+    _reset_mlflow_globals()
+
+
+def _reset_mlflow_globals() -> None:
+    """Forget what an in-process test told mlflow: a tracking or registry URI set with ``set_tracking_uri`` (it
+    outranks the environment), the active experiment (``set_experiment`` also writes ``MLFLOW_EXPERIMENT_ID`` into
+    ``os.environ``, behind monkeypatch's back) and any run left open. Each test then sees only its own store."""
+    import mlflow
+    from mlflow.tracking import _model_registry, _tracking_service, fluent
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    _tracking_service.utils._tracking_uri = None
+    _model_registry.utils._registry_uri = None
+    fluent._active_experiment_id = None
+    fluent._last_active_run_id.set(None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,15 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from dreampose import cli
 
 
 def test_help_lists_every_stage(capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
-    except SystemExit as e:
-        assert e.code == 0
+    assert exc.value.code == 0
     out = capsys.readouterr().out
     for name in cli.STAGES:
         assert name in out

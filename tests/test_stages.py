@@ -43,8 +43,26 @@ def test_data_stages_write_the_layout_and_log_runs(params, tmp_path):
 
 
 def test_report_reads_the_scores_file(params, tmp_path, capsys):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no scores yet"):
         stages.report(params, tmp_path)
+    evaluation = layout.Workspace(tmp_path).evaluation
+    evaluation.parent.mkdir(parents=True)
+    evaluation.write_text(
+        json.dumps(
+            {
+                "dataset": "synthetic",
+                "num_frames": 8,
+                "ours": {"l1": 0.04321, "ssim": 0.7654, "fid": {"status": "unavailable", "reason": "no weights"}},
+            }
+        )
+    )
+    stages.report(params, tmp_path)
+    out = capsys.readouterr().out
+    ours = next(line for line in out.splitlines() if line.startswith("ours"))
+    assert "0.0432" in ours and "0.7654" in ours
+    # VGG is absent (footnote 1, "not computed"); FID is unavailable with the record's own reason (footnote 2)
+    assert "unavailable [1]" in ours and "unavailable [2]" in ours
+    assert "[1] not computed" in out and "[2] no weights" in out
 
 
 def test_dump_summary_is_sorted_json():

@@ -1,9 +1,8 @@
 """The catalog item: validate → subject finetune from the base model → render → score → log to MLflow →
 register a ``review=pending`` version, with a reuse key so an identical item is not trained twice.
 Every run writes only under ``catalog/<item_id>/<run_id>/`` so two items running at once never mix.
-
-Why this file is over 350 lines: ``run_catalog_item`` and ``_train_render_register`` are one orchestration
-(reuse check, attempt bookkeeping, the locked finetune, render, scoring) that reads best in one place.
+``run_catalog_item`` holds the reuse check and attempt bookkeeping; ``_train_render_register`` the locked
+finetune, render, scoring and registration.
 """
 
 from __future__ import annotations

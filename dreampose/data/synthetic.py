@@ -12,9 +12,6 @@ Layout written under ``out_dir`` (``data/raw``)::
     videos/{train,test}/<id>.mp4     H.264, the rendered RGB frames
     iuv/{train,test}/<id>.npz        key ``iuv``: uint8 (T, H, W, 3) = (I, round(255 u), round(255 v))
     download_report.json             source, per-video sha256 + bytes
-
-Over 350 lines because the mannequin renderer and its ground-truth IUV are drawn by the same
-geometry code; apart, the IUV could drift from the pixels.
 """
 
 from __future__ import annotations

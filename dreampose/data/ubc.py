@@ -9,9 +9,6 @@ a size cap, and an atomic rename when complete. Every URL ends up in ``download_
 with its status, size and sha256. Dead links are expected (the paper could use 339 of the 500 listed training
 videos): the missing ones are reported and skipped, and the stage fails only when a split has fewer valid
 videos than ``min_train_videos`` / ``min_test_videos``.
-
-Over 350 lines because the download, its retry/size policy and its report are one contract with
-the stage's failure rule; split, each part would need the others to be read.
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ part that needs pixels before DreamPose training; the image encoder is trained j
 ``pretrained`` loads a local Stable Diffusion v1.x diffusers directory (``unet/``, ``vae/``,
 ``scheduler/``; the text encoder and tokenizer are not used) and a CLIP vision directory. Both
 then widen ``conv_in`` for the pose channels and add an adapter whose VAE branch starts at zero.
-
-Over 350 lines because the tiny and the pretrained builders share the widening and adapter steps
-and must stay side by side so both sources build the same architecture.
 """
 
 from __future__ import annotations

@@ -18,9 +18,7 @@ range used inside the pipeline and by ``encode_image`` / ``clip_pixels``), sever
 call, ``num_images_per_prompt``, ``num_timesteps`` / ``interrupt`` for callbacks, the
 ``StableDiffusionMixin`` helpers (FreeU, fused QKV projections, VAE slicing / tiling), any
 diffusers VAE (``AutoencoderKL``, ``AutoencoderTiny``, ...), ``enable_model_cpu_offload``.
-
-Over 350 lines because it follows the diffusers pipeline contract (one class with the standard
-``__call__``, encode and latent helpers); ``load_pipeline`` beside it is the one loader of a saved pipeline.
+``load_pipeline`` beside it is the one loader of a saved pipeline.
 """
 
 from __future__ import annotations

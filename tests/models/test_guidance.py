@@ -7,10 +7,29 @@ from dreampose.models.guidance import BRANCHES, dual_guidance
 from dreampose.models.pipeline import guidance_weights
 
 
-def test_branch_order_is_documented():
-    assert BRANCHES == ("uncond", "image", "full")
-    doc = dual_guidance.__doc__
-    assert doc.index("uncond") < doc.index("image only") < doc.index("image and pose")
+def test_pipeline_feeds_each_branch_its_conditioning(pipe):
+    """guided_prediction's three-branch call equals the eq.-4 mix of three separate UNet calls, each made with the
+    conditioning its name in BRANCHES promises (uncond: zero tokens and pose; image: zero pose; full: both)."""
+    g = torch.Generator().manual_seed(4)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    tokens = torch.randn(1, 6, pipe.unet.config.cross_attention_dim, generator=g)
+    pose = torch.rand(2, 10, 8, 8, generator=g)
+    t = torch.tensor(500)
+    pipe.scheduler.set_timesteps(10)
+
+    def unet(tok: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([pipe.scheduler.scale_model_input(latents, t), p], dim=1)
+        return pipe.unet(x, t, encoder_hidden_states=tok.expand(2, -1, -1), return_dict=False)[0]
+
+    zero_tok, zero_pose = torch.zeros_like(tokens), torch.zeros_like(pose)
+    separate = {"uncond": unet(zero_tok, zero_pose), "image": unet(tokens, zero_pose), "full": unet(tokens, pose)}
+    s_i, s_p = 2.5, 1.5
+    expected = dual_guidance(torch.cat([separate[b] for b in BRANCHES]), s_i, s_p)
+    with torch.no_grad():
+        got = pipe.guided_prediction(latents, t, tokens, pose, s_i, s_p)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(separate["image"], separate["full"])  # the pose reaches the UNet
+    assert not torch.allclose(separate["uncond"], separate["image"])  # and so do the image tokens
 
 
 def test_hand_computation():
