@@ -401,5 +401,10 @@ def test_overlapped_stage_failures_stop_its_threads_and_leave_nothing(tmp_path):
     with pytest.raises((FileExistsError, NotADirectoryError)):
         _densepose_videos(backend, cfg, ws / "data/frames", videos, H, W, workers=2)
     assert not _densepose_threads()
+    # A failure while turning outputs into IUV (on the results thread) surfaces too.
+    wrong = SyntheticBackend(ws / "data/raw", H + 1, W)
+    with pytest.raises(ValueError, match=r"IUV shape \(17, 12, 3\)"):
+        run_densepose(DensePoseConfig(), ws / "data/frames", ws / "data/raw", out, backend=wrong, workers=2)
+    assert not out.exists() and not _densepose_threads()
     with pytest.raises(ValueError, match="workers must be >= 0"):
         run_densepose(cfg, ws / "data/frames", ws / "data/raw", out, workers=-1)

@@ -116,23 +116,23 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-class _Writer:
-    """Writes finished videos' archives on a background thread, in order, at most ``depth`` videos queued
-    (each holds its decoded IUV). An error in a write is raised in the caller at its next ``put`` or ``close``;
-    ``abort`` drops what is still queued."""
+class _Stage:
+    """A background thread applying ``fn`` to queued items in order, at most ``depth`` waiting. An error in
+    ``fn`` is raised in the caller at its next ``put`` or at ``close``; ``abort`` drops what is still queued."""
 
-    def __init__(self, depth: int = 1):
+    def __init__(self, name: str, fn: Callable[[Any], object], depth: int):
+        self._fn = fn
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._abort = False
-        self._thread = threading.Thread(target=self._run, name="densepose-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             if self._error is None and not self._abort:
                 try:
-                    _write_archive(*job)
+                    self._fn(item[0])
                 except BaseException as err:  # handed to the caller
                     self._error = err
 
@@ -140,9 +140,9 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
-    def put(self, out_file: Path, iuvs: list[np.ndarray]) -> None:
+    def put(self, item: Any) -> None:
         self._raise()
-        self._queue.put((out_file, iuvs))
+        self._queue.put((item,))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -192,60 +192,76 @@ def _densepose_videos(
     """Videos' frames (``(rows in index order, archive path)`` each) through ``backend`` into their archives;
     their index records.
 
-    ``workers`` = 0: one step after the other (decode a batch, run the model, and write each archive when its
-    video is done). ``workers`` > 0: frames are decoded ahead on that many threads and archives are written on
-    a background thread, so the model's thread only runs the model; the same bytes are written either way.
+    ``workers`` = 0: one step after the other (decode a batch, run the model, turn its outputs into IUV, write
+    each archive when its video is done). ``workers`` > 0: a pipeline, so the model's thread only feeds the
+    model: frames are decoded ahead on that many threads; a backend with ``infer``/``results`` has its outputs
+    turned into IUV on a second thread; archives are written on a third. The same bytes are written either way.
     """
     batches = [
         (v, rows.iloc[s : s + cfg.batch_size])
         for v, (rows, _) in enumerate(videos)
         for s in range(0, len(rows), cfg.batch_size)
     ]
-    left = [0] * len(videos)  # batches still to run, per video
+    left = [0] * len(videos)  # batches still to collect, per video
     for v, _ in batches:
         left[v] += 1
     iuvs: list[list[np.ndarray]] = [[] for _ in videos]
     records: list[list[dict[str, Any]]] = [[] for _ in videos]
-    writer = _Writer() if workers > 0 else None
+    split = callable(getattr(backend, "infer", None)) and callable(getattr(backend, "results", None))
+    overlap = workers > 0
+    writer = _Stage("densepose-writer", lambda job: _write_archive(*job), depth=1) if overlap else None
+
+    def collect(item: tuple[int, pd.DataFrame, Any]) -> None:
+        """A batch's model outputs -> its IUVs and index records; a finished video's archive is written."""
+        v, batch, raw = item
+        results = backend.results(raw) if split else raw
+        if len(results) != len(batch):
+            raise ValueError(f"backend {backend.name} returned {len(results)} results for {len(batch)} frames")
+        for r, res in zip(batch.itertuples(index=False), results, strict=True):
+            if res.iuv.shape != (height, width, 3):
+                raise ValueError(
+                    f"{r.split}/{r.video} frame {r.frame}: IUV shape {res.iuv.shape} != frame {(height, width, 3)}"
+                )
+            iuvs[v].append(res.iuv)
+            records[v].append(
+                dict(
+                    video=r.video,
+                    split=r.split,
+                    frame=int(r.frame),
+                    person_found=bool(res.person_found),
+                    score=float(res.score),
+                    box_x0=res.box[0],
+                    box_y0=res.box[1],
+                    box_x1=res.box[2],
+                    box_y1=res.box[3],
+                )
+            )
+        left[v] -= 1
+        if left[v] == 0:  # the video is complete: its archive is written, its frames released here
+            done, iuvs[v] = iuvs[v], []
+            if writer is None:
+                _write_archive(videos[v][1], done)
+            else:
+                writer.put((videos[v][1], done))
+
+    post = _Stage("densepose-results", collect, depth=2) if overlap else None
     decoded = _decoded(frames_dir, [b for _, b in batches], backend.needs_pixels, workers)
     try:
         for (v, batch), pixels in zip(batches, decoded, strict=True):
-            results = backend.predict(pixels, batch)
-            if len(results) != len(batch):
-                raise ValueError(f"backend {backend.name} returned {len(results)} results for {len(batch)} frames")
-            for r, res in zip(batch.itertuples(index=False), results, strict=True):
-                if res.iuv.shape != (height, width, 3):
-                    raise ValueError(
-                        f"{r.split}/{r.video} frame {r.frame}: IUV shape {res.iuv.shape} != frame {(height, width, 3)}"
-                    )
-                iuvs[v].append(res.iuv)
-                records[v].append(
-                    dict(
-                        video=r.video,
-                        split=r.split,
-                        frame=int(r.frame),
-                        person_found=bool(res.person_found),
-                        score=float(res.score),
-                        box_x0=res.box[0],
-                        box_y0=res.box[1],
-                        box_x1=res.box[2],
-                        box_y1=res.box[3],
-                    )
-                )
-            left[v] -= 1
-            if left[v] == 0:  # the video is complete: its archive is written, its frames released here
-                done, iuvs[v] = iuvs[v], []
-                if writer is None:
-                    _write_archive(videos[v][1], done)
-                else:
-                    writer.put(videos[v][1], done)
+            raw = backend.infer(pixels, batch) if split else backend.predict(pixels, batch)
+            if post is None:
+                collect((v, batch, raw))
+            else:
+                post.put((v, batch, raw))
             if progress is not None:
                 progress(len(batch))
-        if writer is not None:
-            writer.close()
+        for stage in (post, writer):
+            if stage is not None:
+                stage.close()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        for stage in (post, writer):
+            if stage is not None:
+                stage.abort()
         raise
     finally:
         decoded.close()  # stops the decoding threads

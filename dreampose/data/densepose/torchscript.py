@@ -117,10 +117,20 @@ class TorchScriptBackend:
         return x.flip(-1).to(self.dtype)
 
     @torch.no_grad()
-    def predict(self, frames: np.ndarray, rows: pd.DataFrame | None = None) -> list[FrameResult]:
+    def infer(self, frames: np.ndarray, rows: pd.DataFrame | None = None) -> tuple[list[dict], int, int]:
+        """The model's part of ``predict``: the export's raw outputs (on its device) and the frame size."""
         frames = check_frames(frames)
         _, h, w, _ = frames.shape
         bgr = self.to_model_input(frames)
         # One call per batch when the export offers it; the public export takes one image per call.
         outs = self.module.forward_batch(list(bgr.unbind(0))) if self.batched else [self.module(img) for img in bgr]
+        return outs, h, w
+
+    @torch.no_grad()
+    def results(self, raw: tuple[list[dict], int, int]) -> list[FrameResult]:
+        """The rest of ``predict``: each frame's chosen person pasted into a full-frame IUV."""
+        outs, h, w = raw
         return [results_from_outputs(o, h, w, self.min_score) for o in outs]
+
+    def predict(self, frames: np.ndarray, rows: pd.DataFrame | None = None) -> list[FrameResult]:
+        return self.results(self.infer(frames, rows))
