@@ -5,11 +5,11 @@ module is a random-weights network with the real export's contract (a float BGR 
 coarse/fine segmentation and U, V per box out) at a small size; speed does not depend on weights.
 
 ``densepose_stage_overlap``: the whole stage (``run_densepose``: JPEG decoding, the model, the IUV archives and
-the index) on paper-size frames (640 x 512), one step after another (``workers=0``, the old path) vs decoding
-the overlapped pipeline (decoding threads, a results thread, a background archive writer). The model is the
-rehearsal's TorchScript stand-in (which
-enforces the export's input contract) plus a fixed wait per frame standing for the GPU's compute: a real
-CUDA forward leaves the host thread waiting on the device with the GIL released, as ``time.sleep`` does.
+the index) on paper-size frames (640 x 512), one step after another (``workers=0``, the old path) vs the
+overlapped pipeline (decoding threads, a results thread, a background archive writer). The model is the
+rehearsal's TorchScript stand-in (which enforces the export's input contract) plus a fixed wait per frame
+standing for the GPU's compute: a real CUDA forward leaves the host thread waiting on the device with the GIL
+released, as ``time.sleep`` does.
 Reported: frames/s and the GPU-idle share (the fraction of the stage's wall time in which the model is not
 computing: 1 - time inside the module calls / wall time), and the host time per frame spent turning outputs into
 IUV (on CPU the chart pasting runs on the host; with a GPU it runs on the device), in interleaved pairs
