@@ -110,7 +110,7 @@ class TorchScriptBackend:
     def to_model_input(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 RGB ``(B, H, W, 3)`` -> BGR ``(B, H, W, 3)`` on the model's device in its dtype (the contract
         above): one host-to-device copy (from pinned memory on CUDA), channel flip and cast on the device."""
-        x = torch.from_numpy(check_frames(frames))
+        x = torch.from_numpy(np.require(check_frames(frames), requirements=["C", "W"]))  # a copy only if read-only
         if self.device.type == "cuda":
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True)
