@@ -9,10 +9,14 @@ a size cap, and an atomic rename when complete. Every URL ends up in ``download_
 with its status, size and sha256. Dead links are expected (the paper could use 339 of the 500 listed training
 videos): the missing ones are reported and skipped, and the stage fails only when a split has fewer valid
 videos than ``min_train_videos`` / ``min_test_videos``.
+
+URL lists are read as text editors save them (UTF-8 with or without a byte-order mark, UTF-16/32, Windows-1252;
+``\\n``, ``\\r\\n`` or ``\\r`` line ends), and each URL is fetched once.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -20,7 +24,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,9 +32,8 @@ from urllib.parse import unquote, urlsplit
 import requests
 from tqdm import tqdm
 
-from dreampose.fsutil import atomic_write
 from dreampose.config import UBCConfig
-from dreampose.fsutil import sha256_file
+from dreampose.fsutil import atomic_write, sha256_file
 from dreampose.video import probe_video
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,52 @@ def assign_names(urls: list[str]) -> dict[str, str]:
     return names
 
 
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def decode_url_list(data: bytes, charset: str | None = None) -> tuple[str, str]:
+    """A URL list's bytes -> ``(text, encoding used)``, as text editors save them.
+
+    A byte-order mark decides (UTF-8, UTF-16 or UTF-32, either byte order); else a declared ``charset`` (an HTTP
+    ``Content-Type``); else UTF-16 without a mark when every other byte is NUL (ASCII text in UTF-16); else UTF-8;
+    else Windows-1252 (what "ANSI" editors write), undecodable bytes replaced.
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace"), encoding
+    if charset:
+        try:
+            return data.decode(charset), charset.lower()
+        except (LookupError, UnicodeDecodeError):
+            pass  # a wrong or unknown declaration: sniff instead
+    if len(data) >= 2 and data.count(0) * 2 >= len(data) - 1:
+        even, odd = data[0::2].count(0), data[1::2].count(0)
+        encoding = "utf-16-le" if odd > even else "utf-16-be"
+        return data.decode(encoding, errors="replace"), encoding
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+def parse_url_list(text: str) -> tuple[list[str], int]:
+    """One URL per line (``\\n``, ``\\r\\n`` or ``\\r`` ends); blank lines, ``#`` comments and stray byte-order
+    marks dropped; each URL kept once, in first-seen order. Returns ``(urls, duplicates dropped)``."""
+    lines = [ln.replace("\ufeff", "").strip() for ln in text.splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith("#")]
+    urls = list(dict.fromkeys(kept))
+    return urls, len(kept) - len(urls)
+
+
 def read_url_list(source: str, timeout_s: float = 30.0) -> list[str]:
-    """Lines of a URL list from a local path or an http(s) URL; blank lines and ``#`` comments dropped."""
+    """The URLs of a list at a local path or an http(s) URL, each once, in order (``decode_url_list`` for the
+    encodings understood, ``parse_url_list`` for the lines); repeats are dropped and logged."""
     scheme = urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
         try:
@@ -119,16 +165,24 @@ def read_url_list(source: str, timeout_s: float = 30.0) -> list[str]:
             resp.raise_for_status()
         except requests.RequestException as err:
             raise ValueError(f"URL list {source}: cannot fetch ({err})") from None
-        text = resp.text
+        charset = requests.utils.get_encoding_from_headers(resp.headers)
+        # requests guesses ISO-8859-1 for any text/* without a charset; that is not a declaration
+        declared = "charset" in resp.headers.get("content-type", "").lower()
+        data = resp.content
     elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise ValueError(f"URL list {source}: scheme {scheme!r} not supported (use a local path or http(s))")
     else:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"URL list {source}: no such file")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [ln.strip() for ln in text.splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
+        data, charset, declared = path.read_bytes(), None, False
+    text, encoding = decode_url_list(data, charset if declared else None)
+    if encoding not in ("utf-8", "ascii"):
+        log.info("URL list %s: read as %s", source, encoding)
+    urls, repeats = parse_url_list(text)
+    if repeats:
+        log.warning("URL list %s: %d repeated URL(s) dropped; each URL is fetched once", source, repeats)
+    return urls
 
 
 _local = threading.local()

@@ -3,6 +3,7 @@ redirects, servers that ignore Range, flaky 5xx, duplicate basenames, hostile en
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import threading
@@ -19,7 +20,9 @@ from dreampose.data.ubc import (
     DownloadError,
     assign_names,
     check_url,
+    decode_url_list,
     download_ubc,
+    parse_url_list,
     read_url_list,
     safe_filename,
 )
@@ -318,3 +321,62 @@ def test_safe_filename_and_unique_names():
     assert names["https://a/x/v.mp4"] == "v.mp4"
     assert len(set(names.values())) == 3 and all(n.startswith(("v-", "V-", "v.")) for n in names.values())
     assert assign_names(["https://b/y/v.mp4"]) == {"https://b/y/v.mp4": "v.mp4"}
+
+
+# ---------------------------------------------------------------- URL lists as editors save them
+
+_URLS = ["https://example.com/v/a.mp4", "https://example.com/v/b.mp4", "https://example.com/v/c%20d.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "newline"),
+    [
+        ("utf-8", "\n"),
+        ("utf-8-sig", "\r\n"),  # Notepad's "UTF-8 with BOM"
+        ("utf-8-sig", "\r"),  # classic Mac line ends
+        ("utf-16", "\r\n"),  # "Unicode": UTF-16 LE with BOM
+        ("utf-16-be-bom", "\r\n"),
+        ("utf-16-le", "\n"),  # UTF-16 without a mark
+        ("utf-32", "\n"),
+        ("cp1252", "\r\n"),  # "ANSI", with a non-ASCII comment
+    ],
+)
+def test_url_list_encodings_and_line_ends(tmp_path, encoding, newline):
+    """Before, a byte-order mark glued itself to the first URL (rejected as scheme '\\ufeffhttps') and UTF-16/32
+    lists read as garbage."""
+    text = newline.join(["# défilé UBC", "", *_URLS[:2], "   ", _URLS[2], "# end", ""])
+    bom_be = encoding == "utf-16-be-bom"
+    path = tmp_path / "list.txt"
+    path.write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be") if bom_be else text.encode(encoding))
+    assert read_url_list(str(path)) == _URLS
+
+
+def test_url_list_each_url_once_in_order(tmp_path, caplog):
+    path = tmp_path / "list.txt"
+    path.write_bytes(
+        ("\r\n".join([_URLS[1], _URLS[0], _URLS[1] + "  ", "\ufeff" + _URLS[0], _URLS[2]]) + "\r\n").encode()
+    )
+    with caplog.at_level("WARNING", logger="dreampose.data.ubc"):
+        assert read_url_list(str(path)) == [_URLS[1], _URLS[0], _URLS[2]]
+    assert "2 repeated URL(s) dropped" in caplog.text
+    assert parse_url_list("a\nb\r\na\rb\n") == (["a", "b"], 2)
+
+
+def test_url_list_over_http_with_bom_and_charset(server):
+    server.files["bom16.txt"] = "\r\n".join(_URLS).encode("utf-16")  # BOM, no Content-Type
+    assert read_url_list(server.url("/lists/bom16.txt")) == _URLS
+    assert decode_url_list("é".encode("latin-1"), "iso-8859-1") == ("é", "iso-8859-1")
+    assert decode_url_list(codecs.BOM_UTF8 + b"x", "iso-8859-1") == ("x", "utf-8-sig")  # the mark wins
+    assert decode_url_list(b"x\xe9", "no-such-codec") == ("x\xe9", "cp1252")
+
+
+def test_download_keeps_the_first_url_of_a_list_saved_with_bom_and_crlf(tmp_path, server, media):
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_bytes(codecs.BOM_UTF8 + f"{server.url('/v/good.mp4')}\r\n{server.url('/v/target.mp4')}\r\n".encode())
+    test.write_bytes("\r\n".join([server.url("/v/same.mp4")] * 2).encode("utf-16"))
+    out = tmp_path / "raw"
+    summary = download_ubc(_cfg(train, test), out)
+    assert summary["train_downloaded"] == 2 and summary["test_downloaded"] == 1 and summary["total"] == 3
+    assert (out / "videos/train/good.mp4").read_bytes() == media["good.mp4"]
+    report = json.loads((out / "download_report.json").read_text())
+    assert [e["status"] for e in report["videos"]] == ["ok", "ok", "ok"]

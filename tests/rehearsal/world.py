@@ -6,8 +6,9 @@
 - a Stable Diffusion v1.x diffusers folder written by ``StableDiffusionPipeline.save_pretrained`` (SD v1.x block
   types, small widths, random weights) and a CLIP vision folder written by ``CLIPVisionModelWithProjection`` +
   ``CLIPImageProcessor.save_pretrained``;
-- a TorchScript DensePose stand-in with the public export's signature (uint8 ``(H, W, 3)`` BGR in; boxes, scores
-  and chart outputs out) that finds the person as the non-background pixels;
+- a TorchScript DensePose stand-in with the public export's signature (an ``(H, W, 3)`` BGR image in; boxes, scores
+  and chart outputs out) that finds the person as the non-background pixels and refuses an image a CUDA run
+  of the export would refuse (uint8, another dtype than the model's);
 - every metric backbone at the paths ``ScoreConfig`` names, in each loader's file format, with random weights and
   a ``<file>.note`` beside each saying so (the score stage reports these notes).
 """
@@ -139,11 +140,17 @@ def write_url_list(path: Path, urls: list[str]) -> Path:
 
 
 class DensePoseStandIn(torch.nn.Module):
-    """The public DensePose TorchScript export's contract: ``forward(uint8 (H, W, 3) BGR)`` -> dict of
+    """The public DensePose TorchScript export's contract: ``forward(image (H, W, 3) BGR, 0..255)`` -> dict of
     ``pred_boxes (N, 4)`` xyxy, ``scores (N,)``, ``pred_densepose_coarse_segm (N, 2, S, S)`` and
     ``pred_densepose_fine_segm / _u / _v (N, 25, S, S)``. The one "person" is the box around the pixels
     darker than the background; its chart is head (part 23), torso (2) and legs (7, 8) top to bottom, with U
-    running left to right and V top to bottom. No such pixels: no detections (N = 0)."""
+    running left to right and V top to bottom. No such pixels: no detections (N = 0).
+
+    Its input is checked as a CUDA run of the real export would check it, whatever device this runs on (a CPU
+    run of the real export accepts uint8, which is how a CUDA-only failure went unseen): the export resizes
+    the image with bilinear ``F.interpolate`` first, which on CUDA refuses uint8 with the message raised here;
+    an image in another floating dtype than the model's fails its first convolution; and the backend's
+    contract (``dreampose/data/densepose/torchscript.py``) puts the image on the model's device already."""
 
     def __init__(self, chart_size: int = 16, threshold: int = 200) -> None:
         super().__init__()
@@ -161,15 +168,30 @@ class DensePoseStandIn(torch.nn.Module):
         self.register_buffer("u", rel[None, None, :].repeat(25, s, 1))
         self.register_buffer("v", rel[None, :, None].repeat(25, 1, s))
 
+    def check_input(self, image: torch.Tensor) -> None:
+        """Raise what the export on CUDA would raise for ``image`` (and the backend contract's device rule)."""
+        if image.dim() != 3 or image.shape[2] != 3:
+            raise RuntimeError(f"DensePose export: expected an (H, W, 3) BGR image, got shape {image.shape}")
+        if not image.is_floating_point():
+            # CUDA's upsample_bilinear2d dispatches on float, double, half and bfloat16 only.
+            name = "'Byte'" if image.dtype == torch.uint8 else str(image.dtype)
+            raise RuntimeError('"upsample_bilinear2d_out_frame" not implemented for ' + name)
+        if image.dtype != self.fine.dtype:
+            raise RuntimeError("Input type and weight type should be the same (image dtype is not the model's)")
+        if image.device != self.fine.device:
+            raise RuntimeError(f"DensePose image on {image.device}, model on {self.fine.device}")
+
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(image)
         s = self.s
-        mask = image.to(torch.int32).min(dim=2).values < self.threshold
+        dev, dt = self.fine.device, self.fine.dtype
+        mask = image.min(dim=2).values < float(self.threshold)
         if not bool(mask.any()):
-            none = torch.zeros(0, 25, s, s, device=image.device)
+            none = torch.zeros(0, 25, s, s, device=dev, dtype=dt)
             return {
-                "pred_boxes": torch.zeros(0, 4, device=image.device),
-                "scores": torch.zeros(0, device=image.device),
-                "pred_densepose_coarse_segm": torch.zeros(0, 2, s, s, device=image.device),
+                "pred_boxes": torch.zeros(0, 4, device=dev, dtype=dt),
+                "scores": torch.zeros(0, device=dev, dtype=dt),
+                "pred_densepose_coarse_segm": torch.zeros(0, 2, s, s, device=dev, dtype=dt),
                 "pred_densepose_fine_segm": none,
                 "pred_densepose_u": none,
                 "pred_densepose_v": none,
@@ -177,12 +199,12 @@ class DensePoseStandIn(torch.nn.Module):
         ys = torch.nonzero(mask.any(dim=1)).flatten()
         xs = torch.nonzero(mask.any(dim=0)).flatten()
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        crop = mask[y0:y1, x0:x1].float()[None, None]
+        crop = mask[y0:y1, x0:x1].to(dt)[None, None]
         fg = F.interpolate(crop, size=[s, s], mode="bilinear", align_corners=False)[0]
-        box = torch.tensor([[float(x0), float(y0), float(x1), float(y1)]], device=image.device)
+        box = torch.tensor([[float(x0), float(y0), float(x1), float(y1)]], device=dev, dtype=dt)
         return {
             "pred_boxes": box,
-            "scores": torch.tensor([0.99], device=image.device),
+            "scores": torch.tensor([0.99], device=dev, dtype=dt),
             "pred_densepose_coarse_segm": torch.cat([0.5 - fg, fg - 0.5], dim=0)[None],
             "pred_densepose_fine_segm": self.fine[None],
             "pred_densepose_u": self.u[None],

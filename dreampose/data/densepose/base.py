@@ -37,6 +37,10 @@ class DensePoseBackend(Protocol):
     ``rows`` are the frames-index rows of the batch (``video``, ``split``, ``frame``, ``source_frame``);
     image backends ignore them, the synthetic backend reads its ground truth through them. Backends
     with ``needs_pixels = False`` receive ``frames`` of shape ``(B, 0, 0, 3)`` so JPEGs are not decoded for nothing.
+
+    A backend may also split ``predict`` into ``infer(frames, rows) -> raw`` (the model) and
+    ``results(raw) -> list[FrameResult]`` (turning its outputs into IUV); the densepose stage then runs the
+    second part on another thread, so the model's thread only feeds the model.
     """
 
     name: str

@@ -8,7 +8,6 @@ so the IUV aligns pixel-exactly with the JPEG frames.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
