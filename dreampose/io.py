@@ -294,6 +294,8 @@ def load_iuv(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no IUV archive (run the download/densepose stage that writes it)")
+    if not zipfile.is_zipfile(path):  # np.load would try other formats and say something unrelated
+        raise _corrupt(path, "not a zip archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "iuv" not in z.files:

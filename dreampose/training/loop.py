@@ -83,8 +83,9 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
 
 
 def run_fingerprint(cfg: TrainConfig, num_items: int, extra: str = "") -> str:
-    """Identifies runs that may share checkpoints: same settings, same data size, same caller context."""
-    text = f"{cfg.model_dump_json()}|{num_items}|{extra}"
+    """Identifies runs that may share checkpoints: same settings, same data size, same caller context.
+    ``num_workers`` is left out: the batches do not depend on it (``training/data.py``)."""
+    text = f"{cfg.model_dump_json(exclude={'num_workers'})}|{num_items}|{extra}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

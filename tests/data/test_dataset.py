@@ -135,24 +135,30 @@ def test_crops_are_a_pure_function_of_seed_key_index_and_draw(tmp_path):
         warm.set_augment_key(-1)
 
 
-def _archives(tmp_path, n, frames=6, h=8, w=6, compressed=True):
+def _archives(tmp_path, n, frames=6, h=8, w=6, layout="indexed"):
+    from dreampose.io import write_iuv_archive
+
     rng = np.random.default_rng(0)
-    save = np.savez_compressed if compressed else np.savez
+    save = {"deflated": np.savez_compressed, "stored": np.savez}  # archives written before the frame index
     paths = []
     for i in range(n):
         p = tmp_path / f"v{i}.npz"
-        save(p, iuv=rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8))
+        iuv = rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8)
+        if layout == "indexed":
+            write_iuv_archive(p, iuv)
+        else:
+            save[layout](p, iuv=iuv)
         paths.append(p)
     return paths
 
 
-@pytest.mark.parametrize("compressed", [True, False])
-def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed):
+@pytest.mark.parametrize("layout", ["indexed", "deflated", "stored"])
+def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, layout):
     from dreampose.data.dataset import iuv_shape, read_iuv_frames
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
-    (path,) = _archives(tmp_path, 1, frames=9, compressed=compressed)
-    whole = load_iuv_npz(path)
+    (path,) = _archives(tmp_path, 1, frames=9, layout=layout)
+    whole = load_iuv(path)
     assert iuv_shape(path) == whole.shape
     for frames in ([0, 0, 0, 1, 2], [4, 5, 6, 7, 8], [8, 2, 8], [3]):
         got = read_iuv_frames(path, frames)
@@ -169,18 +175,18 @@ def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed)
 
 def test_iuv_cache_never_exceeds_its_bound_and_streams_large_videos(tmp_path):
     from dreampose.data.dataset import CACHE_ENTRY_FRACTION, IUVFrames
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     paths = _archives(tmp_path, 20)  # 6 * 8 * 6 * 3 = 864 bytes each
     cache = IUVFrames(max_bytes=864 * 3 + 100)
     assert cache.max_entry_bytes == (864 * 3 + 100) // CACHE_ENTRY_FRACTION < 864  # too big to cache whole
     for p in paths * 2:
-        assert np.array_equal(cache.frames(p, [1, 2, 3]), load_iuv_npz(p)[[1, 2, 3]])
+        assert np.array_equal(cache.frames(p, [1, 2, 3]), load_iuv(p)[[1, 2, 3]])
         assert len(cache) == 0 and cache.cached_bytes == 0
     cache = IUVFrames(max_bytes=864 * CACHE_ENTRY_FRACTION + 1)  # whole videos, CACHE_ENTRY_FRACTION at most
     peak = 0
     for i, p in enumerate(paths * 2):
-        assert np.array_equal(cache.frames(p, [5, 0]), load_iuv_npz(p)[[5, 0]])
+        assert np.array_equal(cache.frames(p, [5, 0]), load_iuv(p)[[5, 0]])
         assert cache.cached_bytes <= cache.max_bytes and cache.cached_bytes == 864 * len(cache)
         peak = max(peak, len(cache))
         assert len(cache) == min(i + 1, cache.max_bytes // 864)
