@@ -244,3 +244,31 @@ def test_colour_augmentation_changes_photo_and_target_alike_and_keeps_poses(tmp_
     assert torch.equal(again[0]["target_pixels"], items[0]["target_pixels"])  # a pure function of the key
     with pytest.raises(ValueError, match="probability"):
         PairDataset(path, ws, H, W, color_augment=1.5)
+
+
+def test_items_are_bit_identical_to_the_float_formulas(tmp_path, monkeypatch):
+    """Pixels and poses come through 256-entry tables now; items (plain, cropped, recoloured) are the values the
+    float formulas gave: ``float(x) / 127.5 - 1`` per pixel and ``uv_to_model``'s formula per pose."""
+    import dreampose.data.dataset as D
+    from dreampose.data.densepose.iuv import _uv_formula
+    from tests.training.tiny import H as TH
+    from tests.training.tiny import W as TW
+    from tests.training.tiny import write_workspace
+
+    def formula_image(path, height, width):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB").resize((width, height)), dtype=np.float32)
+        return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+    manifest = write_workspace(tmp_path)
+    for kw in ({}, {"augment": (0.5, 0.9), "color_augment": 1.0}):
+        ours = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
+        with monkeypatch.context() as m:
+            m.setattr(D, "load_image", formula_image)
+            m.setattr(D, "uv_to_model", lambda iuv: _uv_formula(torch.as_tensor(iuv)))
+            ref = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
+        for a, b in zip(ours, ref, strict=True):
+            for k in ("input_pixels", "target_pixels", "poses"):
+                assert torch.equal(a[k], b[k].clamp(-1, 1) if k == "target_pixels" else b[k]), (kw, k)
