@@ -2,16 +2,18 @@
 
 Baseline (the old path): pose windows from ``np.savez_compressed`` archives (frame ``t`` is reached by inflating
 frames ``0..t``), pixels and poses through the old float passes (:func:`old_dataset`), items loaded in the
-training process, as the loop did before its DataLoader. Ours: the
-frame-indexed archives of ``dreampose.io.write_iuv_archive`` through ``dreampose.training.data.train_batches``
-with 0 and with ``--workers`` DataLoader workers. Every item decodes both JPEGs (input photo, target frame) and
-its 5-frame pose window at 640x512, exactly as ``PairDataset`` does in ``finetune_base``.
+training process, as the loop did before its DataLoader. Ours: the frame-indexed archives of
+``dreampose.io.write_iuv_archive`` through ``dreampose.training.data.train_batches`` with 0 and with
+``--workers`` DataLoader workers. Every item decodes both JPEGs (input photo, target frame) and its 5-frame pose
+window at 640x512, exactly as ``PairDataset`` does in ``finetune_base``.
 
 The three run in interleaved rounds (order alternating); the ratio is the median of the per-round ratios
-(ours with workers / old). Also measured: the cost of one item whose pose window is at frame 0 and one at
-frame 359 (median over interleaved reads), the startup of the workers, peak RSS of this process and of the
-largest worker, and the disk size of both archive layouts. The stand-in videos (frames + both archives) are
-generated once into ``--workdir`` and reused by later runs.
+(ours with workers / old). CPU seconds per item (all processes, workers included) are recorded beside the
+rates: on a shared machine they say what the rates would be with the cores free
+(``items_per_s_if_cpus_were_free``). Also measured: the cost of one item whose pose window is at frame 0 and
+one at frame 359 (median over interleaved reads), the startup of the workers, peak RSS of this process and of
+the largest worker (which counts the pages it shares with this process), and the disk size of both archive
+layouts. The stand-in videos (frames + both archives) are generated once into ``--workdir`` and reused.
 """
 
 from __future__ import annotations
@@ -121,14 +123,23 @@ def _old_items_per_s(ds, n: int, first_step: int, batch: int) -> float:
     from dreampose.training.loop import load_batch
     from dreampose.training.sampling import batch_indices
 
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     for s in range(first_step, first_step + n // batch):
         load_batch(ds, batch_indices(len(ds), s, batch, 0))
-    return n // batch * batch / (time.perf_counter() - t0)
+    items = n // batch * batch
+    return items / (time.perf_counter() - t0), (_cpu_s() - c0) / items
 
 
-def _ours_items_per_s(ds, n: int, first_step: int, batch: int, workers: int) -> tuple[float, float]:
-    """(items/s after the first batch, seconds to the first batch) through the training DataLoader."""
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (DataLoader workers, once joined)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _ours_items_per_s(ds, n: int, first_step: int, batch: int, workers: int) -> tuple[float, float, float]:
+    """(items/s after the first batch, CPU seconds per item in all processes, seconds to the first batch)
+    through the training DataLoader."""
     import torch
 
     from dreampose.config import TrainConfig
@@ -136,15 +147,15 @@ def _ours_items_per_s(ds, n: int, first_step: int, batch: int, workers: int) -> 
 
     cfg = TrainConfig(batch_size=batch, num_workers=workers, seed=0)
     steps = n // batch
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     it = train_batches(ds, cfg, first_step, first_step + steps + 1, 0, 1, torch.device("cpu"))
     next(it)
     t1 = time.perf_counter()
     for _ in range(steps):
         next(it)
     t2 = time.perf_counter()
-    del it  # ends the workers
-    return steps * batch / (t2 - t1), t1 - t0
+    del it  # ends (and joins) the workers
+    return steps * batch / (t2 - t1), (_cpu_s() - c0) / ((steps + 1) * batch), t1 - t0
 
 
 def _item_ms(ds, index: int) -> float:
@@ -182,17 +193,19 @@ def main() -> None:
     t_run = time.perf_counter()
 
     old, ours0, oursw, startup, ratios = [], [], [], [], []
+    cpu: dict[str, list[float]] = {"old": [], "ours0": [], "oursw": []}
     for r in range(args.rounds):
         step = 1 + r * 1000  # a different stretch of the data each round
         got: dict[str, float] = {}
         for side in ("old", "ours0", "oursw") if r % 2 == 0 else ("oursw", "ours0", "old"):
             if side == "old":
-                got[side] = _old_items_per_s(ds["old"], args.old_items, step, args.batch)
+                got[side], c = _old_items_per_s(ds["old"], args.old_items, step, args.batch)
             elif side == "ours0":
-                got[side] = _ours_items_per_s(ds["ours"], args.items // 2, step, args.batch, 0)[0]
+                got[side], c, _ = _ours_items_per_s(ds["ours"], args.items // 2, step, args.batch, 0)
             else:
-                got[side], first = _ours_items_per_s(ds["ours"], args.items, step, args.batch, args.workers)
+                got[side], c, first = _ours_items_per_s(ds["ours"], args.items, step, args.batch, args.workers)
                 startup.append(first)
+            cpu[side].append(1000 * c)
         old.append(got["old"])
         ours0.append(got["ours0"])
         oursw.append(got["oursw"])
@@ -227,15 +240,20 @@ def main() -> None:
          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         {"items_per_s": r2(statistics.median(old)), "items_per_s_all": [r2(x) for x in old],
          "item_ms_frame_0": r2(med[("old", 0)]), "item_ms_last_frame": r2(med[("old", 1)]),
-         "last_over_first_frame": r2(med[("old", 1)] / med[("old", 0)]), "archive_mb_per_video": r2(old_bytes / 2**20)},
+         "last_over_first_frame": r2(med[("old", 1)] / med[("old", 0)]), "archive_mb_per_video": r2(old_bytes / 2**20),
+         "cpu_ms_per_item": r2(statistics.median(cpu["old"]))},
         {"items_per_s": r2(statistics.median(oursw)), "items_per_s_all": [r2(x) for x in oursw],
          "items_per_s_0_workers": r2(statistics.median(ours0)), "items_per_s_0_workers_all": [r2(x) for x in ours0],
          "worker_startup_s": r2(statistics.median(startup)),
          "item_ms_frame_0": r2(med[("ours", 0)]), "item_ms_last_frame": r2(med[("ours", 1)]),
          "last_over_first_frame": r2(med[("ours", 1)] / med[("ours", 0)]),
-         "archive_mb_per_video": r2(new_bytes / 2**20)},
+         "archive_mb_per_video": r2(new_bytes / 2**20),
+         "cpu_ms_per_item": r2(statistics.median(cpu["oursw"])),
+         "cpu_ms_per_item_0_workers": r2(statistics.median(cpu["ours0"]))},
         statistics.median(ratios),
         paired_ratios=[r2(x) for x in ratios],
+        cpu_ratio_old_over_ours=r2(statistics.median(cpu["old"]) / statistics.median(cpu["oursw"])),
+        items_per_s_if_cpus_were_free=r2((os.cpu_count() or 1) * 1000 / statistics.median(cpu["oursw"])),
         peak_rss_mb={"trainer_process": r2(self_rss), "largest_worker": r2(child_rss)},
         targets={"items_per_s_workers": 30, "ratio_vs_old": 20, "last_over_first_frame": 1.5},
         load_average={"before": r2(load_before), "after": r2(os.getloadavg()[0])},
