@@ -1,6 +1,7 @@
 """Host memory of training data loading: peak RSS while iterating ``PairDataset`` over N = 4, 16, 64 stand-in
 videos at the paper's 640x512 poses. Baseline: the old per-video dict of decoded IUV arrays (grows with N);
-ours: the bounded ``IUVFrames`` (a video above the per-entry limit is read window by window, never kept).
+ours: the bounded ``IUVFrames`` (a video above the per-entry limit is read window by window through the archive's
+frame index, never kept). Archives are written by ``dreampose.io.write_iuv_archive``, as the stages write them.
 
 Each (method, N) runs in its own process so one's high-water mark does not hide another's. Videos are short
 (``FRAMES`` frames, ~18 MB decoded each, above the 16 MiB per-entry limit as a 360-frame UBC video is).
@@ -41,6 +42,7 @@ def make_workspace(root: Path, n: int) -> Path:
     from PIL import Image
 
     from dreampose.data.densepose.iuv import pose_window_indices
+    from dreampose.io import write_iuv_archive
 
     (root / "data/densepose/train").mkdir(parents=True, exist_ok=True)
     (root / "data/manifests").mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def make_workspace(root: Path, n: int) -> Path:
     for i in range(n):
         rel = f"data/densepose/train/v{i:03d}.npz"
         if not (root / rel).is_file():
-            np.savez_compressed(root / rel, iuv=_iuv(i))
+            write_iuv_archive(root / rel, _iuv(i))  # the stages' writer
         for t in rng.integers(0, FRAMES, PAIRS):
             rows.append(
                 dict(
@@ -71,7 +73,7 @@ def measure(method: str, manifest: str, root: str) -> dict[str, float]:
     import resource
 
     from dreampose.data.dataset import PairDataset
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     class OldPairDataset(PairDataset):
         """The previous behaviour: every video's decoded array kept for the dataset's lifetime."""
@@ -79,7 +81,7 @@ def measure(method: str, manifest: str, root: str) -> dict[str, float]:
         def pose_frames(self, rel, frames):
             cache = self.__dict__.setdefault("_old_cache", {})
             if rel not in cache:
-                cache[rel] = load_iuv_npz(self.root / rel)
+                cache[rel] = load_iuv(self.root / rel)
             return cache[rel][list(frames)]
 
     cls = OldPairDataset if method == "baseline" else PairDataset

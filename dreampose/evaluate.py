@@ -42,7 +42,7 @@ import torch
 
 from dreampose.config import RenderConfig, ScoreConfig
 from dreampose.fsutil import atomic_write
-from dreampose.io import load_iuv_npz, read_rgb, write_json
+from dreampose.io import load_iuv, read_rgb, write_json
 from dreampose.layout import EVALUATION, SCORES
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
@@ -166,7 +166,7 @@ def load_subject(df: pd.DataFrame, subject: str, test_manifest: Path, root: Path
     rows = subject_rows(df, subject, test_manifest)
     frames = [int(f) for f in rows["target_frame"]]
     truth = np.stack([read_rgb(root / p) for p in rows["target_path"]])
-    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
+    iuv = load_iuv(root / rows["densepose_path"].iloc[0])
     masks = iuv[frames][..., 0] > 0
     image = read_rgb(root / rows["input_path"].iloc[0])
     return SubjectData(subject, frames, truth, masks, image)

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
-from dreampose.io import load_iuv_npz, png_complete, read_rgb, write_json, write_png
+from dreampose.io import load_iuv, png_complete, read_rgb, write_json, write_png
 from dreampose.models.pipeline import load_pipeline
 from dreampose.runtime import Runtime
 
@@ -336,7 +336,7 @@ def render_subject(
     rows = subject_rows(read_test_manifest(test_manifest), subject, test_manifest)
     input_path = root / rows["input_path"].iloc[0]
     image = read_rgb(input_path)
-    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
+    iuv = load_iuv(root / rows["densepose_path"].iloc[0])
     frame_ids = [int(f) for f in rows["target_frame"]]
     if image.shape[:2] != tuple(iuv.shape[1:3]):
         raise ValueError(f"{input_path}: image is {image.shape[:2]} but its poses are {tuple(iuv.shape[1:3])}")

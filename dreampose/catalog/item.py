@@ -24,7 +24,7 @@ from dreampose.catalog.attempts import remove_run_dir, run_tags, settle_attempts
 from dreampose.catalog.photo import Photo, photo_url_policy, validate_photo
 from dreampose.catalog.poses import PoseSequence, densepose_backend, item_id_from, load_ground_truth, resolve_poses
 from dreampose.catalog.register import log_and_register
-from dreampose.io import read_rgb
+from dreampose.io import read_rgb, write_iuv_archive
 from dreampose.layout import Workspace
 from dreampose.metrics.item import appearance_drift, temporal_l1
 
@@ -138,7 +138,7 @@ def _write_subject_inputs(
     inp.mkdir(parents=True, exist_ok=True)
     for k, photo in enumerate(photos):
         Image.fromarray(photo).save(run_dir / photo_file(k))
-    np.savez_compressed(inp / "photo_iuv.npz", iuv=np.stack(photo_iuvs))
+    write_iuv_archive(inp / "photo_iuv.npz", np.stack(photo_iuvs))
     rows = [
         {
             "subject_id": item_id,

@@ -54,12 +54,12 @@ def fit_iuv(iuv: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _load_iuv_dir(path: Path) -> np.ndarray:
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     npz = sorted(path.glob("*.npz"))
     pngs = sorted(path.glob("*.png"))
     if npz:
-        arrays = [load_iuv_npz(p) for p in npz]
+        arrays = [load_iuv(p) for p in npz]
         return np.concatenate(arrays)
     if pngs:
         frames = []
@@ -110,7 +110,7 @@ def _test_video(video: str, root: Path) -> PoseSequence:
     """A test video of the workspace: the test manifest's target frames, their ground truth and input pose."""
     import pandas as pd
 
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     manifest = Workspace(root).test_manifest
     if not manifest.is_file():
@@ -120,7 +120,7 @@ def _test_video(video: str, root: Path) -> PoseSequence:
     if rows.empty:
         known = sorted(df["video"].unique())[:10]
         raise ValueError(f"poses {video!r}: not a path and not a test video id in {manifest} (e.g. {known})")
-    iuv = load_iuv_npz(root / rows["densepose_path"].iloc[0])
+    iuv = load_iuv(root / rows["densepose_path"].iloc[0])
     truth = np.stack([read_rgb(root / p) for p in rows["target_path"]])
     input_frame = int(rows["input_frame"].iloc[0])
     return PoseSequence(
@@ -140,9 +140,9 @@ def resolve_poses(poses: str, root: Path, params) -> PoseSequence:
         iuv = fit_iuv(_load_iuv_dir(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix == ".npz":
-        from dreampose.io import load_iuv_npz
+        from dreampose.io import load_iuv
 
-        iuv = fit_iuv(load_iuv_npz(path), height, width)
+        iuv = fit_iuv(load_iuv(path), height, width)
         return PoseSequence(iuv=iuv, frame_ids=list(range(len(iuv))), source=str(path))
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         iuv = _video_iuv(path, params.densepose, height, width, root)

@@ -8,16 +8,17 @@ run draws exactly the crops an uninterrupted run draws. Without a key, every cal
 
 Host memory is bounded: a paper-size video's IUV (640x512, ~360 frames) is ~350 MB decoded, so keeping every
 video's array (the old per-video dict) grew to ~150 GB over the UBC train split. :class:`IUVFrames` keeps whole
-arrays only for small videos, in an LRU bounded by ``cache_bytes``; a larger video is streamed from its archive
-and only the requested frames are kept (:func:`read_iuv_frames`). Either way the frames are bit-identical to
-``load_iuv_npz(path)[frames]``. Each DataLoader worker holds its own copy, so the bound is per worker.
+arrays only for small videos, in an LRU bounded by ``cache_bytes``; of a larger video only the requested frames
+are inflated, through the archive's frame index (:mod:`dreampose.io`), so an item
+at frame 359 costs what one at frame 0 does. Either way the frames are bit-identical to ``load_iuv(path)[frames]``.
+Each DataLoader worker holds its own copy, so the bound is per worker (training feeds it through
+:mod:`dreampose.training.data`, whose batches carry the augmentation keys to :meth:`PairDataset.keyed_item`).
 """
 
 from __future__ import annotations
 
-import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,86 +30,19 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from dreampose.data.densepose.iuv import pose_window, uv_to_model
-from dreampose.io import load_iuv_npz
+from dreampose.io import IUVArchive, iuv_shape, load_iuv, read_iuv_frames
+
+__all__ = ["IUVFrames", "PairDataset", "iuv_shape", "load_pose_sequence", "read_iuv_frames"]
 
 MANIFEST_COLUMNS = ("subject_id", "input_path", "target_path", "densepose_path", "pose_frames")
-IUV_MEMBER = "iuv.npy"
 CACHE_BYTES = 256 << 20  # LRU of whole decoded IUV arrays, per dataset instance (so per DataLoader worker)
 CACHE_ENTRY_FRACTION = 16  # a video is cached whole only if it takes at most 1/16 of the budget (16 MiB)
 
 
-def _open_iuv(path: Path) -> tuple[zipfile.ZipFile, Any, tuple[int, ...]]:
-    """The open archive, its ``iuv.npy`` member positioned at the data, and the array's shape (checked)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no IUV archive (run the download/densepose stage that writes it)")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
-    try:
-        if IUV_MEMBER not in zf.namelist():
-            raise ValueError(f"{path}: IUV archive has no 'iuv' array (keys: {[n[:-4] for n in zf.namelist()]})")
-        f = zf.open(IUV_MEMBER)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        zf.close()
-        if isinstance(err, ValueError) and str(err).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran:
-        f.close()
-        zf.close()
-        raise ValueError(f"{path}: 'iuv' must be uint8 (T, H, W, 3), got {dtype} {shape}")
-    return zf, f, tuple(int(d) for d in shape)
-
-
-def iuv_shape(path: str | Path) -> tuple[int, int, int, int]:
-    """``(T, H, W, 3)`` of an IUV archive, from its header alone (nothing is decompressed past it)."""
-    zf, f, shape = _open_iuv(Path(path))
-    f.close()
-    zf.close()
-    return shape  # type: ignore[return-value]
-
-
-def _check_frames(path: Path, frames: Sequence[int], length: int) -> list[int]:
-    frames = [int(t) for t in frames]
-    if not frames:
-        raise ValueError(f"{path}: no frames requested")
-    if min(frames) < 0 or max(frames) >= length:
-        bad = max(frames) if max(frames) >= length else min(frames)
-        raise ValueError(f"{path}: pose frame {bad} beyond its {length} frames")
-    return frames
-
-
-def read_iuv_frames(path: str | Path, frames: Sequence[int]) -> np.ndarray:
-    """``load_iuv_npz(path)[frames]`` without decoding the whole video: the ``iuv.npy`` member is streamed up to
-    the last requested frame and only the requested frames are kept, so memory is ``O(len(frames))``. A stored
-    (uncompressed) archive is read by seeking; a deflated one is inflated up to that frame and no further.
-    """
-    path = Path(path)
-    zf, f, shape = _open_iuv(path)
-    with zf, f:
-        frames = _check_frames(path, frames, shape[0])
-        frame_bytes = int(np.prod(shape[1:]))
-        start = f.tell()
-        got: dict[int, np.ndarray] = {}
-        try:
-            for t in sorted(set(frames)):
-                f.seek(start + t * frame_bytes)  # forward only: a deflated member inflates and drops the gap
-                buf = f.read(frame_bytes)
-                if len(buf) != frame_bytes:
-                    raise ValueError(f"{path}: corrupt IUV archive (frame {t} is truncated)")
-                got[t] = np.frombuffer(buf, np.uint8).reshape(shape[1:])
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
-            raise ValueError(f"{path}: corrupt IUV archive ({err})") from None
-    return np.stack([got[t] for t in frames])
-
-
 class IUVFrames:
     """Frames of IUV archives with bounded memory: an LRU of whole decoded arrays holding at most ``max_bytes``,
-    for videos of at most ``max_bytes // CACHE_ENTRY_FRACTION``; larger videos are read window by window."""
+    for videos of at most ``max_bytes // CACHE_ENTRY_FRACTION``; larger videos are read window by window
+    through their frame index (:class:`~dreampose.io.IUVArchive`, whose layout is kept: a few KB a video)."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES):
         if max_bytes < 0:
@@ -116,30 +50,32 @@ class IUVFrames:
         self.max_bytes = int(max_bytes)
         self.max_entry_bytes = self.max_bytes // CACHE_ENTRY_FRACTION
         self._arrays: OrderedDict[Path, np.ndarray] = OrderedDict()
-        self._shapes: dict[Path, tuple[int, ...]] = {}
+        self._archives: dict[Path, IUVArchive] = {}
         self.cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self._arrays)
 
+    def archive(self, path: Path) -> IUVArchive:
+        if path not in self._archives:
+            self._archives[path] = IUVArchive.open(path)
+        return self._archives[path]
+
     def shape(self, path: Path) -> tuple[int, ...]:
-        if path not in self._shapes:
-            self._shapes[path] = iuv_shape(path)
-        return self._shapes[path]
+        return self.archive(path).shape
 
     def frames(self, path: str | Path, frames: Sequence[int]) -> np.ndarray:
-        """``load_iuv_npz(path)[frames]`` (uint8 ``(len(frames), H, W, 3)``), bit for bit."""
+        """``load_iuv(path)[frames]`` (uint8 ``(len(frames), H, W, 3)``), bit for bit."""
         path = Path(path)
         if path in self._arrays:
             self._arrays.move_to_end(path)
             arr = self._arrays[path]
-            return arr[_check_frames(path, frames, len(arr))]
-        shape = self.shape(path)
-        size = int(np.prod(shape))
-        if size > self.max_entry_bytes:
-            return read_iuv_frames(path, frames)
-        arr = load_iuv_npz(path)
-        _check_frames(path, frames, len(arr))
+            return arr[self.archive(path).check_frames(frames)]
+        archive = self.archive(path)
+        if int(np.prod(archive.shape)) > self.max_entry_bytes:
+            return archive.read(frames)
+        arr = load_iuv(path)
+        archive.check_frames(frames)
         self._arrays[path] = arr
         self.cached_bytes += arr.nbytes
         while self.cached_bytes > self.max_bytes:
@@ -157,8 +93,19 @@ def load_image(path: Path, height: int, width: int) -> torch.Tensor:
         im = im.convert("RGB")
         if im.size != (width, height):
             im = im.resize((width, height), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+        arr = np.asarray(im)
+    # uint8 -> [-1, 1] through a 256-entry table: the values of ``float(x) / 127.5 - 1`` in one gather.
+    return torch.from_numpy(np.take(_pixel_table(), np.moveaxis(arr, -1, 0)))
+
+
+_PIXEL_TABLE: np.ndarray | None = None
+
+
+def _pixel_table() -> np.ndarray:
+    global _PIXEL_TABLE
+    if _PIXEL_TABLE is None:
+        _PIXEL_TABLE = (torch.arange(256, dtype=torch.uint8).float() / 127.5 - 1.0).numpy().copy()
+    return _PIXEL_TABLE
 
 
 def crop_box(
@@ -239,17 +186,33 @@ class PairDataset(Dataset):
         self._draws = {}
 
     def _rng(self, index: int) -> np.random.Generator:
-        worker = info.id if (info := get_worker_info()) else 0
         if self._key is None:
             # Unkeyed use (e.g. a plain DataLoader): fresh crops on every call, reproducible per instance.
+            worker = info.id if (info := get_worker_info()) else 0
             self._calls += 1
             return np.random.default_rng([self.seed, index, self._calls, worker])
         # The draw count per index under the current key tells apart repeats of one item in a batch.
         draw = self._draws.get(index, 0)
         self._draws[index] = draw + 1
-        return np.random.default_rng([self.seed, self._key, index, draw, worker])
+        return self._keyed_rng(index, self._key, draw)
+
+    def _keyed_rng(self, index: int, key: int, draw: int) -> np.random.Generator:
+        # The trailing 0 keeps the draws of runs made before DataLoader workers were used (always worker 0).
+        return np.random.default_rng([self.seed, key, index, draw, 0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(index, lambda: self._rng(index))
+
+    def keyed_item(self, index: int, key: int, draw: int = 0) -> dict[str, Any]:
+        """Item ``index`` augmented with key ``key`` (its ``draw``-th repeat in one batch): a pure function of
+        ``(seed, key, index, draw)``, whichever process draws it, so DataLoader workers and a resumed run draw
+        what an uninterrupted single-process run draws. Equal to ``set_augment_key(key)`` then ``draw + 1``
+        reads of ``self[index]``."""
+        if key < 0 or draw < 0:
+            raise ValueError(f"augment key and draw must be >= 0, got {key}, {draw}")
+        return self._item(index, lambda: self._keyed_rng(index, int(key), int(draw)))
+
+    def _item(self, index: int, make_rng: Callable[[], np.random.Generator]) -> dict[str, Any]:
         row = self.rows.iloc[index]
         frames = [int(f) for f in row["pose_frames"]]
         pose_iuv = torch.from_numpy(self.pose_frames(row["densepose_path"], frames)).permute(0, 3, 1, 2)  # (5,3,h,w)
@@ -257,7 +220,7 @@ class PairDataset(Dataset):
             pose_iuv = F.interpolate(pose_iuv.float(), size=(self.height, self.width), mode="nearest").to(torch.uint8)
         target = load_image(self.root / row["target_path"], self.height, self.width)
         image = load_image(self.root / row["input_path"], self.height, self.width)
-        rng = self._rng(index) if self.augment is not None or self.color_augment > 0 else None
+        rng = make_rng() if self.augment is not None or self.color_augment > 0 else None
         if self.augment is not None:
             box = crop_box(rng, self.height, self.width, self.augment)
             target = crop_resize(target, box, "bilinear")
@@ -265,10 +228,12 @@ class PairDataset(Dataset):
         if self.color_augment > 0 and rng.random() < self.color_augment:
             perm, gain = color_change(rng)
             image, target = recolor(image, perm, gain), recolor(target, perm, gain)
+        if self.augment is not None:
+            target = target.clamp(-1, 1)  # antialiased resizing may overshoot; otherwise already in [-1, 1]
         poses = uv_to_model(pose_iuv.permute(0, 2, 3, 1)).flatten(0, 1)
         return {
             "input_pixels": image,
-            "target_pixels": target.clamp(-1, 1),
+            "target_pixels": target,
             "poses": poses,
             "subject_id": str(row["subject_id"]),
         }
@@ -299,7 +264,7 @@ def recolor(pixels: torch.Tensor, perm: Sequence[int], gain: Sequence[float]) ->
 
 def load_pose_sequence(densepose_npz: str | Path, frames: Sequence[int], window: int = 5) -> torch.Tensor:
     """The pose windows of ``frames`` from one DensePose archive -> float32 ``(N, 2 * window, H, W)``."""
-    iuv = load_iuv_npz(Path(densepose_npz))
+    iuv = load_iuv(Path(densepose_npz))
     if len(frames) == 0:
         raise ValueError(f"{densepose_npz}: no frames requested")
     return torch.stack([pose_window(iuv, int(t), window) for t in frames])

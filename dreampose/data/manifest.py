@@ -271,7 +271,7 @@ def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> di
     """Row counts and schemas of the manifests, and a PNG of the first target frame with its IUV overlaid."""
     from PIL import Image
 
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     manifests_dir, root = Path(manifests_dir), Path(root)
     info: dict[str, Any] = {}
@@ -289,7 +289,7 @@ def inspect_manifests(manifests_dir: Path, root: Path, preview_path: Path) -> di
         raise ValueError(f"{manifests_dir}: every manifest is empty; nothing to preview")
     with Image.open(root / first["target_path"]) as im:
         frame = np.asarray(im.convert("RGB"))
-    iuv = load_iuv_npz(root / first["densepose_path"])[first["target_frame"]]
+    iuv = load_iuv(root / first["densepose_path"])[first["target_frame"]]
     if iuv.shape[:2] != frame.shape[:2]:
         raise ValueError(f"{first['densepose_path']}: IUV size {iuv.shape[:2]} != frame size {frame.shape[:2]}")
     preview = np.concatenate([frame, overlay_iuv(frame, iuv), overlay_iuv(np.zeros_like(frame), iuv, 1.0)], axis=1)

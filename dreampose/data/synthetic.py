@@ -32,6 +32,7 @@ from tqdm import tqdm
 from dreampose.fsutil import staging_dir
 from dreampose.fsutil import replace_dir, sha256_file
 from dreampose.config import SyntheticConfig
+from dreampose.io import write_iuv_archive
 from dreampose.video import write_video
 
 SPLITS = ("train", "test")
@@ -378,7 +379,7 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: Path, seed: int) -> dict[str
             write_video(rgb, video_path, fps=cfg.fps)
             iuv_path = tmp / "iuv" / split / f"{vid}.npz"
             iuv_path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(iuv_path, iuv=iuv)
+            write_iuv_archive(iuv_path, iuv)
             entries.append(
                 {
                     "id": vid,

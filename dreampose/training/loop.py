@@ -2,9 +2,9 @@
 
 The loop knows nothing about diffusion: it optimizes an *objective*, an ``nn.Module`` whose
 ``forward(batch, generator)`` returns a scalar loss and whose ``trainable_modules()`` names the
-modules to optimize and checkpoint (see ``objectives.py``). Per step it draws the global
-batch ``batch_indices(seed, step)``, takes this process's shard, seeds every generator from
-``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
+modules to optimize and checkpoint (see ``objectives.py``). Per step it takes this process's shard
+of the global batch ``batch_indices(seed, step)`` from a DataLoader (``training/data.py``), seeds every
+generator from ``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would.
 """
 
@@ -16,18 +16,19 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import Dataset, Subset, default_collate
+from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from dreampose.config import TrainConfig
 from dreampose.training.checkpoint import apply_checkpoint, latest_checkpoint, save_checkpoint
-from dreampose.training.sampling import batch_indices, seed_everything, shard, step_seed
+from dreampose.training.data import train_batches
+from dreampose.training.sampling import seed_everything, step_seed
 
 log = logging.getLogger("dreampose.training")
 
@@ -82,8 +83,9 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
 
 
 def run_fingerprint(cfg: TrainConfig, num_items: int, extra: str = "") -> str:
-    """Identifies runs that may share checkpoints: same settings, same data size, same caller context."""
-    text = f"{cfg.model_dump_json()}|{num_items}|{extra}"
+    """Identifies runs that may share checkpoints: same settings, same data size, same caller context.
+    ``num_workers`` is left out: the batches do not depend on it (``training/data.py``)."""
+    text = f"{cfg.model_dump_json(exclude={'num_workers'})}|{num_items}|{extra}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -97,15 +99,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def set_augment_key(dataset: Dataset, key: int) -> None:
-    """Pass ``key`` to a dataset (inside any ``Subset``) whose augmentation draws from it; others ignore it."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    setter = getattr(dataset, "set_augment_key", None)
-    if setter is not None:
-        setter(key)
 
 
 def load_batch(dataset: Dataset, indices: list[int]) -> dict[str, Any]:
@@ -163,8 +156,9 @@ def train(
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not accelerator.is_main_process, leave=False)
     t0, samples = time.perf_counter(), 0
+    batches = train_batches(dataset, cfg, start, end, accelerator.process_index, world, accelerator.device)
     for step in range(start, end):
-        loss = _train_step(model, optimizer, dataset, cfg, accelerator, step, global_batch)
+        loss = _train_step(model, optimizer, batches, cfg, accelerator, step, global_batch)
         lr_scheduler.step()
         samples += global_batch * cfg.grad_accum
         step_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
@@ -204,22 +198,20 @@ def train(
 def _train_step(
     model: torch.nn.Module,
     optimizer: Any,
-    dataset: Dataset,
+    batches: Iterator[dict[str, Any]],
     cfg: TrainConfig,
     accelerator: Any,
     step: int,
     global_batch: int,
 ) -> torch.Tensor:
     """One optimizer step over ``cfg.grad_accum`` micro-batches; returns the mean micro-batch loss."""
-    world, rank = accelerator.num_processes, accelerator.process_index
+    rank = accelerator.process_index
     total = torch.zeros((), device=accelerator.device)
     for micro in range(cfg.grad_accum):
         stream_step = step * cfg.grad_accum + micro
-        indices = shard(batch_indices(len(dataset), stream_step, global_batch, cfg.seed), rank, world)
         # Augmentations and layers that draw from the global generators see the same state on resume.
         seed_everything(step_seed(cfg.seed, stream_step, rank, 1))
-        set_augment_key(dataset, step_seed(cfg.seed, stream_step, rank, 3))
-        batch = _to_device(load_batch(dataset, indices), accelerator.device)
+        batch = _to_device(next(batches), accelerator.device)  # this stream step's items (training/data.py)
         generator = torch.Generator(accelerator.device).manual_seed(step_seed(cfg.seed, stream_step, rank, 2))
         last = micro == cfg.grad_accum - 1
         # Only the last micro-batch all-reduces gradients across processes.

@@ -135,24 +135,30 @@ def test_crops_are_a_pure_function_of_seed_key_index_and_draw(tmp_path):
         warm.set_augment_key(-1)
 
 
-def _archives(tmp_path, n, frames=6, h=8, w=6, compressed=True):
+def _archives(tmp_path, n, frames=6, h=8, w=6, layout="indexed"):
+    from dreampose.io import write_iuv_archive
+
     rng = np.random.default_rng(0)
-    save = np.savez_compressed if compressed else np.savez
+    save = {"deflated": np.savez_compressed, "stored": np.savez}  # archives written before the frame index
     paths = []
     for i in range(n):
         p = tmp_path / f"v{i}.npz"
-        save(p, iuv=rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8))
+        iuv = rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8)
+        if layout == "indexed":
+            write_iuv_archive(p, iuv)
+        else:
+            save[layout](p, iuv=iuv)
         paths.append(p)
     return paths
 
 
-@pytest.mark.parametrize("compressed", [True, False])
-def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed):
+@pytest.mark.parametrize("layout", ["indexed", "deflated", "stored"])
+def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, layout):
     from dreampose.data.dataset import iuv_shape, read_iuv_frames
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
-    (path,) = _archives(tmp_path, 1, frames=9, compressed=compressed)
-    whole = load_iuv_npz(path)
+    (path,) = _archives(tmp_path, 1, frames=9, layout=layout)
+    whole = load_iuv(path)
     assert iuv_shape(path) == whole.shape
     for frames in ([0, 0, 0, 1, 2], [4, 5, 6, 7, 8], [8, 2, 8], [3]):
         got = read_iuv_frames(path, frames)
@@ -169,18 +175,18 @@ def test_windowed_read_is_bit_identical_to_the_whole_array(tmp_path, compressed)
 
 def test_iuv_cache_never_exceeds_its_bound_and_streams_large_videos(tmp_path):
     from dreampose.data.dataset import CACHE_ENTRY_FRACTION, IUVFrames
-    from dreampose.io import load_iuv_npz
+    from dreampose.io import load_iuv
 
     paths = _archives(tmp_path, 20)  # 6 * 8 * 6 * 3 = 864 bytes each
     cache = IUVFrames(max_bytes=864 * 3 + 100)
     assert cache.max_entry_bytes == (864 * 3 + 100) // CACHE_ENTRY_FRACTION < 864  # too big to cache whole
     for p in paths * 2:
-        assert np.array_equal(cache.frames(p, [1, 2, 3]), load_iuv_npz(p)[[1, 2, 3]])
+        assert np.array_equal(cache.frames(p, [1, 2, 3]), load_iuv(p)[[1, 2, 3]])
         assert len(cache) == 0 and cache.cached_bytes == 0
     cache = IUVFrames(max_bytes=864 * CACHE_ENTRY_FRACTION + 1)  # whole videos, CACHE_ENTRY_FRACTION at most
     peak = 0
     for i, p in enumerate(paths * 2):
-        assert np.array_equal(cache.frames(p, [5, 0]), load_iuv_npz(p)[[5, 0]])
+        assert np.array_equal(cache.frames(p, [5, 0]), load_iuv(p)[[5, 0]])
         assert cache.cached_bytes <= cache.max_bytes and cache.cached_bytes == 864 * len(cache)
         peak = max(peak, len(cache))
         assert len(cache) == min(i + 1, cache.max_bytes // 864)
@@ -238,3 +244,31 @@ def test_colour_augmentation_changes_photo_and_target_alike_and_keeps_poses(tmp_
     assert torch.equal(again[0]["target_pixels"], items[0]["target_pixels"])  # a pure function of the key
     with pytest.raises(ValueError, match="probability"):
         PairDataset(path, ws, H, W, color_augment=1.5)
+
+
+def test_items_are_bit_identical_to_the_float_formulas(tmp_path, monkeypatch):
+    """Pixels and poses come through 256-entry tables now; items (plain, cropped, recoloured) are the values the
+    float formulas gave: ``float(x) / 127.5 - 1`` per pixel and ``uv_to_model``'s formula per pose."""
+    import dreampose.data.dataset as D
+    from dreampose.data.densepose.iuv import _uv_formula
+    from tests.training.tiny import H as TH
+    from tests.training.tiny import W as TW
+    from tests.training.tiny import write_workspace
+
+    def formula_image(path, height, width):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB").resize((width, height)), dtype=np.float32)
+        return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+    manifest = write_workspace(tmp_path)
+    for kw in ({}, {"augment": (0.5, 0.9), "color_augment": 1.0}):
+        ours = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
+        with monkeypatch.context() as m:
+            m.setattr(D, "load_image", formula_image)
+            m.setattr(D, "uv_to_model", lambda iuv: _uv_formula(torch.as_tensor(iuv)))
+            ref = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
+        for a, b in zip(ours, ref, strict=True):
+            for k in ("input_pixels", "target_pixels", "poses"):
+                assert torch.equal(a[k], b[k].clamp(-1, 1) if k == "target_pixels" else b[k]), (kw, k)

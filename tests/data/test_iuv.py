@@ -145,3 +145,16 @@ def test_iuv_bbox():
     assert I.iuv_bbox(iuv) is None
     iuv[1:3, 2:5, 0] = 4
     assert I.iuv_bbox(iuv) == (2.0, 1.0, 5.0, 3.0)
+
+
+def test_uv_to_model_table_path_equals_the_formula_bit_for_bit():
+    """The CPU path gathers from a 256-entry table; every (I, U, V) value and a strided view give the formula's
+    float32 values exactly (training items stay bit-identical to those of the formula)."""
+    parts = torch.tensor([0, 1, 13, 24, 255], dtype=torch.uint8)
+    grid = torch.meshgrid(
+        parts, torch.arange(256, dtype=torch.uint8), torch.arange(256, dtype=torch.uint8), indexing="ij"
+    )
+    iuv = torch.stack(grid, -1)  # (5, 256, 256, 3): every U, V under background and body parts
+    assert torch.equal(I.uv_to_model(iuv), I._uv_formula(iuv))
+    view = iuv.permute(1, 0, 2, 3)[:, 1:4].permute(1, 0, 2, 3)  # non-contiguous
+    assert torch.equal(I.uv_to_model(view), I._uv_formula(view)) and I.uv_to_model(view).is_contiguous()

@@ -95,14 +95,13 @@ def _load_frames(frames_dir: Path, rows: pd.DataFrame) -> np.ndarray:
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` with a fixed member timestamp, so equal arrays give equal bytes (numpy stamps
-    the write time into the zip, which made every run's archives differ)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+    """The video's IUV archive through the one IUV writer (``dreampose.io.write_iuv_archive``: frame-indexed,
+    equal arrays give equal bytes); ``arrays`` is ``iuv=`` alone."""
+    from dreampose.io import write_iuv_archive
+
+    if set(arrays) != {"iuv"}:
+        raise ValueError(f"{path}: an IUV archive holds 'iuv' alone, got {sorted(arrays)}")
+    write_iuv_archive(path, arrays["iuv"])
 
 
 def _write_archive(out_file: Path, iuvs: list[np.ndarray]) -> None:

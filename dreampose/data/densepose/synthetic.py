@@ -15,7 +15,7 @@ import pandas as pd
 
 from dreampose.data.densepose.base import FrameResult
 from dreampose.data.densepose.iuv import iuv_bbox
-from dreampose.io import load_iuv_npz
+from dreampose.io import load_iuv
 
 
 class SyntheticBackend:
@@ -32,7 +32,7 @@ class SyntheticBackend:
     def _video(self, split: str, video: str) -> np.ndarray:
         key = f"{split}/{video}"
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, load_iuv_npz(self.iuv_dir / split / f"{video}.npz"))
+            self._cache = (key, load_iuv(self.iuv_dir / split / f"{video}.npz"))
         return self._cache[1]
 
     def _fit(self, iuv: np.ndarray) -> np.ndarray:
