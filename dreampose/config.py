@@ -213,7 +213,13 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = False
     train_image_encoder: bool = True
     dropout: DropoutConfig = DropoutConfig()
-    checkpoint_every: int = Field(100, ge=1)
+    max_grad_norm: float | None = Field(
+        None, ge=0, description="clip the global gradient norm to this before each optimizer step; null or 0 = off"
+    )
+    checkpoint_every: int = Field(100, ge=0, description="checkpoint every this many optimizer steps; 0 = not by steps")
+    checkpoint_every_s: float = Field(
+        0.0, ge=0, description="also checkpoint when this many seconds of training passed since the last one; 0 = off"
+    )
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
@@ -227,10 +233,19 @@ class TrainConfig(_Strict):
 
 
 class SubjectConfig(_Strict):
-    """Per-subject finetune: phase 1 UNet + adapter, phase 2 VAE decoder."""
+    """Per-subject finetune: phase 1 UNet + adapter, phase 2 VAE decoder.
+
+    A subject keeps at most one checkpoint on disk (phase 1's are removed when it ends); ``unet.checkpoint_every_s``
+    (wall time) applies to both phases, ``unet.checkpoint_every`` to phase 1 and ``decoder_checkpoint_every`` to
+    phase 2. ``unet.gradient_checkpointing`` and ``unet.max_grad_norm`` apply to both phases.
+    """
 
     unet: TrainConfig = TrainConfig(max_steps=50, batch_size=8, lr=3e-4, checkpoint_every=25)
     decoder_steps: int = Field(50, ge=0)
+    decoder_checkpoint_every: int = Field(
+        0, ge=0, description="phase-2 checkpoint interval in steps (0 = by unet.checkpoint_every_s only); "
+        "the decoder phase does not take the UNet phase's step interval"
+    )  # fmt: skip
     decoder_lr: float = Field(5e-4, gt=0)
     decoder_batch_size: int = Field(4, ge=1)
     crop_scale: tuple[float, float] = (0.8, 1.0)

@@ -6,7 +6,8 @@ Layout of ``<ckpt_dir>/step_000100/``:
 - ``optimizer.safetensors``: the optimizer's tensor state, keys ``state.<index>.<name>``
 - ``rng.safetensors``: torch CPU (and CUDA) generator states
 - ``state.json``: step, run fingerprint, optimizer param groups and scalar state, LR scheduler
-  state, python and numpy generator states
+  state, python and numpy generator states, and the fp16 loss scaler's state (``scaler``: scale,
+  growth tracker and factors; ``null`` when the run has no scaler)
 
 A step directory appears only by ``rename`` of a fully written temporary directory, so a
 killed run never leaves a partial checkpoint that looks complete. A checkpoint that fails to
@@ -117,6 +118,7 @@ class Checkpoint:
     rng_tensors: dict[str, torch.Tensor]
     rng_meta: dict[str, Any]
     fingerprint: str
+    scaler: dict[str, Any] | None = None
 
 
 def save_checkpoint(
@@ -127,8 +129,13 @@ def save_checkpoint(
     lr_scheduler: Any,
     fingerprint: str,
     keep: int = 2,
+    scaler: Any = None,
 ) -> Path:
-    """Write ``<ckpt_dir>/step_<step>/`` atomically, then delete all but the newest ``keep``."""
+    """Write ``<ckpt_dir>/step_<step>/`` atomically, then delete all but the newest ``keep``.
+
+    ``scaler``: the run's ``GradScaler`` (fp16 mixed precision), whose state is saved with the step so a resumed
+    run skips and rescales exactly as the uninterrupted one. Older checkpoints are deleted only after the new
+    one is complete, so a kill mid-write always leaves a usable one."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / step_dir_name(step)
@@ -146,6 +153,7 @@ def save_checkpoint(
             "optimizer": opt_meta,
             "lr_scheduler": lr_scheduler.state_dict(),
             "rng": rng_meta,
+            "scaler": scaler_state(scaler),
         }
         (tmp / "state.json").write_text(json.dumps(state))
         if final.exists():
@@ -178,6 +186,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         rng_tensors=rng_tensors,
         rng_meta=state["rng"],
         fingerprint=state["fingerprint"],
+        scaler=state.get("scaler"),
     )
 
 
@@ -198,10 +207,21 @@ def latest_checkpoint(ckpt_dir: Path, fingerprint: str | None = None) -> Checkpo
     return None
 
 
+def scaler_state(scaler: Any) -> dict[str, Any] | None:
+    """A ``GradScaler``'s state as JSON values, ``None`` without an enabled scaler."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
+
+
 def apply_checkpoint(
-    ckpt: Checkpoint, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, lr_scheduler: Any
+    ckpt: Checkpoint,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    scaler: Any = None,
 ) -> int:
-    """Load weights, optimizer, scheduler and generator states; returns the step to continue from."""
+    """Load weights, optimizer, scheduler, loss-scaler and generator states; returns the step to continue from."""
     for name, module in modules.items():
         prefix = f"{name}."
         sub = {k[len(prefix) :]: v for k, v in ckpt.model.items() if k.startswith(prefix)}
@@ -210,5 +230,15 @@ def apply_checkpoint(
         module.load_state_dict(sub, strict=True)
     optimizer.load_state_dict(ckpt.optimizer)
     lr_scheduler.load_state_dict(ckpt.lr_scheduler)
+    if scaler is not None and scaler.is_enabled():
+        if ckpt.scaler is None:
+            warnings.warn(
+                f"{ckpt.path}: no loss-scaler state (written without fp16 or by an older version); the scale "
+                "restarts from its initial value, so this resume is not exact",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        else:
+            scaler.load_state_dict(ckpt.scaler)
     restore_rng(ckpt.rng_tensors, ckpt.rng_meta)
     return ckpt.step

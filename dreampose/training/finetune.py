@@ -2,6 +2,11 @@
 adapter with aligned crop augmentation, phase 2 VAE decoder). Each writes a ``DreamPosePipeline``
 directory atomically; checkpoints live beside it in ``<out_dir>.ckpt/`` and are removed on success.
 
+The model is saved before the post-training evaluation (the held-out loss after training), which then
+runs with the optimizer freed, at the training's precision and at most the training's batch; an
+out-of-memory there is recorded in ``train.json`` (``<key>_error``) instead of failing the stage.
+A subject keeps at most one checkpoint on disk (phase 1's goes once phase 2 has its own).
+
 With ``SubjectConfig.lora_rank > 0`` phase 1 trains LoRA layers instead of the full UNet (see
 ``lora.py``); the subject directory then also holds the small per-subject delta in ``lora/``.
 With ``TrainConfig.sample_every > 0`` a grid of held-out renders is logged to MLflow that often.
@@ -9,6 +14,7 @@ With ``TrainConfig.sample_every > 0`` a grid of held-out renders is logged to ML
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -21,10 +27,14 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.fsutil import replace_dir, staging_dir
+from dreampose.fsutil import atomic_write, replace_dir, staging_dir
 from dreampose.models.pipeline import load_pipeline
+from dreampose.training.checkpoint import list_checkpoints
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
-from dreampose.training.objectives import DecoderObjective, DiffusionObjective, heldout_loss
+from dreampose.training.objectives import DecoderObjective, DiffusionObjective, autocast_dtype, heldout_loss
+
+#: The held-out evaluation's batch is at most this (and at most the training batch, which is known to fit).
+EVAL_BATCH = 16
 
 log = logging.getLogger("dreampose.training")
 
@@ -87,6 +97,41 @@ def _sampler(cfg: TrainConfig, pipe: Any, dataset: Dataset, name: str) -> Callab
     return mlflow_sampler(pipe, dataset, name, seed=cfg.seed) if cfg.sample_every > 0 else None
 
 
+def _heldout(objective: DiffusionObjective, dataset: Dataset, cfg: TrainConfig, device: torch.device) -> float:
+    """The held-out loss at the training's precision and a batch no larger than the training's."""
+    dtype = autocast_dtype(cfg.mixed_precision, torch.device(device).type)
+    return heldout_loss(objective, dataset, seed=cfg.seed, batch_size=min(EVAL_BATCH, cfg.batch_size), dtype=dtype)
+
+
+def _evaluate_saved(
+    evaluate: Callable[[], float], out_dir: Path, summary: dict[str, Any], key: str, write: bool
+) -> float | None:
+    """Run a post-training evaluation of the already saved model in ``out_dir``, put its value under ``key`` in
+    ``summary`` and (``write``) in ``out_dir/train.json``. Out of memory there loses nothing: it is logged and
+    recorded as ``<key>_error`` with ``key`` null. Any other error propagates (the model stays saved)."""
+    try:
+        value: float | None = evaluate()
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        log.warning("%s: evaluation after training ran out of memory; the model is saved (%s)", out_dir, err)
+        value = None
+        summary[f"{key}_error"] = f"{type(err).__name__}: {err}"
+    summary[key] = value
+    if write:
+        text = json.dumps(summary, indent=2, sort_keys=True, default=str)
+        atomic_write(Path(out_dir) / "train.json", lambda tmp: tmp.write_text(text))
+    return value
+
+
+def _drop_when_superseded(new: Path, old: Path, main: bool) -> Callable[[int, float], None]:
+    """An ``on_step`` hook: once ``new`` holds a checkpoint, delete ``old`` (one checkpoint per subject on disk)."""
+
+    def hook(step: int, loss: float) -> None:
+        if main and old.exists() and list_checkpoints(new):
+            shutil.rmtree(old, ignore_errors=True)
+
+    return hook
+
+
 def _on_cpu(device: torch.device | None) -> bool:
     """Whether the runtime pins training to the CPU (``None``: let accelerate choose)."""
     return device is not None and torch.device(device).type == "cpu"
@@ -119,21 +164,20 @@ def finetune_base(
     held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
     accelerator = make_accelerator(cfg.mixed_precision, cpu=_on_cpu(device))
     objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder).to(accelerator.device)
-    before = heldout_loss(objective, held, seed=cfg.seed)
+    before = _heldout(objective, held, cfg, accelerator.device)
     ckpt = ckpt_dir_for(out_dir)
     result = train(
         objective, data, cfg, ckpt_dir=ckpt, accelerator=accelerator, logger=logger,
         fingerprint=f"base|{Path(model_dir).resolve()}|{h}x{w}", desc="base",
         sample_fn=_sampler(cfg, pipe, held, "base"),
     )  # fmt: skip
-    after = heldout_loss(objective, held, seed=cfg.seed)
-    summary = {
+    summary: dict[str, Any] = {
         "steps": result.steps,
         "resumed_from_step": result.start_step,
         "pairs": len(data),
         "heldout_pairs": min(32, len(held)),
         "heldout_loss_before": before,
-        "heldout_loss_after": after,
+        "heldout_loss_after": None,  # measured once the model is saved
         "final_train_loss": result.losses[-1] if result.losses else None,
         "samples_per_s": result.samples_per_s,
         "peak_memory_mb": result.peak_memory_mb,
@@ -142,7 +186,12 @@ def finetune_base(
     if accelerator.is_main_process:
         _save(pipe.to("cpu"), Path(out_dir), summary)
         shutil.rmtree(ckpt, ignore_errors=True)
-    log.info("base finetune: held-out loss %.4f -> %.4f", before, after)
+    objective.to(accelerator.device)
+    after = _evaluate_saved(
+        lambda: _heldout(objective, held, cfg, accelerator.device), Path(out_dir), summary, "heldout_loss_after",
+        write=accelerator.is_main_process,
+    )  # fmt: skip
+    log.info("base finetune: held-out loss %.4f -> %s", before, after)
     return summary
 
 
@@ -214,11 +263,13 @@ def finetune_subject(
     else:
         objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder)
     objective.to(accelerator.device)
-    before = heldout_loss(objective, plain, seed=cfg.unet.seed)
-    phase1 = train(objective, pairs, cfg.unet, ckpt_dir=ckpt / "unet", accelerator=accelerator, logger=logger,
-                   fingerprint=fp, desc="subject_unet",
+    before = _heldout(objective, plain, cfg.unet, accelerator.device)
+    # One checkpoint per subject on disk: when phase 2 already has one (a rerun after a crash in phase 2), phase 1
+    # (whose result phase 2 does not depend on) runs again without writing any. It frees its optimizer on return.
+    phase1_ckpt = None if list_checkpoints(ckpt / "decoder") else ckpt / "unet"
+    phase1 = train(objective, pairs, cfg.unet, ckpt_dir=phase1_ckpt, accelerator=accelerator, logger=logger,
+                   fingerprint=fp, desc="subject_unet", keep_checkpoints=1,
                    sample_fn=_sampler(cfg.unet, pipe, plain, "subject_unet"))  # fmt: skip
-    after = heldout_loss(objective, plain, seed=cfg.unet.seed)
     lora_state = None
     if cfg.lora_rank > 0:
         from dreampose.training.lora import lora_state_dict, merge_lora
@@ -233,20 +284,23 @@ def finetune_subject(
         "pairs": len(rows),
         "unet_steps": phase1.steps,
         "unet_loss_before": before,
-        "unet_loss_after": after,
+        "unet_loss_after": None,  # measured once the model is saved (phase 2 leaves what it measures unchanged)
         "unet_loss_first": phase1.losses[0] if phase1.losses else None,
         "unet_loss_last": phase1.losses[-1] if phase1.losses else None,
         "lora_rank": cfg.lora_rank,
     }
     if cfg.decoder_steps > 0:
         frames = _SubjectFrames(plain)
+        # Its own step interval (wall-time interval, gradient checkpointing and clipping as the subject's).
         dec_cfg = cfg.unet.model_copy(
             update={"max_steps": cfg.decoder_steps, "lr": cfg.decoder_lr, "batch_size": cfg.decoder_batch_size,
-                    "grad_accum": 1, "lr_warmup_steps": 0, "gradient_checkpointing": False}
+                    "grad_accum": 1, "lr_warmup_steps": 0, "checkpoint_every": cfg.decoder_checkpoint_every}
         )  # fmt: skip
         dec = DecoderObjective(pipe.vae)
+        # Phase 1's last checkpoint stays (a crash here resumes phase 1 from it) until phase 2 has its own.
+        drop_phase1 = _drop_when_superseded(ckpt / "decoder", ckpt / "unet", accelerator.is_main_process)
         phase2 = train(dec, frames, dec_cfg, ckpt_dir=ckpt / "decoder", accelerator=accelerator, logger=logger,
-                       fingerprint=fp, desc="subject_decoder")  # fmt: skip
+                       fingerprint=fp, desc="subject_decoder", keep_checkpoints=1, on_step=drop_phase1)  # fmt: skip
         summary.update(
             decoder_steps=phase2.steps,
             decoder_frames=len(frames),
@@ -263,6 +317,11 @@ def finetune_subject(
             extra = _lora_writer(pipe, lora_state, cfg.lora_rank, with_decoder=cfg.decoder_steps > 0)
         _save(pipe.to("cpu"), Path(out_dir), summary, extra)
         shutil.rmtree(ckpt, ignore_errors=True)
+    objective.to(accelerator.device)
+    _evaluate_saved(
+        lambda: _heldout(objective, plain, cfg.unet, accelerator.device), Path(out_dir), summary, "unet_loss_after",
+        write=accelerator.is_main_process,
+    )  # fmt: skip
     return summary
 
 

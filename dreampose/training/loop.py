@@ -5,12 +5,17 @@ The loop knows nothing about diffusion: it optimizes an *objective*, an ``nn.Mod
 modules to optimize and checkpoint (see ``objectives.py``). Per step it takes this process's shard
 of the global batch ``batch_indices(seed, step)`` from a DataLoader (``training/data.py``), seeds every
 generator from ``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
-resumed from a checkpoint continues exactly as an uninterrupted run would.
+resumed from a checkpoint continues exactly as an uninterrupted run would (the fp16 loss scaler's
+state is checkpointed too). Gradients are clipped to ``max_grad_norm`` when set; on CUDA devices
+with TF32 tensor cores, fp32 matmuls and convolutions use them. When the loop returns, the
+optimizer, its state and the gradients are released, so what runs next (an evaluation, the next
+phase) has the memory back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import resource
@@ -71,6 +76,35 @@ def constant_with_warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def tf32_supported(device_type: str, capability: tuple[int, int] | None) -> bool:
+    """Whether fp32 matmuls/convolutions should run on TF32 tensor cores: CUDA devices of compute capability
+    8.0 or newer (Ampere on); never on the CPU or older GPUs."""
+    return device_type == "cuda" and capability is not None and capability[0] >= 8
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Turn TF32 on for the fp32 paths of ``device`` where :func:`tf32_supported`; returns whether it did.
+
+    Process-wide and a no-op elsewhere (the CPU keeps full fp32)."""
+    device = torch.device(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if not tf32_supported(device.type, capability):
+        return False
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def checkpoint_due(done: int, max_steps: int, every: int, every_s: float, seconds_since_last: float) -> bool:
+    """Whether to checkpoint after ``done`` optimizer steps: every ``every`` steps and/or once ``every_s`` seconds
+    passed since the last checkpoint (0 disables either); never after the last step (the model is saved then)."""
+    if done >= max_steps:
+        return False
+    by_steps = every > 0 and done % every == 0
+    by_time = every_s > 0 and seconds_since_last >= every_s
+    return by_steps or by_time
+
+
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, fused when every parameter lives on a device the fused kernel supports."""
     if not params:
@@ -118,15 +152,18 @@ def train(
     sample_fn: Callable[[int], None] | None = None,
     stop_after: int | None = None,
     desc: str = "train",
+    keep_checkpoints: int = 2,
 ) -> TrainResult:
     """Optimize ``objective`` on ``dataset`` for ``cfg.max_steps`` optimizer steps.
 
     ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``).
-    Checkpoints go to ``ckpt_dir/step_NNNNNN`` every ``cfg.checkpoint_every`` steps; a matching
-    checkpoint found there at start is resumed. Only the main process logs and writes.
+    Checkpoints go to ``ckpt_dir/step_NNNNNN`` as :func:`checkpoint_due` says (``cfg.checkpoint_every`` steps,
+    ``cfg.checkpoint_every_s`` seconds), the newest ``keep_checkpoints`` kept; a matching checkpoint found there
+    at start is resumed. Only the main process logs and writes. On return the optimizer is freed.
     """
     if accelerator is None:
         accelerator = make_accelerator(cfg.mixed_precision)
+    enable_tf32(accelerator.device)
     num_items = len(dataset)  # type: ignore[arg-type]
     if num_items == 0:
         raise ValueError("the training dataset is empty")
@@ -148,7 +185,7 @@ def train(
     if ckpt_dir is not None:
         ckpt = latest_checkpoint(ckpt_dir, fp)
         if ckpt is not None:
-            start = apply_checkpoint(ckpt, modules, optimizer.optimizer, lr_scheduler)
+            start = apply_checkpoint(ckpt, modules, optimizer.optimizer, lr_scheduler, scaler=accelerator.scaler)
             log.info("resuming %s from %s", desc, ckpt.path)
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
 
@@ -157,8 +194,9 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not accelerator.is_main_process, leave=False)
     t0, samples = time.perf_counter(), 0
     batches = train_batches(dataset, cfg, start, end, accelerator.process_index, world, accelerator.device)
+    last_ckpt = t0
     for step in range(start, end):
-        loss = _train_step(model, optimizer, batches, cfg, accelerator, step, global_batch)
+        loss = _train_step(model, optimizer, batches, cfg, accelerator, step, global_batch, params)
         lr_scheduler.step()
         samples += global_batch * cfg.grad_accum
         step_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
@@ -180,10 +218,16 @@ def train(
                 )
             if sample_fn is not None and cfg.sample_every and (step + 1) % cfg.sample_every == 0:
                 sample_fn(step + 1)
-        if ckpt_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+        if ckpt_dir is not None and _agreed(
+            accelerator,
+            checkpoint_due(step + 1, cfg.max_steps, cfg.checkpoint_every, cfg.checkpoint_every_s,
+                           time.perf_counter() - last_ckpt),
+        ):  # fmt: skip
             if accelerator.is_main_process:
-                save_checkpoint(ckpt_dir, step + 1, modules, optimizer.optimizer, lr_scheduler, fp)
+                save_checkpoint(ckpt_dir, step + 1, modules, optimizer.optimizer, lr_scheduler, fp,
+                                keep=keep_checkpoints, scaler=accelerator.scaler)  # fmt: skip
             accelerator.wait_for_everyone()
+            last_ckpt = time.perf_counter()
         if on_step is not None:
             on_step(step + 1, step_loss)
     bar.close()
@@ -192,7 +236,24 @@ def train(
     result.peak_memory_mb = peak_memory_mb(accelerator.device)
     accelerator.wait_for_everyone()
     model.eval()
+    # Free the optimizer (its state is twice the trainable weights) and the gradients before whatever runs next.
+    optimizer.zero_grad(set_to_none=True)
+    del optimizer, lr_scheduler, model, batches  # batches: the DataLoader's worker processes end with it
+    accelerator.free_memory()
+    gc.collect()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
     return result
+
+
+def _agreed(accelerator: Any, due: bool) -> bool:
+    """The main process's decision, on every process (a wall-clock interval may differ between processes)."""
+    if accelerator.num_processes == 1:
+        return due
+    from accelerate.utils import broadcast
+
+    flag = torch.tensor([int(due)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
 
 
 def _train_step(
@@ -203,8 +264,11 @@ def _train_step(
     accelerator: Any,
     step: int,
     global_batch: int,
+    params: list[torch.nn.Parameter] | None = None,
 ) -> torch.Tensor:
-    """One optimizer step over ``cfg.grad_accum`` micro-batches; returns the mean micro-batch loss."""
+    """One optimizer step over ``cfg.grad_accum`` micro-batches; returns the mean micro-batch loss.
+
+    With ``cfg.max_grad_norm`` the (unscaled, all-reduced) gradients of ``params`` are clipped to that norm."""
     rank = accelerator.process_index
     total = torch.zeros((), device=accelerator.device)
     for micro in range(cfg.grad_accum):
@@ -220,6 +284,8 @@ def _train_step(
             loss = model(batch, generator)
             accelerator.backward(loss / cfg.grad_accum)
         total = total + loss.detach().float() / cfg.grad_accum
+    if cfg.max_grad_norm and params and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -140,6 +141,30 @@ class DecoderObjective(nn.Module):
         return F.l1_loss(recon.float(), pixels.float())
 
 
+#: Held-out noise is drawn in chunks of this many items, whatever the evaluation batch, so the value does not
+#: depend on the batch size it was computed at.
+NOISE_CHUNK = 16
+
+
+def autocast_dtype(mixed_precision: str, device_type: str) -> torch.dtype | None:
+    """The dtype training computes in (accelerate's autocast) for ``mixed_precision`` on ``device_type``:
+    fp16 only on accelerators (accelerate runs fp16 on a CPU in fp32), bf16 anywhere, ``None`` for fp32."""
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16" and device_type != "cpu":
+        return torch.float16
+    return None
+
+
+def _heldout_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``(n, *shape)`` fixed noise, chunk ``c`` (items ``c .. c + NOISE_CHUNK``) drawn from seed ``seed + c``."""
+    chunks = []
+    for c in range(0, n, NOISE_CHUNK):
+        g = torch.Generator().manual_seed(seed + c)
+        chunks.append(torch.randn((min(NOISE_CHUNK, n - c), *shape), generator=g))
+    return torch.cat(chunks)
+
+
 @torch.no_grad()
 def heldout_loss(
     objective: DiffusionObjective,
@@ -148,10 +173,13 @@ def heldout_loss(
     timesteps_per_item: int = 4,
     seed: int = 0,
     batch_size: int = 16,
+    dtype: torch.dtype | None = None,
 ) -> float:
     """Mean diffusion loss on fixed items, fixed noise and evenly spread timesteps, with full conditioning.
 
-    The same call before and after training compares the model, not the draw.
+    The same call before and after training compares the model, not the draw. ``batch_size`` bounds the
+    evaluation batch (the value does not depend on it); ``dtype`` runs the model under autocast to it (the
+    training's mixed precision), else in the model's own dtype.
     """
     from dreampose.training.loop import load_batch
 
@@ -164,19 +192,23 @@ def heldout_loss(
     total_t = objective.noise_scheduler.config.num_train_timesteps
     ts = torch.linspace(0, total_t - 1, timesteps_per_item).round().long()
     items = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     losses = []
     for k, t in enumerate(ts.tolist()):
+        noise_all = None
         for lo in range(0, n, batch_size):
             idx = items[lo : lo + batch_size]
             batch = {
                 k2: v.to(device) if isinstance(v, torch.Tensor) else v for k2, v in load_batch(dataset, idx).items()
             }
             b = len(idx)
-            g = torch.Generator().manual_seed(seed * 1000 + k * 97 + lo)
-            shape = objective._latent_shape(batch["target_pixels"])
-            noise = torch.randn(shape, generator=g).to(device)
+            if noise_all is None:
+                shape = objective._latent_shape(batch["target_pixels"])[1:]
+                noise_all = _heldout_noise(n, shape, seed * 1000 + k * 97)
+            noise = noise_all[lo : lo + b].to(device)
             keep = torch.zeros(b, dtype=torch.bool, device=device)
             timesteps = torch.full((b,), t, dtype=torch.long, device=device)
-            losses.append(objective.loss_terms(batch, noise, timesteps, keep, keep))
+            with cast:
+                losses.append(objective.loss_terms(batch, noise, timesteps, keep, keep).float())
     objective.train(was_training)
     return float(torch.cat(losses).mean())

@@ -86,3 +86,29 @@ def test_missing_module_weights_is_an_error(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"net": model}, opt, sched, "fp")
     with pytest.raises(ValueError, match="other"):
         apply_checkpoint(load_checkpoint(path), {"other": model}, opt, sched)
+
+
+def test_the_loss_scaler_state_round_trips(tmp_path):
+    """fp16 runs: the scale and the growth tracker (steps since the last overflow) come back exactly."""
+    model, opt, sched = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    for i in range(4):
+        loss = model(torch.randn(5, 3)).pow(2).mean() * (float("inf") if i == 1 else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped on the overflow, which halves the scale
+        scaler.update()
+        opt.zero_grad()
+    state = scaler.state_dict()
+    assert (state["scale"], state["_growth_tracker"]) == (2.0**9, 2)  # backed off at step 2, two good steps since
+    path = save_checkpoint(tmp_path, 4, {"net": model}, opt, sched, fingerprint="f", scaler=scaler)
+
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    model2, opt2, sched2 = _setup(seed=1)
+    apply_checkpoint(load_checkpoint(path), {"net": model2}, opt2, sched2, scaler=fresh)
+    assert fresh.state_dict() == state
+    assert fresh.scale(torch.ones(())).item() == 2.0**9  # the restored scale is the one in use
+
+    # a checkpoint written without a scaler (fp32/bf16 runs) resumes an fp16 scaler with a warning
+    bare = save_checkpoint(tmp_path, 5, {"net": model}, opt, sched, fingerprint="f")
+    with pytest.warns(RuntimeWarning, match="not exact"):
+        apply_checkpoint(load_checkpoint(bare), {"net": model2}, opt2, sched2, scaler=torch.amp.GradScaler("cpu"))

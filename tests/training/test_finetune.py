@@ -75,3 +75,121 @@ def test_unknown_subject_is_a_clear_error(ws):
         subject_rows(ws / "manifests" / "pairs.parquet", "nobody")
     with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
         finetune_base(TrainConfig(max_steps=1), ws / "missing", ws / "manifests" / "pairs.parquet", ws, ws / "o")
+
+
+def _failing_after_first(real, error: BaseException):
+    """``heldout_loss`` that measures before training and fails after it (e.g. out of memory on a full GPU)."""
+    calls = []
+
+    def heldout(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise error
+        return real(*args, **kwargs)
+
+    return heldout
+
+
+@pytest.mark.parametrize("error", [MemoryError("simulated"), RuntimeError("simulated")])
+def test_the_model_is_saved_before_the_post_training_evaluation(ws, monkeypatch, error):
+    import json
+
+    from dreampose.models.pipeline import DreamPosePipeline
+    from dreampose.training import finetune
+
+    monkeypatch.setattr(finetune, "heldout_loss", _failing_after_first(finetune.heldout_loss, error))
+    cfg = TrainConfig(max_steps=2, batch_size=4, lr=2e-3, checkpoint_every=1)
+    out = ws / "models" / "base"
+    args = (cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", ws, out)
+    if isinstance(error, MemoryError):  # out of memory: recorded, the stage completes
+        summary = finetune_base(*args, size=(H, W))
+        assert summary["heldout_loss_after"] is None and "simulated" in summary["heldout_loss_after_error"]
+        assert json.loads((out / "train.json").read_text())["heldout_loss_after_error"].endswith("simulated")
+    else:  # anything else fails the stage, with the trained model already saved
+        with pytest.raises(RuntimeError, match="simulated"):
+            finetune_base(*args, size=(H, W))
+    ref = DreamPosePipeline.from_pretrained(ws / "pretrained")
+    pipe = DreamPosePipeline.from_pretrained(out)
+    assert not torch.equal(pipe.unet.conv_in.weight, ref.unet.conv_in.weight)  # the trained weights
+    assert not ckpt_dir_for(out).exists()
+
+
+def test_heldout_loss_is_written_once_the_model_is_saved(ws):
+    import json
+
+    cfg = SubjectConfig(unet=TrainConfig(max_steps=1, batch_size=2, checkpoint_every=1), decoder_steps=1)
+    out = ws / "models" / "subjects" / "syn_0"
+    summary = finetune_subject(cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws, out,
+                               size=(H, W))  # fmt: skip
+    written = json.loads((out / "train.json").read_text())
+    assert written["unet_loss_after"] == summary["unet_loss_after"] and summary["unet_loss_after"] > 0
+
+
+def test_a_subject_keeps_one_checkpoint_frees_phase_1_and_checkpoints_phase_2(ws, monkeypatch):
+    """At most one checkpoint on disk at any save, none after success; phase 1's optimizer is gone when phase 2
+    builds its own; phase 2 runs with the configured gradient checkpointing."""
+    import weakref
+
+    from dreampose.training import finetune, loop
+    from dreampose.training.checkpoint import list_checkpoints
+    from dreampose.training.objectives import DecoderObjective
+
+    out = ws / "models" / "subjects" / "syn_1"
+    root = ckpt_dir_for(out)
+    on_disk: list[int] = []
+    real_save, real_build, real_train = loop.save_checkpoint, loop.build_optimizer, finetune.train
+
+    def save(*args, **kwargs):
+        on_disk.append(len(list_checkpoints(root / "unet")) + len(list_checkpoints(root / "decoder")))
+        return real_save(*args, **kwargs)
+
+    optimizers: list[weakref.ref] = []
+    alive_at_phase_2: list[bool] = []
+
+    def build(params, cfg):
+        if optimizers:
+            alive_at_phase_2.append(optimizers[0]() is not None)
+        opt = real_build(params, cfg)
+        optimizers.append(weakref.ref(opt))
+        return opt
+
+    objectives: list[torch.nn.Module] = []
+
+    def train(objective, *args, **kwargs):
+        objectives.append(objective)
+        return real_train(objective, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(loop, "build_optimizer", build)
+    monkeypatch.setattr(finetune, "train", train)
+    cfg = SubjectConfig(
+        unet=TrainConfig(max_steps=4, batch_size=2, lr=3e-4, checkpoint_every=1, gradient_checkpointing=True),
+        decoder_steps=4,
+        decoder_checkpoint_every=1,
+        decoder_batch_size=2,
+    )
+    summary = finetune_subject(cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_1", ws, out,
+                               size=(H, W))  # fmt: skip
+    assert summary["unet_steps"] == 4 and summary["decoder_steps"] == 4
+    assert len(on_disk) == 6 and max(on_disk) == 1, on_disk  # 3 saves per phase (none at the last step)
+    assert not root.exists()
+    assert alive_at_phase_2 == [False], "phase 1's optimizer state was still referenced in phase 2"
+    (dec,) = [o for o in objectives if isinstance(o, DecoderObjective)]
+    assert dec.vae.decoder.gradient_checkpointing is True
+
+
+def test_the_decoder_phase_has_its_own_checkpoint_interval(ws, monkeypatch):
+    from dreampose.training import loop
+
+    steps: list[tuple[str, int]] = []
+    real_save = loop.save_checkpoint
+
+    def save(ckpt_dir, step, *args, **kwargs):
+        steps.append((ckpt_dir.name, step))
+        return real_save(ckpt_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    cfg = SubjectConfig(unet=TrainConfig(max_steps=3, batch_size=2, checkpoint_every=1), decoder_steps=3)
+    finetune_subject(cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws,
+                     ws / "models" / "subjects" / "syn_0", size=(H, W))  # fmt: skip
+    assert steps == [("unet", 1), ("unet", 2)]  # decoder_checkpoint_every 0: none in phase 2
