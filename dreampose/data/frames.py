@@ -263,12 +263,14 @@ def extract_frames(
         if tmp.exists():
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
-    per_split = pd.DataFrame(rows).groupby("split")["video"].nunique().to_dict()
+    per_split: dict[str, set[str]] = {}
+    for row in rows:  # (a pandas groupby here took 2-3 ms per run)
+        per_split.setdefault(row["split"], set()).add(row["video"])
     return {
         "videos": len(videos) - len(quarantine),
         "quarantined": len(quarantine),
         "frames": len(rows),
         "seconds": round(seconds, 3),
         "fps": round(len(rows) / seconds, 1) if seconds > 0 else 0.0,
-        **{f"videos_{k}": int(v) for k, v in per_split.items()},
+        **{f"videos_{k}": len(v) for k, v in sorted(per_split.items())},
     }
