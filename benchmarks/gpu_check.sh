@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check.sh: unknown argument $1 (use --dry-run, --out FILE)" >&2; exit 2 ;;
   esac
 done
-NEEDS="gpu_check: needs Python 3.11/3.12 and: python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e . (torch 2.14.1 CUDA 13 wheels: NVIDIA driver >= 580)"
+NEEDS="gpu_check: needs Python 3.11/3.12 and: python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[dev]' (torch 2.14.1 CUDA 13 wheels: NVIDIA driver >= 580)"
 
-# 1. An interpreter with the project installed (the `make install` step, without the dev extras).
+# 1. An interpreter with the project installed (the `make install` step; the dev extras bring pytest).
 if [ -n "${PYTHON:-}" ]; then
   PY="$PYTHON"
 elif [ -x .venv/bin/python ] && .venv/bin/python -c "import dreampose, diffusers, torch" 2>/dev/null; then
@@ -36,7 +36,7 @@ elif [ -x .venv/bin/python ] && .venv/bin/python -c "import dreampose, diffusers
 else
   LOG="$(mktemp -t gpu_check_install.XXXXXX)"
   echo "gpu_check: installing into .venv (log: $LOG)" >&2
-  if ! { python3 -m venv .venv && .venv/bin/python -m pip install -q -c constraints.txt -e .; } >"$LOG" 2>&1; then
+  if ! { python3 -m venv .venv && .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'; } >"$LOG" 2>&1; then
     echo "$NEEDS; the install failed (log: $LOG)" >&2
     exit 1
   fi
@@ -76,6 +76,7 @@ run_part() {  # part, seconds wanted, names of the lines it writes
     FAILED=1
     return
   fi
+  local t0=$SECONDS
   timeout --kill-after=15 "$secs" "$PY" -m benchmarks.gpu --part "$part" --out "$OUT" --budget-s $((secs * 3 / 4)) "${DRY[@]}"
   rc=$?
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -83,6 +84,7 @@ run_part() {  # part, seconds wanted, names of the lines it writes
     echo "gpu_check: $part timed out after $secs s" >&2
     FAILED=1
   elif [ $rc -ne 0 ]; then
+    missing "failed (exit $rc)" "$((SECONDS - t0))" "$@"
     echo "gpu_check: $part failed (exit $rc)" >&2
     FAILED=1
   fi
