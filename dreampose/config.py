@@ -349,6 +349,11 @@ class EvalConfig(_Strict):
 
     subjects: tuple[str, ...] = ()
     num_subjects: int | None = Field(None, ge=1)
+    catalog_demo: bool = Field(
+        True,
+        description="the pipeline flow ends with one catalog item (the last eval subject's first frame driven by "
+        "its test poses; a subject finetune + render); the flow's --catalog-demo / --no-catalog-demo override it",
+    )
 
 
 class PhotoUrlConfig(_Strict):

@@ -3,7 +3,9 @@
 ``dreampose preflight`` (and the pipeline flow, before its first stage) lists each input the stages will
 read (the UBC lists, the Stable Diffusion and CLIP folders, the DensePose export, the metric networks,
 the device) with what was found. A missing input a stage *needs* is an error; a missing metric network
-is a warning (that metric is reported "unavailable"); the check never downloads or loads weights.
+is a warning (that metric is reported "unavailable"); pretrained Stable Diffusion with ``runtime.device: auto``
+on a machine where torch sees no CUDA is an error (unless ``runtime.device: cpu`` says the CPU is meant). The
+check never downloads or loads weights.
 Paths are relative to the workspace root, as the stages read them.
 """
 
@@ -91,15 +93,34 @@ def check_inputs(params: Params, root: Path, cuda_available: bool | None = None)
             out.append(Finding("ok", f"score.{key}", str(path)))
         else:
             out.append(Finding("warn", f"score.{key}", f"no such file {path}: {metric} will be reported unavailable"))
-    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    device = params.runtime.device
-    if device.startswith("cuda") and not cuda:
-        out.append(Finding("error", "runtime.device", f"{device!r} but CUDA is not available on this machine"))
-    elif device == "auto" and not cuda and params.model.source == "pretrained":
-        out.append(Finding("warn", "runtime.device", "auto resolves to the CPU here: Stable Diffusion stages are slow"))
-    else:
-        out.append(Finding("ok", "runtime.device", f"{device} ({'CUDA' if cuda else 'CPU'})"))
+    out.append(_device(params, torch.cuda.is_available() if cuda_available is None else cuda_available))
     return out
+
+
+def _device(params: Params, cuda: bool) -> Finding:
+    """Where the model stages would run. Pretrained Stable Diffusion with ``auto`` resolving to the CPU is an
+    error: it is what an NVIDIA driver too old for the installed torch wheel looks like, and finetuning SD on a
+    CPU takes weeks. ``runtime.device: cpu`` (or ``DREAMPOSE_DEVICE=cpu``) says the CPU is meant."""
+    import torch
+
+    from dreampose.runtime import resolve_device
+
+    device = params.runtime.device
+    try:
+        resolved = resolve_device(device, cuda_available=cuda)
+    except ValueError as err:
+        return Finding("error", "runtime.device", str(err))
+    if device == "auto" and resolved.type == "cpu" and params.model.source == "pretrained":
+        return Finding(
+            "error",
+            "runtime.device",
+            f"auto resolves to the CPU: CUDA is not available to torch {torch.__version__} (built for CUDA "
+            f"{torch.version.cuda}); Stable Diffusion would train and render on the CPU. Check nvidia-smi: the "
+            "pinned CUDA wheels need a recent NVIDIA driver (README 'Running the paper configuration' says which "
+            "and how to install torch for an older one); to run on the CPU anyway set runtime.device: cpu "
+            "(or DREAMPOSE_DEVICE=cpu)",
+        )
+    return Finding("ok", "runtime.device", f"{device} ({resolved})")
 
 
 def errors(findings: list[Finding]) -> list[Finding]:
@@ -121,5 +142,8 @@ def require_inputs(params: Params, root: Path) -> list[Finding]:
     findings = check_inputs(params, root)
     bad = errors(findings)
     if bad:
-        raise PreflightError("missing inputs (see README 'Running the paper configuration'):\n" + format_findings(bad))
+        raise PreflightError(
+            "missing inputs or no usable device (see README 'Running the paper configuration'):\n"
+            + format_findings(bad)
+        )
     return findings

@@ -5,7 +5,9 @@ is filled with the protocol's subjects, ``dreampose eval-subjects --write``, bef
 DVC skips every stage whose inputs did not change, so a second run does no stage work. An MLflow
 parent run wraps the flow run (each stage's run is its child) and records the Prefect flow-run id.
 The flow ends with one catalog item (a held-out subject's photo driven by its test poses), so the
-registry holds a ``review=pending`` version to look at; it is skipped when its inputs are unchanged.
+registry holds a ``review=pending`` version to look at; it is skipped when its inputs are unchanged. It is on
+where ``eval.catalog_demo`` says so (the demo: on; the paper preset: off, as it is one more subject finetune),
+and ``--catalog-demo`` / ``--no-catalog-demo`` override the params file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
 from dreampose.eval_subjects import fill_eval_subjects
 from dreampose.layout import RENDER_VIDEOS, Workspace
-from dreampose.preflight import require_inputs
+from dreampose.preflight import PreflightError, require_inputs
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
 NETWORK_STAGES = frozenset({"download"})
@@ -65,6 +67,11 @@ def demo_catalog_inputs(params: Params, root: Path) -> dict[str, str] | None:
     if not frames:
         return None
     return {"photo": str(frames[0]), "poses": subject, "item_id": f"demo-{subject}", "ground_truth": subject}
+
+
+def catalog_demo_enabled(params: Params, flag: bool | None) -> bool:
+    """The closing catalog item runs when asked for (``flag``), else when ``eval.catalog_demo`` says so."""
+    return params.eval.catalog_demo if flag is None else bool(flag)
 
 
 def _read_scores(root: Path) -> dict[str, Any] | None:
@@ -146,9 +153,10 @@ def summary_text(
 
 @flow(name="dreampose-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
 def pipeline(
-    root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool = True, until: str | None = None
+    root: str = ".", params_file: str = PARAMS_FILE, catalog_demo: bool | None = None, until: str | None = None
 ) -> dict[str, Any]:
-    """Bring every DVC stage up to date (or those up to ``until``), then run the demo catalog item.
+    """Bring every DVC stage up to date (or those up to ``until``), then run the demo catalog item
+    (``catalog_demo``: ``None`` follows ``eval.catalog_demo`` of the params file).
 
     Stages run one at a time: ``dvc repro`` holds a repository lock, and the demo machine has few cores.
     """
@@ -157,6 +165,7 @@ def pipeline(
 
     root_p = Path(root).resolve()
     params = load_params(root_p / params_file)
+    catalog_demo = catalog_demo_enabled(params, catalog_demo)
     # Every input the stages will read is checked before the first one runs (missing ones listed together).
     for finding in require_inputs(params, root_p):
         if finding.level == "warn":
@@ -215,20 +224,31 @@ def pipeline(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--root", default=".", help="workspace root (default: .)")
     p.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
-    p.add_argument("--no-catalog-demo", action="store_true", help="skip the end-of-demo catalog item")
+    p.add_argument(
+        "--catalog-demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end with one catalog item (default: eval.catalog_demo of the params file; the paper preset: off)",
+    )
     p.add_argument("--until", default=None, help="stop after this dvc.yaml stage (implies --no-catalog-demo)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     try:
-        out = pipeline(root=args.root, params_file=args.params, catalog_demo=not args.no_catalog_demo, until=args.until)
+        # the flow checks again (a deployment run starts there); here a refused run stops before Prefect starts
+        require_inputs(load_params(Path(args.root) / args.params), Path(args.root).resolve())
+        out = pipeline(root=args.root, params_file=args.params, catalog_demo=args.catalog_demo, until=args.until)
     except (ValueError, FileNotFoundError) as err:
         print(f"flows.pipeline: error: {err}", file=sys.stderr)
         return 2
-    except StageFailed as err:
+    except (StageFailed, PreflightError) as err:
         print(f"flows.pipeline: error: {err}", file=sys.stderr)
         return 1
     print(out["summary"])  # after Prefect's log lines, as plain text

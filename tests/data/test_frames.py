@@ -107,6 +107,23 @@ def test_extract_frames_index_schema_and_files(workspace):
     assert json.loads((workspace / "data/frames/quarantine.json").read_text())["count"] == 0
 
 
+@pytest.mark.parametrize("size", [(32, 24), (48, 64), (80, 56)])  # resize, resize + crop, crop only
+def test_frame_files_are_the_reference_encode_byte_for_byte(workspace, size):
+    """Each JPEG is exactly ``Image.fromarray(resize_center_crop(decoded frame)).save(quality, subsampling=0)``:
+    however the stage hands frames to its encoders, the bytes every later stage hashes and reads stay the same."""
+    import io
+
+    from dreampose.video import iter_video
+
+    cfg = FramesConfig(height=size[0], width=size[1], workers=2)
+    extract_frames(cfg, workspace / "data/raw/videos", workspace / "data/frames")
+    for split, name in (("train", "a"), ("train", "b"), ("test", "c")):
+        for k, (_, frame) in enumerate(iter_video(workspace / f"data/raw/videos/{split}/{name}.mp4")):
+            ref = io.BytesIO()
+            Image.fromarray(resize_center_crop(frame, *size)).save(ref, format="JPEG", quality=95, subsampling=0)
+            assert (workspace / f"data/frames/{split}/{name}/{k:05d}.jpg").read_bytes() == ref.getvalue(), (name, k)
+
+
 def test_stride_and_max_frames(workspace):
     cfg = FramesConfig(height=32, width=24, stride=3, max_frames=3)
     extract_frames(cfg, workspace / "data/raw/videos", workspace / "data/frames")

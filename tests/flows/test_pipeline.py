@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from PIL import Image
 
-from flows.pipeline import format_scores, stage_plan
+from dreampose.config import load_params
+from flows.pipeline import build_parser, catalog_demo_enabled, format_scores, stage_plan
+from tests.conftest import REPO
 from tests.flows.conftest import make_dvc_repo
 
 DVC_YAML = """\
@@ -68,6 +71,16 @@ def test_format_scores_reports_how_much_the_base_model_reads_the_photo():
     assert "photo use" not in format_scores({"ours": {}, "baselines": {**base, "image_swapped": unavailable}})
 
 
+def test_closing_catalog_item_is_on_for_the_demo_and_opt_in_for_the_paper_preset():
+    """``make paper`` would end with one more subject finetune (~30 GPU-minutes): the paper preset leaves it off,
+    the demo keeps it, and ``--catalog-demo`` / ``--no-catalog-demo`` override either."""
+    demo, paper = load_params(REPO / "params.yaml"), load_params(REPO / "presets/paper.yaml")
+    assert catalog_demo_enabled(demo, None) and not catalog_demo_enabled(paper, None)
+    assert catalog_demo_enabled(paper, True) and not catalog_demo_enabled(demo, False)
+    parse = build_parser().parse_args
+    assert [parse(a).catalog_demo for a in ([], ["--catalog-demo"], ["--no-catalog-demo"])] == [None, True, False]
+
+
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_then_skips(tmp_path, prefect_harness):
     from flows.pipeline import pipeline
@@ -87,9 +100,15 @@ def test_pipeline_runs_every_stage_then_skips(tmp_path, prefect_harness):
     assert parent.data.tags["prefect.flow_run_id"] and parent.data.metrics["stages_run"] == 4
     assert "mlflow ui --backend-store-uri sqlite:///" in out["summary"] and "renders/a/video.mp4" in out["summary"]
 
-    again = pipeline(root=str(repo), catalog_demo=False)
+    # The paper preset's choice (eval.catalog_demo: false): no closing catalog item, though its photo is there
+    (repo / "params.yaml").write_text(PARAMS.replace("subjects: [a, b]\n", "subjects: [a, b]\n  catalog_demo: false\n"))
+    photo = repo / "data/frames/test/b/00000.jpg"
+    photo.parent.mkdir(parents=True)
+    Image.new("RGB", (48, 64), (120, 90, 60)).save(photo)
+    again = pipeline(root=str(repo))
     assert all(r["skipped"] for r in again["stages"]), again["stages"]
     assert (repo / "parent_a.txt").read_text() == parent_id  # nothing re-ran
+    assert again["catalog"] is None and "Catalog item" not in again["summary"]
 
 
 @pytest.mark.slow
