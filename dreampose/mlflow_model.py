@@ -1,7 +1,9 @@
 """A catalog item's subject model as a real MLflow model (``pyfunc`` flavor).
 
-The MLflow model directory holds ``MLmodel``, the wrapper and three artifacts:
-``artifacts/model/`` (the diffusers folder, loadable with ``DreamPosePipeline.from_pretrained``),
+The MLflow model directory holds ``MLmodel``, the wrapper and its artifacts:
+``artifacts/model/`` (the subject model: what the subject finetune changed, see ``dreampose.models.subject``; or a
+whole diffusers folder when the item rendered with the base model), ``artifacts/base/`` (the base diffusers folder a
+subject model is rebuilt on, so the model loads stand-alone; absent for a whole folder),
 ``artifacts/photo.png`` (the product photo the subject was finetuned on) and ``artifacts/render_settings.json``
 (render settings and pose window). ``predict`` takes a pose sequence and returns frames:
 
@@ -26,7 +28,7 @@ try:  # the wrapper subclasses PythonModel; importing mlflow is only needed here
 except ImportError:  # pragma: no cover - mlflow is a core dependency
     PythonModel = object  # type: ignore[misc,assignment]
 
-PIPELINE, PHOTO, SETTINGS = "pipeline", "photo", "settings"
+PIPELINE, BASE, PHOTO, SETTINGS = "pipeline", "base", "photo", "settings"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "numpy", "pillow", "mlflow")
 
 
@@ -63,9 +65,10 @@ class DreamPoseSubjectModel(PythonModel):
     def load_context(self, context) -> None:
         from dreampose.config import RenderConfig
         from dreampose.io import read_rgb
-        from dreampose.render import load_pipeline
+        from dreampose.models.subject import load_subject_pipeline
 
-        self.pipe = load_pipeline(Path(context.artifacts[PIPELINE]))
+        base = context.artifacts.get(BASE)
+        self.pipe = load_subject_pipeline(Path(context.artifacts[PIPELINE]), Path(base) if base else None)
         self.photo = read_rgb(Path(context.artifacts[PHOTO]))
         settings = json.loads(Path(context.artifacts[SETTINGS]).read_text())
         self.render_cfg = RenderConfig(**settings["render"])
@@ -117,10 +120,16 @@ def pip_requirements() -> list[str]:
 def save_subject_model(
     path: Path, pipeline_dir: Path, photo_png: Path, render: dict[str, Any], pose_window: int, example: np.ndarray
 ) -> Path:
-    """Write an MLflow ``pyfunc`` model directory at ``path`` (must not exist yet)."""
+    """Write an MLflow ``pyfunc`` model directory at ``path`` (must not exist yet). A subject model directory
+    takes its base model along (``artifacts/base/``)."""
     import mlflow
 
+    from dreampose.models.subject import is_subject_dir, resolve_base
+
     path = Path(path)
+    artifacts = {PIPELINE: str(pipeline_dir)}
+    if is_subject_dir(pipeline_dir):
+        artifacts[BASE] = str(resolve_base(pipeline_dir))
     settings = path.with_name("render_settings.json")
     settings.write_text(json.dumps({"render": render, "pose_window": int(pose_window)}, indent=2))
     try:
@@ -128,7 +137,7 @@ def save_subject_model(
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=DreamPoseSubjectModel(),
-            artifacts={PIPELINE: str(pipeline_dir), PHOTO: str(photo_png), SETTINGS: str(settings)},
+            artifacts={**artifacts, PHOTO: str(photo_png), SETTINGS: str(settings)},
             signature=signature(h, w),
             input_example=(np.ascontiguousarray(example, dtype=np.uint8), {"frame_ids": [0]}),
             pip_requirements=pip_requirements(),

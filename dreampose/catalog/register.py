@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None) -> None:
     """The subject model (``model_dir``, default the run's ``model/``; the base model when the item skipped the
-    subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
+    subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/`` (model folder, and the base a subject
+    model needs, inside)."""
     import mlflow
 
     from dreampose.mlflow_model import save_subject_model
@@ -35,7 +36,7 @@ def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None
     try:
         mlflow.log_artifacts(str(staging), "model")
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the diffusers folder in model/
+        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the subject model in model/
 
 
 def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.ndarray, scores) -> Path:

@@ -62,18 +62,20 @@ def _frame_size(size: tuple[int, int] | None, manifest: Path, root: Path) -> tup
 def _save(
     pipe: Any, out_dir: Path, summary: dict[str, Any], writer: Callable[[Path], dict[str, Any]] | None = None
 ) -> None:
-    """Write the model + ``train.json`` atomically: ``writer(staging_dir)`` writes the model files (and returns
-    summary keys); ``None`` writes the whole pipeline (``save_pretrained``)."""
+    """Write the model + ``train.json`` atomically: the whole pipeline (``save_pretrained``), or, with ``writer``,
+    what ``writer(staging_dir)`` writes (it returns summary keys)."""
     import json
 
+    from dreampose.models.builders import save_pipeline_atomic
+
     out_dir = Path(out_dir)
+    if writer is None:
+        save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+        return
     staging = staging_dir(out_dir)
     try:
         staging.mkdir()
-        if writer is None:
-            pipe.save_pretrained(staging, safe_serialization=True)
-        else:
-            summary.update(writer(staging))
+        summary.update(writer(staging))
         (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         replace_dir(staging, out_dir)
     except BaseException:

@@ -8,8 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.training.finetune import finetune_subject
-from dreampose.training.loop import make_accelerator, train
 from dreampose.models.subject import (
     ADAPTER_FILE,
     DECODER_FILE,
@@ -18,6 +16,8 @@ from dreampose.models.subject import (
     UNET_FILE,
     load_subject_pipeline,
 )
+from dreampose.training.finetune import finetune_subject
+from dreampose.training.loop import make_accelerator, train
 from dreampose.training.lora import LoraDiffusionObjective, inject_lora, lora_state_dict, merge_lora
 from tests.training.tiny import H, TinyPairs, W, tiny_pipeline, write_workspace
 
