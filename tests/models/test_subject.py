@@ -160,3 +160,23 @@ def test_the_registered_model_loads_a_subject_stand_alone(stored, tmp_path):
     frames = model.predict(iuv, params={"frame_ids": [0, 1]})
     assert frames.shape == (2, H, W, 3) and frames.dtype == np.uint8
     assert (tmp_path / "pyfunc" / "artifacts" / "base" / "model_index.json").is_file()
+
+
+def test_the_base_is_logged_once_per_content_and_fetched_checked(stored, tmp_path, monkeypatch):
+    import mlflow
+
+    from dreampose.mlflow_model import CACHE_ENV, fetch_base, log_base
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    mlflow.set_experiment("base-ref")
+    with mlflow.start_run():
+        first = log_base(stored / "models" / "base")
+    with mlflow.start_run():
+        again = log_base(stored / "models" / "base")
+    assert again == first  # one copy in the store for every item built on this base
+    local = fetch_base(first)
+    assert local == tmp_path / "cache" / first["sha256"]
+    assert load_subject_pipeline(stored / "models" / "subjects" / "fp16", local) is not None
+    with pytest.raises(ValueError, match="SHA-256"):
+        fetch_base({**first, "sha256": "0" * 64})
