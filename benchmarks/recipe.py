@@ -25,7 +25,8 @@ from dreampose.config import load_params
 from dreampose.evaluate import load_subject, subject_poses
 from dreampose.layout import Workspace
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.render import load_pipeline, render_frames, to_uint8
+from dreampose.models.subject import load_subject_pipeline
+from dreampose.render import render_frames, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_STEPS = 100
@@ -49,7 +50,7 @@ def main(subjects: int = 2) -> None:
     for subject in chosen[:subjects]:
         s = load_subject(df, subject, manifest, REPO)
         poses = subject_poses(df, s, manifest, REPO)
-        pipe = load_pipeline(Workspace(REPO).subject_model(subject))
+        pipe = load_subject_pipeline(Workspace(REPO).subject_model(subject))
         pipe.set_progress_bar_config(disable=True)
         pixels = torch.from_numpy(s.image).permute(2, 0, 1)[None].float() / 127.5 - 1
         h, w = s.image.shape[:2]

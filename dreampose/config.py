@@ -250,6 +250,9 @@ class SubjectConfig(_Strict):
     decoder_batch_size: int = Field(4, ge=1)
     crop_scale: tuple[float, float] = (0.8, 1.0)
     lora_rank: int = Field(0, ge=0, description="0 = full phase-1 finetune; >0 = LoRA of that rank (peft)")
+    save_dtype: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp16", description="dtype of the stored subject weights (UNet or LoRA delta, adapter, VAE decoder)"
+    )
 
 
 class RenderConfig(_Strict):

@@ -50,10 +50,10 @@ from dreampose.metrics.frechet import frechet_distance_features
 from dreampose.metrics.pixel import l1, psnr, ssim
 from dreampose.metrics.result import MetricResult
 from dreampose.metrics.temporal import temporal_error
+from dreampose.models.subject import load_subject_pipeline
 from dreampose.render import (
     FRAME_NAME,
     fvd_rows,
-    load_pipeline,
     read_test_manifest,
     render_to_dir,
     subject_rows,
@@ -434,7 +434,7 @@ def score_renders(
         if s.fvd_truth is not None
     }
     if load_pipe is None:
-        load_pipe = functools.partial(load_pipeline, runtime=runtime)
+        load_pipe = functools.partial(load_subject_pipeline, runtime=runtime)
 
     generated = {"ours": ours_frames}
     generated_fvd = {"ours": ours_fvd}

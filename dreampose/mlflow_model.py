@@ -1,7 +1,11 @@
 """A catalog item's subject model as a real MLflow model (``pyfunc`` flavor).
 
-The MLflow model directory holds ``MLmodel``, the wrapper and three artifacts:
-``artifacts/model/`` (the diffusers folder, loadable with ``DreamPosePipeline.from_pretrained``),
+The MLflow model directory holds ``MLmodel``, the wrapper and its artifacts:
+``artifacts/model/`` (the subject model: what the subject finetune changed, see ``dreampose.models.subject``; or a
+whole diffusers folder when the item rendered with the base model), the base model a subject model is rebuilt on
+(``artifacts/base_ref.json``: the ``runs:/`` URI of the base logged once per content hash by :func:`log_base`, fetched
+on first load into ``$DREAMPOSE_BASE_CACHE`` (default ``~/.cache/dreampose/bases``) and checked against its SHA-256;
+or, saved without a tracking store, the folder itself in ``artifacts/base/``),
 ``artifacts/photo.png`` (the product photo the subject was finetuned on) and ``artifacts/render_settings.json``
 (render settings and pose window). ``predict`` takes a pose sequence and returns frames:
 
@@ -15,6 +19,7 @@ render exactly. The ``dreampose`` package must be importable where the model is 
 from __future__ import annotations
 
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,9 @@ try:  # the wrapper subclasses PythonModel; importing mlflow is only needed here
 except ImportError:  # pragma: no cover - mlflow is a core dependency
     PythonModel = object  # type: ignore[misc,assignment]
 
-PIPELINE, PHOTO, SETTINGS = "pipeline", "photo", "settings"
+PIPELINE, BASE, BASE_REF, PHOTO, SETTINGS = "pipeline", "base", "base_ref", "photo", "settings"
+BASE_SHA_TAG = "dreampose.base_sha256"
+CACHE_ENV = "DREAMPOSE_BASE_CACHE"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "numpy", "pillow", "mlflow")
 
 
@@ -63,9 +70,12 @@ class DreamPoseSubjectModel(PythonModel):
     def load_context(self, context) -> None:
         from dreampose.config import RenderConfig
         from dreampose.io import read_rgb
-        from dreampose.render import load_pipeline
+        from dreampose.models.subject import load_subject_pipeline
 
-        self.pipe = load_pipeline(Path(context.artifacts[PIPELINE]))
+        base = context.artifacts.get(BASE)
+        if BASE_REF in context.artifacts:
+            base = fetch_base(json.loads(Path(context.artifacts[BASE_REF]).read_text()))
+        self.pipe = load_subject_pipeline(Path(context.artifacts[PIPELINE]), Path(base) if base else None)
         self.photo = read_rgb(Path(context.artifacts[PHOTO]))
         settings = json.loads(Path(context.artifacts[SETTINGS]).read_text())
         self.render_cfg = RenderConfig(**settings["render"])
@@ -114,13 +124,91 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def save_subject_model(
-    path: Path, pipeline_dir: Path, photo_png: Path, render: dict[str, Any], pose_window: int, example: np.ndarray
-) -> Path:
-    """Write an MLflow ``pyfunc`` model directory at ``path`` (must not exist yet)."""
+def base_cache() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dreampose" / "bases")
+
+
+def log_base(base_dir: Path) -> dict[str, str]:
+    """The base model folder as artifacts of one MLflow run per content hash in the active experiment (logged the
+    first time, found by its ``dreampose.base_sha256`` tag after); returns ``{"uri": "runs:/<id>/base", "sha256"}``.
+
+    Catalog items registered on one base share that one copy; each registered model holds only its subject delta."""
     import mlflow
 
+    from dreampose.models.subject import base_sha256
+
+    sha = base_sha256(base_dir)
+    client = mlflow.MlflowClient()
+    active = mlflow.active_run()
+    exp_id = active.info.experiment_id if active is not None else mlflow.get_experiment_by_name("Default").experiment_id
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{BASE_SHA_TAG}` = '{sha}' and attributes.status = 'FINISHED'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run = client.create_run(exp_id, tags={BASE_SHA_TAG: sha}, run_name=f"base_model@{sha[:12]}")
+        run_id = run.info.run_id
+        try:
+            client.log_artifacts(run_id, str(base_dir), "base")
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id)
+    return {"uri": f"runs:/{run_id}/base", "sha256": sha}
+
+
+def fetch_base(ref: dict[str, str]) -> Path:
+    """The local copy of a logged base (:func:`log_base`): ``base_cache()/<sha256>``, downloaded when absent."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from dreampose.models.subject import base_sha256
+
+    local = base_cache() / ref["sha256"]
+    if (local / "model_index.json").is_file():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{ref['sha256'][:12]}-"))
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(ref["uri"], dst_path=str(tmp)))
+        if base_sha256(got) != ref["sha256"]:
+            raise ValueError(f"{ref['uri']}: the logged base model's SHA-256 is not {ref['sha256']}")
+        try:
+            os.replace(got, local)
+        except OSError:  # another process put it there first
+            if not (local / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def save_subject_model(
+    path: Path,
+    pipeline_dir: Path,
+    photo_png: Path,
+    render: dict[str, Any],
+    pose_window: int,
+    example: np.ndarray,
+    base_ref: dict[str, str] | None = None,
+) -> Path:
+    """Write an MLflow ``pyfunc`` model directory at ``path`` (must not exist yet). A subject model directory needs
+    its base: referenced by ``base_ref`` (:func:`log_base`), else copied in (``artifacts/base/``)."""
+    import mlflow
+
+    from dreampose.models.subject import is_subject_dir, resolve_base
+
     path = Path(path)
+    artifacts = {PIPELINE: str(pipeline_dir)}
+    ref_file = path.with_name("base_ref.json")
+    if is_subject_dir(pipeline_dir) and base_ref is not None:
+        ref_file.write_text(json.dumps(base_ref, indent=2))
+        artifacts[BASE_REF] = str(ref_file)
+    elif is_subject_dir(pipeline_dir):
+        artifacts[BASE] = str(resolve_base(pipeline_dir))
     settings = path.with_name("render_settings.json")
     settings.write_text(json.dumps({"render": render, "pose_window": int(pose_window)}, indent=2))
     try:
@@ -128,11 +216,12 @@ def save_subject_model(
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=DreamPoseSubjectModel(),
-            artifacts={PIPELINE: str(pipeline_dir), PHOTO: str(photo_png), SETTINGS: str(settings)},
+            artifacts={**artifacts, PHOTO: str(photo_png), SETTINGS: str(settings)},
             signature=signature(h, w),
             input_example=(np.ascontiguousarray(example, dtype=np.uint8), {"frame_ids": [0]}),
             pip_requirements=pip_requirements(),
         )
     finally:
         settings.unlink(missing_ok=True)
+        ref_file.unlink(missing_ok=True)
     return path

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
 from dreampose.io import load_iuv, png_complete, read_rgb, write_json, write_png
-from dreampose.models.pipeline import load_pipeline
+from dreampose.models.subject import load_subject_pipeline
 from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.render")
@@ -343,7 +343,7 @@ def render_subject(
 
     t0 = time.perf_counter()
     if pipe is None:
-        pipe = load_pipeline(model_dir, runtime)
+        pipe = load_subject_pipeline(model_dir, runtime=runtime)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     # The same windows the manifest lists (pose_frames); raw renders (when smoothing) shared by targets and clip.

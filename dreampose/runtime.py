@@ -2,7 +2,7 @@
 
 :func:`resolve_runtime` turns the config section into a :class:`Runtime` (a concrete ``torch.device``
 and ``torch.dtype``); stages call it once and hand the result to the library functions that load
-models (DensePose backends, ``render.load_pipeline``, the score stage's renders and metric networks,
+models (DensePose backends, ``models.subject.load_subject_pipeline``, the score stage's renders and metric networks,
 the catalog item's render). :func:`place_pipeline` is the one place a pipeline is moved.
 
 On CPU in fp32 nothing is moved or cast, so the demo's numbers are exactly those of a plain

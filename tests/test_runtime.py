@@ -12,7 +12,8 @@ import torch
 from dreampose import stages
 from dreampose.config import Params, RenderConfig, RuntimeConfig, ScoreConfig
 from dreampose.data.densepose.iuv import uv_to_model
-from dreampose.render import load_pipeline, read_rgb, render_frames, render_subject
+from dreampose.models.pipeline import load_pipeline
+from dreampose.render import read_rgb, render_frames, render_subject
 from dreampose.runtime import CPU, Runtime, place_pipeline, resolve_device, resolve_dtype, resolve_runtime
 from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_iuv, make_workspace, tiny_pipeline
 

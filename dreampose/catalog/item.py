@@ -292,7 +292,8 @@ def _train_render_register(
 
     The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
     from dreampose import registry, tracking
-    from dreampose.render import load_pipeline, render_sequence
+    from dreampose.models.subject import load_subject_pipeline
+    from dreampose.render import render_sequence
     from dreampose.training.finetune import MlflowLogger, finetune_subject
 
     run_ctx = (
@@ -339,7 +340,7 @@ def _train_render_register(
                         device=runtime.device if runtime is not None else None,
                     )
                 t_train = time.perf_counter() - t0
-                pipe = load_pipeline(model_dir, runtime)
+                pipe = load_subject_pipeline(model_dir, base_dir, runtime)
             render = render_sequence(
                 pipe,
                 item.photo.pixels,

@@ -18,24 +18,28 @@ if TYPE_CHECKING:
 
 def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None) -> None:
     """The subject model (``model_dir``, default the run's ``model/``; the base model when the item skipped the
-    subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/`` (diffusers folder inside)."""
+    subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/``; a subject model references its base,
+    logged once per content hash (``mlflow_model.log_base``)."""
     import mlflow
 
-    from dreampose.mlflow_model import save_subject_model
+    from dreampose.mlflow_model import log_base, save_subject_model
+    from dreampose.models.subject import is_subject_dir, resolve_base
 
     staging = run_dir / "mlflow_model"
+    model_dir = model_dir if model_dir is not None else run_dir / "model"
     save_subject_model(
         staging,
-        model_dir if model_dir is not None else run_dir / "model",
+        model_dir,
         run_dir / "input" / "photo.png",
         params.render.model_dump(),
         params.manifest.pose_window,
         example=item.seq.iuv[item.seq.frame_ids[:1]],
+        base_ref=log_base(resolve_base(model_dir)) if is_subject_dir(model_dir) else None,
     )
     try:
         mlflow.log_artifacts(str(staging), "model")
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the diffusers folder in model/
+        shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the subject model in model/
 
 
 def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.ndarray, scores) -> Path:

@@ -1,14 +1,16 @@
 """The two finetunes: base (UNet + adapter on the training pairs) and per subject (phase 1 UNet +
-adapter with aligned crop augmentation, phase 2 VAE decoder). Each writes a ``DreamPosePipeline``
-directory atomically; checkpoints live beside it in ``<out_dir>.ckpt/`` and are removed on success.
+adapter with aligned crop augmentation, phase 2 VAE decoder). Each writes its directory atomically; checkpoints
+live beside it in ``<out_dir>.ckpt/`` and are removed on success. The base finetune writes a whole
+``DreamPosePipeline``; a subject directory holds only what the subject changed, on top of its base
+(``dreampose.models.subject``; loaded with ``load_subject_pipeline``).
 
 The model is saved before the post-training evaluation (the held-out loss after training), which then
 runs with the optimizer freed, at the training's precision and at most the training's batch; an
 out-of-memory there is recorded in ``train.json`` (``<key>_error``) instead of failing the stage.
 A subject keeps at most one checkpoint on disk (phase 1's goes once phase 2 has its own).
 
-With ``SubjectConfig.lora_rank > 0`` phase 1 trains LoRA layers instead of the full UNet (see
-``lora.py``); the subject directory then also holds the small per-subject delta in ``lora/``.
+With ``SubjectConfig.lora_rank > 0`` phase 1 trains LoRA layers instead of the full UNet (see ``lora.py``); the
+subject directory then stores the UNet as that LoRA delta.
 With ``TrainConfig.sample_every > 0`` a grid of held-out renders is logged to MLflow that often.
 """
 
@@ -68,22 +70,22 @@ def _frame_size(size: tuple[int, int] | None, manifest: Path, root: Path) -> tup
 
 
 def _save(
-    pipe: Any, out_dir: Path, summary: dict[str, Any], extra: Callable[[Path], dict[str, Any]] | None = None
+    pipe: Any, out_dir: Path, summary: dict[str, Any], writer: Callable[[Path], dict[str, Any]] | None = None
 ) -> None:
-    """Write the pipeline + ``train.json`` atomically; ``extra(staging_dir)`` may add files (and summary keys)
-    before the directory is swapped in."""
+    """Write the model + ``train.json`` atomically: the whole pipeline (``save_pretrained``), or, with ``writer``,
+    what ``writer(staging_dir)`` writes (it returns summary keys)."""
     import json
 
     from dreampose.models.builders import save_pipeline_atomic
 
     out_dir = Path(out_dir)
-    if extra is None:
+    if writer is None:
         save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
         return
     staging = staging_dir(out_dir)
     try:
-        save_pipeline_atomic(pipe, staging, {})
-        summary.update(extra(staging))
+        staging.mkdir()
+        summary.update(writer(staging))
         (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         replace_dir(staging, out_dir)
     except BaseException:
@@ -312,10 +314,7 @@ def finetune_subject(
     summary["seconds"] = time.perf_counter() - t0
     if accelerator.is_main_process:
         pipe.vae.requires_grad_(False)
-        extra = None
-        if lora_state is not None:
-            extra = _lora_writer(pipe, lora_state, cfg.lora_rank, with_decoder=cfg.decoder_steps > 0)
-        _save(pipe.to("cpu"), Path(out_dir), summary, extra)
+        _save(pipe.to("cpu"), Path(out_dir), summary, _subject_writer(pipe, base_dir, out_dir, cfg, lora_state))
         shutil.rmtree(ckpt, ignore_errors=True)
     objective.to(accelerator.device)
     _evaluate_saved(
@@ -325,21 +324,23 @@ def finetune_subject(
     return summary
 
 
-def _lora_writer(
-    pipe: Any, lora_state: dict[str, torch.Tensor], rank: int, with_decoder: bool
+def _subject_writer(
+    pipe: Any, base_dir: Path, out_dir: Path, cfg: SubjectConfig, lora_state: dict[str, torch.Tensor] | None
 ) -> Callable[[Path], dict[str, Any]]:
-    """Writes ``lora/`` into the staged subject directory and reports its size against the full UNet's."""
-    from dreampose.training.lora import LORA_DIR, LORA_FILE, decoder_state, save_subject_delta
+    """Writes what the subject finetune changed (``dreampose.models.subject``) into the staged subject directory:
+    the UNet (or its LoRA delta), the adapter, the VAE decoder when phase 2 ran, the image encoder when phase 1
+    trained it, in ``cfg.save_dtype``; reports the bytes."""
+    from dreampose.models.subject import LORA_FILE, save_subject
 
     def write(staging: Path) -> dict[str, Any]:
-        decoder = decoder_state(pipe.vae) if with_decoder else None
-        sizes = save_subject_delta(staging / LORA_DIR, lora_state, rank, float(rank), pipe.adapter, decoder)
-        unet_bytes = sum(f.stat().st_size for f in (staging / "unet").glob("*.safetensors"))
-        return {
-            "lora_bytes": sizes[LORA_FILE],
-            "subject_delta_bytes": sum(sizes.values()),
-            "unet_bytes": unet_bytes,
-            "lora_fraction_of_unet": sizes[LORA_FILE] / max(unet_bytes, 1),
-        }
+        lora = (lora_state, cfg.lora_rank, float(cfg.lora_rank)) if lora_state is not None else None
+        sizes = save_subject(
+            pipe, staging, base_dir, dtype=cfg.save_dtype, lora=lora, decoder=cfg.decoder_steps > 0,
+            image_encoder=lora is None and cfg.unet.train_image_encoder, final_dir=out_dir,
+        )  # fmt: skip
+        out: dict[str, Any] = {"save_dtype": cfg.save_dtype, "subject_bytes": sum(sizes.values())}
+        if lora is not None:
+            out["lora_bytes"] = sizes[LORA_FILE]
+        return out
 
     return write

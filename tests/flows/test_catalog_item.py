@@ -26,9 +26,12 @@ def store(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _shared_store(store, monkeypatch):
+def _shared_store(store, monkeypatch, tmp_path_factory):
     """One MLflow store for the module (creating one costs seconds); tests check only their own items."""
+    from dreampose.mlflow_model import CACHE_ENV
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "base_cache"))
 
 
 def _params(ws: Path):
@@ -110,7 +113,7 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
     assert out["review"] == "pending" and out["model_name"] == MODEL and not out["reused"]
     run_dir = Path(out["run_dir"])
     assert run_dir.parent == workspace / "catalog" / "sku-1"
-    assert (run_dir / "render" / "video.mp4").stat().st_size > 0 and (run_dir / "model" / "model_index.json").is_file()
+    assert (run_dir / "render" / "video.mp4").stat().st_size > 0 and (run_dir / "model" / "subject.json").is_file()
     assert {"temporal_l1", "appearance_drift", "l1", "ssim", "psnr"} <= set(out["scores"])
     tracking.configure("catalog-test", workspace)
     v = registry.get_version(MODEL, out["version"])
@@ -138,12 +141,18 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
     seq = catalog.resolve_poses("poses", workspace, _params(workspace))
     frames = model.predict(seq.iuv)
     np.testing.assert_array_equal(frames, _registered_frames(run_dir, seq.frame_ids))
-    # The diffusers folder inside the MLflow model still loads on its own.
-    from dreampose.models.pipeline import DreamPosePipeline
+    # The MLflow model holds the subject delta and a reference to its base, logged once (by content hash) for all
+    # items; the two rebuild the pipeline.
+    import json
+
+    from dreampose.mlflow_model import fetch_base
+    from dreampose.models.subject import load_subject_pipeline
 
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/model", dst_path=str(tmp_path)))
-    assert (local / "MLmodel").is_file()
-    assert DreamPosePipeline.from_pretrained(str(local / "artifacts" / "model")).unet is not None
+    assert (local / "MLmodel").is_file() and not (local / "artifacts" / "model" / "unet").exists()
+    ref = json.loads((local / "artifacts" / "base_ref.json").read_text())
+    assert ref["sha256"] == json.loads((run_dir / "model" / "subject.json").read_text())["base"]["sha256"]
+    assert load_subject_pipeline(local / "artifacts" / "model", fetch_base(ref)).unet is not None
 
     again = catalog_item(
         photo=str(workspace / "photo.png"), poses="poses", item_id="sku-1", root=str(workspace), reuse=True

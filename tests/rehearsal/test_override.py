@@ -38,6 +38,7 @@ KINDS = (
     "train_base.gradient_checkpointing",
     "train_base.dropout",
     "train_subject.lora_rank",
+    "train_subject.save_dtype",
     "train_subject.crop_scale",
     "manifest.pose_window",
     "score.baselines",

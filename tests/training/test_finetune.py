@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dreampose.config import DropoutConfig, SubjectConfig, TrainConfig
+from dreampose.models.subject import DECODER_FILE, load_subject_pipeline
 from dreampose.training.finetune import ckpt_dir_for, finetune_base, finetune_subject, subject_rows
 from tests.training.tiny import H, W, write_workspace
 
@@ -47,7 +48,7 @@ def test_finetune_subject_trains_unet_then_decoder(ws):
     )
     assert summary["pairs"] == 4 and summary["unet_steps"] == 4 and summary["decoder_steps"] == 6
     assert summary["decoder_l1_last"] < summary["decoder_l1_first"]
-    pipe = DreamPosePipeline.from_pretrained(out)
+    pipe = load_subject_pipeline(out)
     ref = DreamPosePipeline.from_pretrained(ws / "pretrained")
     assert not torch.equal(pipe.vae.decoder.conv_out.weight, ref.vae.decoder.conv_out.weight)
     assert torch.equal(pipe.vae.encoder.conv_in.weight, ref.vae.encoder.conv_in.weight)  # encoder frozen
@@ -63,7 +64,8 @@ def test_decoder_steps_0_finetunes_the_unet_only_and_keeps_the_base_vae(ws):
         cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws, out, size=(H, W)
     )
     assert summary["unet_steps"] == 2 and summary["decoder_steps"] == 0 and "decoder_l1_last" not in summary
-    pipe = DreamPosePipeline.from_pretrained(out)
+    assert not (out / DECODER_FILE).exists()  # nothing of the VAE stored: the base's is used as it is
+    pipe = load_subject_pipeline(out)
     ref = DreamPosePipeline.from_pretrained(ws / "pretrained")
     got, want = pipe.vae.state_dict(), ref.vae.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dreampose.config import ConfigError, RenderConfig, SubjectConfig, TrainConfig, parse_params
 from dreampose.data.dataset import PairDataset
-from dreampose.models.pipeline import load_pipeline
+from dreampose.models.subject import load_subject_pipeline as load_pipeline
 from dreampose.render import render_sequence
 from dreampose.training.finetune import finetune_subject
 from tests.training.tiny import H, W, write_workspace
