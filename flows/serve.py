@@ -187,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-port", type=int, default=5432)
     p.add_argument("--pool", default=WORK_POOL)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--zombie-after", type=float, default=None, help="seconds without a heartbeat before a run is "
+                   "marked Crashed (default: 3 heartbeat intervals, 90 s)")  # fmt: skip
     p.add_argument("--state", type=Path, default=None, help="state directory (default .serve/<profile>)")
     args = p.parse_args(argv)
     state = args.state or default_state(args.profile)
     stack = Stack(state=state.resolve(), profile=args.profile, host=args.host, prefect_port=args.prefect_port,
                   mlflow_port=args.mlflow_port, pg_port=args.pg_port, pool=args.pool, workers=args.workers)  # fmt: skip
+    if args.zombie_after:
+        stack.zombie_after_s = args.zombie_after
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     parent = os.getppid()

@@ -230,13 +230,14 @@ def start_mlflow_server(
 ) -> subprocess.Popen:
     """``mlflow server --app-name basic-auth`` on PostgreSQL, proxying artifacts to ``artifacts``."""
     cmd = [
-        str(sv.BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", "1",
+        str(sv.BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", str(mlflow_web_workers()),
         "--backend-store-uri", f"postgresql+psycopg2://{PG_DB_USER}@{host}:{pg_port}/{PG_DATABASES[0]}",
         "--artifacts-destination", artifacts.resolve().as_uri(), "--serve-artifacts", "--app-name", "basic-auth",
     ]  # fmt: skip
     env = sv.server_env(None)
     env.update(secrets_env)
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if mlflow_jobs_enabled() else "false"
     return sv.spawn(cmd, env, log_path)
 
 
@@ -255,9 +256,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0, name: 
 # ---------------------------------------------------------------- Prefect automations
 
 
-def automation_specs(heartbeat_s: int = HEARTBEAT_S) -> list[dict]:
-    """Zombie detection: a flow run with no heartbeat for 3 intervals is marked Crashed. The retry of a crashed
-    catalog item is the supervisor's (``flows.recovery.retry_crashed``), whoever marked it Crashed."""
+def automation_specs(zombie_after_s: float = 3 * HEARTBEAT_S) -> list[dict]:
+    """Zombie detection: a flow run with no heartbeat for ``zombie_after_s`` (3 intervals) is marked Crashed. The
+    retry of a crashed catalog item is the supervisor's (``flows.recovery.retry_crashed``), whoever marked it."""
     from datetime import timedelta
 
     from prefect.client.schemas.objects import StateType
@@ -281,7 +282,7 @@ def automation_specs(heartbeat_s: int = HEARTBEAT_S) -> list[dict]:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=3 * heartbeat_s),
+            within=timedelta(seconds=zombie_after_s),
         ),
         actions=[ChangeFlowRunState(state=StateType.CRASHED, message="No heartbeat: the flow run's process is gone")],
     )
@@ -301,7 +302,9 @@ def set_pool_concurrency(api: str, pool: str, limit: int | None, auth: tuple[str
     res.raise_for_status()
 
 
-def ensure_automations(api: str, auth: tuple[str, str] | None = None, heartbeat_s: int = HEARTBEAT_S) -> list[str]:
+def ensure_automations(
+    api: str, auth: tuple[str, str] | None = None, zombie_after_s: float = 3 * HEARTBEAT_S
+) -> list[str]:
     """Create the stack's automations unless automations of the same names exist, and delete the retry automation
     of earlier versions (it raced the worker's crash report); returns their names."""
     have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
@@ -310,7 +313,7 @@ def ensure_automations(api: str, auth: tuple[str, str] | None = None, heartbeat_
     for a in have.json():
         if a["name"].startswith(LEGACY_AUTOMATIONS):
             requests.delete(f"{api}/automations/{a['id']}", auth=auth, timeout=10).raise_for_status()
-    specs = automation_specs(heartbeat_s)
+    specs = automation_specs(zombie_after_s)
     for spec in specs:
         if spec["name"] not in names:
             requests.post(f"{api}/automations/", json=spec, auth=auth, timeout=10).raise_for_status()
@@ -329,7 +332,7 @@ def mlflow_web_workers(cores: int | None = None) -> int:
     """MLflow UI/server web workers: one per two cores, 1 to 4 (``DREAMPOSE_MLFLOW_WORKERS`` overrides)."""
     if os.environ.get("DREAMPOSE_MLFLOW_WORKERS"):
         return max(1, int(os.environ["DREAMPOSE_MLFLOW_WORKERS"]))
-    cores = os.cpu_count() or 1 if cores is None else cores
+    cores = (os.cpu_count() or 1) if cores is None else cores
     return max(1, min(4, cores // 2))
 
 
@@ -339,7 +342,7 @@ def mlflow_jobs_enabled(cores: int | None = None) -> bool:
     flag = os.environ.get("DREAMPOSE_MLFLOW_JOBS")
     if flag:
         return flag.lower() in ("1", "true", "yes", "on")
-    return (os.cpu_count() or 1 if cores is None else cores) >= 8
+    return ((os.cpu_count() or 1) if cores is None else cores) >= 8
 
 
 def become_subreaper() -> bool:
@@ -419,7 +422,7 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     max_restarts: int = 5
     restart_window_s: float = 300.0
-    heartbeat_s: int = HEARTBEAT_S
+    zombie_after_s: float = 3 * HEARTBEAT_S  # no heartbeat for this long: the run is marked Crashed
     max_attempts: int = MAX_ATTEMPTS
     retry_settle_s: float = 5.0  # a Crashed run waits this long (every report of its exit lands) before its retry
     stop_grace_s: float = 20.0  # SIGTERM → SIGKILL for workers and their flow runs (an item settles itself)
@@ -509,10 +512,10 @@ class Stack:
                 self.host, self.mlflow_port, self.mlflow_uri, self.logs / "mlflow.log",
                 workers=mlflow_web_workers(), jobs=mlflow_jobs_enabled(),
             )  # fmt: skip
-            wait_http(f"{self.mlflow_url}/health", self.procs["mlflow"], name="MLflow UI")
+            wait_http(f"{self.mlflow_url}/health", self.procs["mlflow"], timeout_s=300, name="MLflow UI")
         sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
         ensure_process_pool(self.api, self.pool, self.prefect_auth)
-        ensure_automations(self.api, self.prefect_auth, self.heartbeat_s)
+        ensure_automations(self.api, self.prefect_auth, self.zombie_after_s)
         self.settle(report=lambda m: print(m, flush=True))
         self.retry(settle_s=0.0)
         for i in range(self.workers):
