@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,84 +15,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows import REPO, batch, recovery, serve
+from flows import batch, recovery
 from flows.stack import descendants
 from tests.flows.conftest import make_catalog_workspace, person_photo
-from tests.flows.test_stack import _free_port
+from tests.flows.supervisor import Supervisor, alive, wait_for
 
 MODEL = "catalog-test-model"
 EXPERIMENT = "catalog-test"
 POOL = "dreampose-restart-test"
-
-
-class Supervisor:
-    """``python -m flows.serve`` in a subprocess, as ``make serve`` runs it."""
-
-    def __init__(self, state: Path, ws: Path, log: Path):
-        self.state, self.ws, self.log = state, ws, log
-        self.prefect_port, self.mlflow_port = _free_port(), _free_port()
-        self.api = serve.api_url("127.0.0.1", self.prefect_port)
-        self.proc: subprocess.Popen | None = None
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlruns.db'}",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-
-    def start(self, timeout_s: float = 300) -> None:
-        out = open(self.log, "a")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--state", str(self.state), "--pool", POOL, "--workers", "1",
-             "--prefect-port", str(self.prefect_port), "--mlflow-port", str(self.mlflow_port),
-             "--zombie-after", "60"],
-            cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        out.close()
-        t0 = time.monotonic()
-        while "stops everything" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() - t0 < timeout_s, self.log.read_text()[-3000:]
-            time.sleep(0.5)
-
-    def client_env(self) -> dict[str, str]:
-        return {**self.env, "PREFECT_API_URL": self.api, "PREFECT_HOME": str(self.state / "prefect")}
-
-    def flow_run_pids(self) -> list[int]:
-        """Flow-run processes: what the worker started."""
-        workers = [p for p in descendants(self.proc.pid) if b"worker\x00start" in _cmdline(p)]
-        return [c for w in workers for c in descendants(w) if b"resource_tracker" not in _cmdline(c)]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=120)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _wait(cond, timeout_s: float, what: str, poll_s: float = 0.3):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        got = cond()
-        if got:
-            return got
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _run_dirs(ws: Path, item: str) -> list[Path]:
@@ -133,26 +61,21 @@ def test_stack_kill_heartbeat_and_restart(tmp_path):
         name: {"photo": person_photo(tmp_path / f"{name}.png", colour), "poses": "poses", "item_id": name}
         for name, colour in (("killed", (200, 40, 40)), ("zombie", (40, 160, 60)), ("stopped", (120, 40, 160)))
     }
-    sup = Supervisor(tmp_path / "state", ws, tmp_path / "serve.log")
+    sup = Supervisor(tmp_path / "state", ws, tmp_path / "serve.log", POOL, workers=1, zombie_after_s=60)
     ids: dict[str, str] = {}
     try:
         sup.start()
-        deployed = subprocess.run(
-            [str(serve.BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
-             "--name", "catalog-item", "--pool", POOL],
-            cwd=REPO, env=sup.client_env(), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        sup.deploy()
         dep_id = requests.get(f"{sup.api}/deployments/name/catalog-item/catalog-item", timeout=60).json()["id"]
 
         # 1. One SIGKILL of the flow-run process while it works on the item: exactly one retry.
         ids["killed"] = batch.submit([items["killed"]], sup.api, str(ws))[0]
-        _wait(lambda: _run_dirs(ws, "killed") and sup.flow_run_pids(), 300, "the item to start")
+        wait_for(lambda: _run_dirs(ws, "killed") and sup.flow_run_pids(), 300, "the item to start")
         for pid in sup.flow_run_pids():
             os.kill(pid, signal.SIGKILL)
         # 2. Meanwhile a run whose process vanished without a report: the heartbeat automation crashes it.
         ids["zombie"] = _fake_zombie(sup.api, dep_id, {**items["zombie"], "root": str(ws)})
-        final = _wait(
+        final = wait_for(
             lambda: (s := batch.states(sup.api, [ids["killed"], ids["zombie"]])) and all(
                 v in batch.FINAL for v in s.values()) and s,
             600, "the killed and the zombie items",
@@ -168,20 +91,20 @@ def test_stack_kill_heartbeat_and_restart(tmp_path):
 
         # 3. SIGTERM to the supervisor while an item runs: the item is settled, every process ends.
         ids["stopped"] = batch.submit([items["stopped"]], sup.api, str(ws))[0]
-        _wait(lambda: _run_dirs(ws, "stopped") and sup.flow_run_pids(), 300, "the third item to start")
+        wait_for(lambda: _run_dirs(ws, "stopped") and sup.flow_run_pids(), 300, "the third item to start")
         tree = [sup.proc.pid, *descendants(sup.proc.pid)]
         t0 = time.monotonic()
         sup.stop()
         stop_s = time.monotonic() - t0
         assert sup.proc.returncode == 0
-        _wait(lambda: not [p for p in tree if _alive(p)], 30, "every process of the stack to end")
+        wait_for(lambda: not [p for p in tree if alive(p)], 30, "every process of the stack to end")
         runs = _mlflow(ws).search_runs([_mlflow(ws).get_experiment_by_name(EXPERIMENT).experiment_id])
         assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
         assert _run_dirs(ws, "stopped") == []  # no partial directory
 
         # 4. The next start retries it: registered once, nothing left behind.
         sup.start()
-        final = _wait(
+        final = wait_for(
             lambda: (s := batch.states(sup.api, [ids["stopped"]])) and s[ids["stopped"]] in batch.FINAL and s,
             600, "the stopped item after the restart",
         )  # fmt: skip
