@@ -433,6 +433,7 @@ class Stack:
     retried: dict[str, int] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
     _last_retry_check: float = 0.0
+    _serving: bool = False  # start() finished: the retry check runs
 
     @property
     def logs(self) -> Path:
@@ -516,10 +517,14 @@ class Stack:
         sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
         ensure_process_pool(self.api, self.pool, self.prefect_auth)
         ensure_automations(self.api, self.prefect_auth, self.zombie_after_s)
-        self.settle(report=lambda m: print(m, flush=True))
-        self.retry(settle_s=0.0)
+        try:  # what an earlier run of the stack left: settled before any worker can pick it up
+            self.settle(report=lambda m: print(m, flush=True))
+            self.retry(settle_s=0.0)
+        except requests.RequestException as err:  # serve anyway: the supervisor's retry check goes on
+            print(f"settling what an earlier run left failed: {err}", flush=True)
         for i in range(self.workers):
             self.start_worker(f"worker-{i + 1}")
+        self._serving = True
 
     def settle(self, only: list[str] | None = None, report: Callable[[str], None] = print) -> dict[str, list]:
         """With no worker running: mark the pool's Running/Pending runs Crashed (``recovery.STOP_MESSAGE``; with
@@ -613,7 +618,7 @@ class Stack:
             report(f"{name} exited with code {proc.returncode}; restarting it")
             self.start_worker(name)
         reap_orphans({p.pid for p in [*self.procs.values(), *self.dead]})
-        if not dead_core and "prefect" in self.procs and time.monotonic() - self._last_retry_check >= 2.0:
+        if self._serving and not dead_core and time.monotonic() - self._last_retry_check >= 2.0:
             self._last_retry_check = time.monotonic()
             try:
                 for run_id, what in self.retry().items():
@@ -626,6 +631,7 @@ class Stack:
         """Stop and settle: workers and their flow runs first (SIGTERM, SIGKILL after ``stop_grace_s``), then, with
         the servers still up, settle what they left (``settle``), then the servers, last started first."""
         grace = self.stop_grace_s if grace_s is None else grace_s
+        self._serving = False
         with _signals_held():
             self._stop(grace)
 
