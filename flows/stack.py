@@ -618,7 +618,13 @@ class Stack:
             report(f"{name} exited with code {proc.returncode}; restarting it")
             self.start_worker(name)
         reap_orphans({p.pid for p in [*self.procs.values(), *self.dead]})
-        if self._serving and not dead_core and time.monotonic() - self._last_retry_check >= 2.0:
+        for proc in self.dead:
+            proc.poll()
+        self.dead = [p for p in self.dead if sv._group_alive(p.pid)]
+        # While a dead worker's flow run is still ending itself, its own late Crashed report could land on a retry
+        # already scheduled: hold every retry until those processes are gone.
+        orphans_ending = bool(self.dead)
+        if self._serving and not dead_core and not orphans_ending and time.monotonic() - self._last_retry_check >= 2:
             self._last_retry_check = time.monotonic()
             try:
                 for run_id, what in self.retry().items():
