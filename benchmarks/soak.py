@@ -15,7 +15,8 @@ kind happen in a random order, each after a random pause (``--gap`` seconds, bou
 
 Then it waits until every item is final and reports one JSON line (``benchmarks/results.jsonl``): items
 submitted, registered exactly once, lost, duplicated, MLflow runs left RUNNING, partial run directories left,
-the flow runs' attempts (``run_count``) and failed attempts per item, kills done per kind, seconds.
+per item the flow run's runs (``run_count``), failed attempts, retries (AwaitingRetry states) and Crashed
+reports, kills done per kind, seconds.
 """
 
 from __future__ import annotations
@@ -130,14 +131,16 @@ def soak(n_items: int, kills: int, seed: int, gap: tuple[float, float], timeout_
                 poll_s=2,
             )
             runs = {i: sup_run for i, sup_run in zip(ids, _flow_runs(sup.api, ids), strict=True)}
-            attempts = {
-                item["item_id"]: {
+            attempts = {}
+            for item, i in zip(items, ids, strict=True):
+                history = recovery.state_history(sup.api, i)
+                attempts[item["item_id"]] = {
                     "runs": runs[i]["run_count"],
-                    "failed": recovery.failed_attempts(recovery.state_history(sup.api, i)),
+                    "failed": recovery.failed_attempts(history),
+                    "retries": sum(1 for s in history if s["name"] == "AwaitingRetry"),
+                    "crash_reports": sum(1 for s in history if s["type"] == "CRASHED"),
                     "state": final[i],
                 }
-                for item, i in zip(items, ids, strict=True)
-            }
         finally:
             sup.stop()
         uri = f"sqlite:///{ws / 'mlruns.db'}"
