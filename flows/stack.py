@@ -33,6 +33,7 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -390,7 +391,6 @@ def descendants(pid: int) -> list[int]:
 @contextlib.contextmanager
 def _signals_held():
     """A second SIGTERM/SIGINT/SIGHUP during a stop does not cut its settling short (main thread only)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -434,6 +434,7 @@ class Stack:
     _env: dict[str, str] = field(default_factory=dict)
     _last_retry_check: float = 0.0
     _serving: bool = False  # start() finished: the retry check runs
+    _dead_since: dict[int, float] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -620,6 +621,10 @@ class Stack:
         reap_orphans({p.pid for p in [*self.procs.values(), *self.dead]})
         for proc in self.dead:
             proc.poll()
+            since = self._dead_since.setdefault(proc.pid, time.monotonic())
+            if time.monotonic() - since > self.stop_grace_s:  # a flow run that does not end itself: end it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         self.dead = [p for p in self.dead if sv._group_alive(p.pid)]
         # While a dead worker's flow run is still ending itself, its own late Crashed report could land on a retry
         # already scheduled: hold every retry until those processes are gone.
