@@ -65,6 +65,7 @@ def test_stack_kill_heartbeat_and_restart(tmp_path):
     ids: dict[str, str] = {}
     try:
         sup.start()
+        assert (tmp_path / "state" / "prefect" / "prefect.db").is_file()  # the profile's own Prefect database
         sup.deploy()
         dep_id = requests.get(f"{sup.api}/deployments/name/catalog-item/catalog-item", timeout=60).json()["id"]
 
