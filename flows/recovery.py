@@ -96,6 +96,17 @@ def failed_attempts(history: list[dict]) -> int:
     return n
 
 
+def crash_is_ours(submitted_run_count: int, state_type: str | None, run_count: int) -> bool:
+    """Whether a worker's crash report for an attempt it submitted at ``submitted_run_count`` still concerns the
+    run now in ``state_type`` with ``run_count``: the attempt is Running (it raised the count by one) or still
+    Pending (``flows.worker``)."""
+    if state_type == "RUNNING":
+        return run_count == submitted_run_count + 1
+    if state_type == "PENDING":
+        return run_count == submitted_run_count
+    return False  # already Crashed (reported), Scheduled for a retry, or final
+
+
 def _age_s(state: dict) -> float:
     ts = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00"))
     return time.time() - ts.timestamp()

@@ -35,6 +35,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -589,8 +590,10 @@ class Stack:
         threads = env.get("OMP_NUM_THREADS") or str(self.threads_per_run)
         env.setdefault("OMP_NUM_THREADS", threads)
         env.setdefault("MKL_NUM_THREADS", threads)
-        cmd = [str(sv.BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
-               "--name", name, "--limit", str(self.worker_limit)]  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        # Prefect's process worker with an idempotent crash report (flows/worker.py)
+        cmd = [sys.executable, "-m", "flows.worker", "--pool", self.pool, "--name", name,
+               "--limit", str(self.worker_limit)]  # fmt: skip
         self.procs[name] = sv.spawn(cmd, env, self.logs / f"{name}.log", cwd=self.worker_cwd)
         return self.procs[name]
 

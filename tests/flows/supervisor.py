@@ -59,7 +59,7 @@ class Supervisor:
         return {**self.env, "PREFECT_API_URL": self.api, "PREFECT_HOME": str(self.state / "prefect")}
 
     def worker_pids(self) -> list[int]:
-        return [p for p in descendants(self.proc.pid) if b"worker\x00start" in cmdline(p)]
+        return [p for p in descendants(self.proc.pid) if b"flows.worker" in cmdline(p)]
 
     def flow_run_pids(self) -> list[int]:
         """Flow-run processes: what the workers started."""

@@ -182,3 +182,14 @@ def test_stop_reaps_orphaned_grandchildren(tmp_path):
         reap_orphans({proc.pid})
         time.sleep(0.1)
     assert not [p for p in grandchildren if os.path.exists(f"/proc/{p}")]
+
+
+def test_worker_reports_a_crash_only_for_the_attempt_it_submitted():
+    crash_is_ours = recovery.crash_is_ours
+    # Submitted at run_count 1: the attempt raised it to 2 when it started running.
+    assert crash_is_ours(1, "RUNNING", 2)  # the runner's report did not land: the worker's does
+    assert crash_is_ours(1, "PENDING", 1)  # the attempt never started
+    assert not crash_is_ours(1, "CRASHED", 2)  # the runner reported this exit already
+    assert not crash_is_ours(1, "SCHEDULED", 2)  # its retry is scheduled: a second report would add a retry
+    assert not crash_is_ours(1, "PENDING", 2)  # the retry is being submitted
+    assert not crash_is_ours(1, "RUNNING", 3)  # the retry runs: a report would release its concurrency lease
