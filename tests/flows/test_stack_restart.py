@@ -55,6 +55,7 @@ def _fake_zombie(api: str, dep_id: str, params: dict) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two stack starts and four items: 7.5 min on a quiet 2-core machine, more when loaded
 def test_stack_kill_heartbeat_and_restart(tmp_path):
     ws = make_catalog_workspace(tmp_path / "ws")
     items = {
