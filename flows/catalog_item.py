@@ -7,8 +7,10 @@ registered model version tagged ``catalog_item=<id>``, ``review=pending``, with 
     python -m flows.catalog_item --photo shirt.jpg --poses syn_test_000
 
 Under a worker, the flow run's id is the item's attempt key (a retry cleans up after a killed attempt and
-never registers twice), a watchdog ends the run as Crashed when its worker dies (an orphan would otherwise
-go on for minutes), and after ``MAX_ATTEMPTS`` runs a crashing item fails instead of being retried again.
+never registers twice), and a watchdog ends the run as Crashed when its worker dies (an orphan would otherwise
+go on for minutes). The stack's supervisor retries a crashed run once per crash and fails it after
+``flows.stack.MAX_ATTEMPTS`` failed attempts (``flows.recovery``); ``MAX_RUNS`` is only a backstop here, since
+runs ended by a stack stop are retried without counting as failed attempts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dreampose.config import PARAMS_FILE, load_params
 
-MAX_ATTEMPTS = 3  # runs of one catalog-item flow run (the stack's automation reschedules crashed ones)
+MAX_RUNS = 10  # runs of one catalog-item flow run, stops included (the supervisor counts failed attempts)
 
 
 def end_with_parent(parent: int | None = None, poll_s: float = 0.5) -> threading.Thread:
@@ -108,8 +110,8 @@ def catalog_item(
     if deployment.id:  # run by a worker: a retry must not register the item twice
         attempt_key = str(flow_run.id)
         end_with_parent()
-        if flow_run.run_count > MAX_ATTEMPTS:
-            raise RuntimeError(f"catalog item {item_id or photo}: giving up after {MAX_ATTEMPTS} attempts")
+        if flow_run.run_count > MAX_RUNS:
+            raise RuntimeError(f"catalog item {item_id or photo}: giving up after {MAX_RUNS} runs")
     result = run_item_task(
         root_p, params_file, photo, poses, item_id, ground_truth, reuse, allow_private_urls, attempt_key, finetune
     )

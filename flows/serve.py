@@ -75,6 +75,27 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0, sig: int = signal.SIGTER
     return proc.wait(timeout=grace_s)
 
 
+def stop_all(procs: list[subprocess.Popen], grace_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """``stop`` for several process groups at once: one grace period for all of them, not one each."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.poll()
+        if not any(_group_alive(p.pid) for p in procs):
+            break
+        time.sleep(0.1)
+    for proc in procs:
+        if _group_alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+
+
 def wait_healthy(url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> float:
     """Poll ``<api>/health`` until it answers 200; returns the seconds waited."""
     t0 = time.monotonic()
@@ -125,9 +146,16 @@ def start_worker(pool: str, env: Mapping[str, str], log_path: Path | None = None
     return spawn(cmd, env, log_path, cwd=cwd)
 
 
-def start_mlflow_ui(host: str, port: int, backend_uri: str, log_path: Path | None = None) -> subprocess.Popen:
-    cmd = [str(BIN / "mlflow"), "ui", "--host", host, "--port", str(port), "--backend-store-uri", backend_uri]
-    return spawn(cmd, server_env(None), log_path)
+def start_mlflow_ui(
+    host: str, port: int, backend_uri: str, log_path: Path | None = None, workers: int = 1, jobs: bool = False
+) -> subprocess.Popen:
+    """``mlflow ui`` with ``workers`` web workers; MLflow's job runner (a consumer process per job function) only
+    with ``jobs``."""
+    cmd = [str(BIN / "mlflow"), "ui", "--host", host, "--port", str(port), "--backend-store-uri", backend_uri,
+           "--workers", str(workers)]  # fmt: skip
+    env = server_env(None)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if jobs else "false"
+    return spawn(cmd, env, log_path)
 
 
 @contextlib.contextmanager
@@ -149,7 +177,7 @@ def _raise_stop(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.stack import Stack
+    from flows.stack import Stack, default_state
 
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("local", "prod"), default=os.environ.get("PROFILE") or "local")
@@ -159,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-port", type=int, default=5432)
     p.add_argument("--pool", default=WORK_POOL)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--state", type=Path, default=None, help="state directory (default .prefect, or .serve for prod)")
+    p.add_argument("--zombie-after", type=float, default=None, help="seconds without a heartbeat before a run is "
+                   "marked Crashed (default: 3 heartbeat intervals, 90 s)")  # fmt: skip
+    p.add_argument("--state", type=Path, default=None, help="state directory (default .serve/<profile>)")
     args = p.parse_args(argv)
-    state = args.state or (REPO / (".serve" if args.profile == "prod" else ".prefect"))
+    state = args.state or default_state(args.profile)
     stack = Stack(state=state.resolve(), profile=args.profile, host=args.host, prefect_port=args.prefect_port,
                   mlflow_port=args.mlflow_port, pg_port=args.pg_port, pool=args.pool, workers=args.workers)  # fmt: skip
+    if args.zombie_after:
+        stack.zombie_after_s = args.zombie_after
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     parent = os.getppid()
@@ -178,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Credentials     {stack.state / 'secrets'} (or DREAMPOSE_<NAME> / DREAMPOSE_<NAME>_FILE)")
             print(f"In another shell:  export PREFECT_API_URL={stack.api}")
             print("                   .venv/bin/prefect deploy --all")
-            print("SIGTERM or Ctrl-C stops everything.", flush=True)
+            print(f"State           {stack.state} (Prefect database {stack.prefect_home / 'prefect.db'})")
+            print("SIGTERM or Ctrl-C stops everything (what is running is settled and retried at the next start).",
+                  flush=True)  # fmt: skip
             while True:
                 if os.getppid() != parent:
                     raise Stop("parent exited")

@@ -10,20 +10,32 @@ Every server binds ``127.0.0.1`` unless ``--host`` says otherwise. Secrets come 
 (``DREAMPOSE_<NAME>`` or ``DREAMPOSE_<NAME>_FILE``) or are generated once into ``.serve/secrets/`` (mode
 0600); they never go into ``params.yaml``, command lines, logs or MLflow tags.
 
+Each profile keeps its state apart: ``.serve/<profile>/`` (``--state``) holds the Prefect server's home and
+sqlite database (``prefect/prefect.db``), logs, and for ``prod`` PostgreSQL, artifacts and secrets.
+
 Workers that die: the supervisor restarts a dead worker (up to ``max_restarts`` in ``restart_window_s``, then
-keeps serving without it); two Prefect automations end and retry what a dead worker was running: runs whose
-heartbeats stop are marked Crashed, and a crashed ``catalog-item`` run is rescheduled (the flow itself gives
-up after ``MAX_ATTEMPTS`` runs). A flow-run process whose worker died ends itself (``flows.catalog_item``).
+keeps serving without it); runs whose heartbeats stop are marked Crashed by a Prefect automation, and the
+supervisor retries every settled Crashed ``catalog-item`` run once per crash (``flows.recovery``). A flow-run
+process whose worker died ends itself (``flows.catalog_item``).
+
+Stopping (SIGTERM/SIGINT/SIGHUP): stop and settle. Workers and their flow-run processes get SIGTERM (an item
+then settles itself: MLflow run FAILED, no directory) and SIGKILL after ``stop_grace_s``; with the servers
+still up, whatever is left Running is marked Crashed (``STOP_MESSAGE``), its MLflow run KILLED and its
+directory removed; then the servers stop. The next start settles anything a harder stop left and retries the
+crashed items (a stop does not count as a failed attempt).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +43,7 @@ from pathlib import Path
 
 import requests
 
-from flows import REPO
+from flows import REPO, recovery
 from flows import serve as sv
 
 PG_SUPERUSER = "postgres"
@@ -40,6 +52,8 @@ PG_DATABASES = ("mlflow", "mlflow_auth")
 MLFLOW_ADMIN = "admin"
 PREFECT_USER = "dreampose"
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat interval
+MAX_ATTEMPTS = 3  # failed attempts (crashes) of one catalog item before the supervisor fails it
+LEGACY_AUTOMATIONS = ("dreampose: retry crashed",)  # replaced by the supervisor's retry (flows.recovery)
 SECRET_NAMES = (
     "PG_SUPERUSER_PASSWORD",
     "PG_PASSWORD",
@@ -218,13 +232,14 @@ def start_mlflow_server(
 ) -> subprocess.Popen:
     """``mlflow server --app-name basic-auth`` on PostgreSQL, proxying artifacts to ``artifacts``."""
     cmd = [
-        str(sv.BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", "1",
+        str(sv.BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", str(mlflow_web_workers()),
         "--backend-store-uri", f"postgresql+psycopg2://{PG_DB_USER}@{host}:{pg_port}/{PG_DATABASES[0]}",
         "--artifacts-destination", artifacts.resolve().as_uri(), "--serve-artifacts", "--app-name", "basic-auth",
     ]  # fmt: skip
     env = sv.server_env(None)
     env.update(secrets_env)
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if mlflow_jobs_enabled() else "false"
     return sv.spawn(cmd, env, log_path)
 
 
@@ -243,8 +258,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0, name: 
 # ---------------------------------------------------------------- Prefect automations
 
 
-def automation_specs(flow_name: str = "catalog-item", heartbeat_s: int = HEARTBEAT_S) -> list[dict]:
-    """Zombie detection (no heartbeat for 3 intervals → Crashed) and retry of crashed catalog items."""
+def automation_specs(zombie_after_s: float = 3 * HEARTBEAT_S) -> list[dict]:
+    """Zombie detection: a flow run with no heartbeat for ``zombie_after_s`` (3 intervals) is marked Crashed. The
+    retry of a crashed catalog item is the supervisor's (``flows.recovery.retry_crashed``), whoever marked it."""
     from datetime import timedelta
 
     from prefect.client.schemas.objects import StateType
@@ -268,29 +284,11 @@ def automation_specs(flow_name: str = "catalog-item", heartbeat_s: int = HEARTBE
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=3 * heartbeat_s),
+            within=timedelta(seconds=zombie_after_s),
         ),
         actions=[ChangeFlowRunState(state=StateType.CRASHED, message="No heartbeat: the flow run's process is gone")],
     )
-    retry = AutomationCore(
-        name=f"dreampose: retry crashed {flow_name} runs",
-        description="A crashed catalog item (dead worker or process) is scheduled again; the flow caps attempts.",
-        trigger=EventTrigger(
-            expect={"prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": flow_name}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.SCHEDULED, name="AwaitingRetry", force=True, message="Retrying a crashed catalog item"
-            )
-        ],
-    )
-    return [a.model_dump(mode="json") for a in (zombie, retry)]
+    return [zombie.model_dump(mode="json")]
 
 
 def ensure_process_pool(api: str, pool: str, auth: tuple[str, str] | None = None) -> None:
@@ -306,12 +304,18 @@ def set_pool_concurrency(api: str, pool: str, limit: int | None, auth: tuple[str
     res.raise_for_status()
 
 
-def ensure_automations(api: str, auth: tuple[str, str] | None = None, flow_name: str = "catalog-item") -> list[str]:
-    """Create the stack's automations unless automations of the same names exist; returns their names."""
+def ensure_automations(
+    api: str, auth: tuple[str, str] | None = None, zombie_after_s: float = 3 * HEARTBEAT_S
+) -> list[str]:
+    """Create the stack's automations unless automations of the same names exist, and delete the retry automation
+    of earlier versions (it raced the worker's crash report); returns their names."""
     have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
     have.raise_for_status()
     names = {a["name"] for a in have.json()}
-    specs = automation_specs(flow_name)
+    for a in have.json():
+        if a["name"].startswith(LEGACY_AUTOMATIONS):
+            requests.delete(f"{api}/automations/{a['id']}", auth=auth, timeout=10).raise_for_status()
+    specs = automation_specs(zombie_after_s)
     for spec in specs:
         if spec["name"] not in names:
             requests.post(f"{api}/automations/", json=spec, auth=auth, timeout=10).raise_for_status()
@@ -321,9 +325,90 @@ def ensure_automations(api: str, auth: tuple[str, str] | None = None, flow_name:
 # ---------------------------------------------------------------- the stack
 
 
+def default_state(profile: str) -> Path:
+    """Where a profile keeps its state by default: ``.serve/<profile>/`` (each profile its own Prefect database)."""
+    return REPO / ".serve" / profile
+
+
+def mlflow_web_workers(cores: int | None = None) -> int:
+    """MLflow UI/server web workers: one per two cores, 1 to 4 (``DREAMPOSE_MLFLOW_WORKERS`` overrides)."""
+    if os.environ.get("DREAMPOSE_MLFLOW_WORKERS"):
+        return max(1, int(os.environ["DREAMPOSE_MLFLOW_WORKERS"]))
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return max(1, min(4, cores // 2))
+
+
+def mlflow_jobs_enabled(cores: int | None = None) -> bool:
+    """MLflow's job runner starts one consumer process per job function (7 in MLflow 3.17); the stack uses no
+    MLflow jobs, so they run only on machines with 8 or more cores (``DREAMPOSE_MLFLOW_JOBS=1|0`` overrides)."""
+    flag = os.environ.get("DREAMPOSE_MLFLOW_JOBS")
+    if flag:
+        return flag.lower() in ("1", "true", "yes", "on")
+    return ((os.cpu_count() or 1) if cores is None else cores) >= 8
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux), so a server's grandchildren that outlive
+    their parent are reaped here (``reap_orphans``) instead of waiting on a PID 1 that may never reap them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    return False
+
+
+def reap_orphans(keep: set[int]) -> int:
+    """Reap exited children of this process that are not ``keep`` (the Popen objects reap those); returns how
+    many."""
+    n = 0
+    for child in children_of(os.getpid()):
+        if child in keep:
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            if os.waitpid(child, os.WNOHANG)[0] == child:
+                n += 1
+    return n
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(stat.split("/")[2]))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """A second SIGTERM/SIGINT/SIGHUP during a stop does not cut its settling short (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class Stack:
-    """Everything ``make serve`` starts, by name; ``stop()`` ends it all (last started first)."""
+    """Everything ``make serve`` starts, by name; ``stop()`` settles what is running and ends it all."""
 
     state: Path
     profile: str = "local"
@@ -338,26 +423,52 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     max_restarts: int = 5
     restart_window_s: float = 300.0
+    zombie_after_s: float = 3 * HEARTBEAT_S  # no heartbeat for this long: the run is marked Crashed
+    max_attempts: int = MAX_ATTEMPTS
+    retry_settle_s: float = 5.0  # a Crashed run waits this long (every report of its exit lands) before its retry
+    stop_grace_s: float = 20.0  # SIGTERM → SIGKILL for workers and their flow runs (an item settles itself)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     dead: list[subprocess.Popen] = field(default_factory=list)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     abandoned: set[str] = field(default_factory=set)
+    retried: dict[str, int] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
+    _last_retry_check: float = 0.0
+    _serving: bool = False  # start() finished: the retry check runs
+    _dead_since: dict[int, float] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
         return self.state / "logs"
 
     @property
+    def prefect_home(self) -> Path:
+        """This profile's Prefect home; its server's database is ``prefect.db`` in it."""
+        return self.state / "prefect"
+
+    @property
+    def prefect_db_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+
+    @property
     def api(self) -> str:
         return sv.api_url(self.host, self.prefect_port)
 
     @property
+    def mlflow_url(self) -> str:
+        """The MLflow server of either profile (the local profile's UI serves the same store over REST)."""
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
     def mlflow_uri(self) -> str:
         if self.profile == "prod":
-            return f"http://{self.host}:{self.mlflow_port}"
+            return self.mlflow_url
         env = {**os.environ, **self.extra_env}
         return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns.db'}"
+
+    @property
+    def mlflow_auth(self) -> tuple[str, str] | None:
+        return (MLFLOW_ADMIN, self.secret("MLFLOW_ADMIN_PASSWORD")) if self.profile == "prod" else None
 
     def secret(self, name: str) -> str:
         return secret(name, self.state / "secrets")
@@ -369,6 +480,8 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """What a worker, the CLI or a test needs to reach this stack (includes credentials)."""
         env = sv.server_env(self.api, base={**os.environ, **self.extra_env})
+        env["PREFECT_HOME"] = str(self.prefect_home)  # never another profile's (or the demo's) Prefect state
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         if self.profile == "prod":
@@ -377,27 +490,67 @@ class Stack:
             env["PREFECT_API_AUTH_STRING"] = ":".join(self.prefect_auth)
         return env
 
+    def server_env(self) -> dict[str, str]:
+        """The Prefect server's environment: this profile's own database."""
+        env = self.client_env()
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_db_url
+        if self.profile == "prod":
+            env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+        return env
+
     def start(self) -> None:
-        """Prefect server (started first: it boots while PostgreSQL and MLflow do), tracking, then workers."""
+        """Prefect server (started first: it boots while PostgreSQL and MLflow do), tracking, then the settling
+        of anything an earlier run of the stack left unsettled, then workers."""
         if self.profile not in ("local", "prod"):
             raise ValueError(f"profile {self.profile!r}: expected 'local' or 'prod'")
+        become_subreaper()
         self.logs.mkdir(parents=True, exist_ok=True)
-        env = self.client_env()
-        server_env = dict(env)
-        if self.profile == "prod":
-            server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
-        self.procs["prefect"] = sv.start_server(self.host, self.prefect_port, server_env, self.logs / "prefect.log")
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        self.procs["prefect"] = sv.start_server(self.host, self.prefect_port, self.server_env(),
+                                                self.logs / "prefect.log")  # fmt: skip
         if self.profile == "prod":
             self._start_tracking_prod()
         else:
             self.procs["mlflow"] = sv.start_mlflow_ui(
-                self.host, self.mlflow_port, self.mlflow_uri, self.logs / "mlflow.log"
-            )
+                self.host, self.mlflow_port, self.mlflow_uri, self.logs / "mlflow.log",
+                workers=mlflow_web_workers(), jobs=mlflow_jobs_enabled(),
+            )  # fmt: skip
+            wait_http(f"{self.mlflow_url}/health", self.procs["mlflow"], timeout_s=300, name="MLflow UI")
         sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
         ensure_process_pool(self.api, self.pool, self.prefect_auth)
-        ensure_automations(self.api, self.prefect_auth)
+        ensure_automations(self.api, self.prefect_auth, self.zombie_after_s)
+        try:  # what an earlier run of the stack left: settled before any worker can pick it up
+            self.settle(report=lambda m: print(m, flush=True))
+            self.retry(settle_s=0.0)
+        except requests.RequestException as err:  # serve anyway: the supervisor's retry check goes on
+            print(f"settling what an earlier run left failed: {err}", flush=True)
         for i in range(self.workers):
             self.start_worker(f"worker-{i + 1}")
+        self._serving = True
+
+    def settle(self, only: list[str] | None = None, report: Callable[[str], None] = print) -> dict[str, list]:
+        """With no worker running: mark the pool's Running/Pending runs Crashed (``recovery.STOP_MESSAGE``; with
+        ``only``, also those of these ids that crashed on their own during the stop), their MLflow runs KILLED
+        and their run directories removed."""
+        runs = recovery.settle_orphans(self.api, self.pool, self.prefect_auth, only)
+        killed = recovery.settle_tracking(self.mlflow_url, self.api, self.worker_cwd, self.mlflow_auth,
+                                          self.prefect_auth)  # fmt: skip
+        if runs or killed:
+            report(f"settled {len(runs)} flow run(s) left in flight and {len(killed)} MLflow run(s) left RUNNING")
+        return {"flow_runs": [r["id"] for r in runs], "mlflow_runs": killed}
+
+    def retry(self, settle_s: float | None = None) -> dict[str, str]:
+        """Retry (or fail, after ``max_attempts``) the settled Crashed catalog items; see ``flows.recovery``."""
+        settle_s = self.retry_settle_s if settle_s is None else settle_s
+        done = recovery.retry_crashed(self.api, self.pool, self.max_attempts, settle_s, self.prefect_auth)
+        failed = [i for i, what in done.items() if what == "failed"]
+        if failed:  # no retry will settle these: do it here
+            recovery.settle_tracking(self.mlflow_url, self.api, self.worker_cwd, self.mlflow_auth,
+                                     self.prefect_auth, only=failed)  # fmt: skip
+        for i, what in done.items():
+            if what == "retried":
+                self.retried[i] = self.retried.get(i, 0) + 1
+        return done
 
     def _start_tracking_prod(self) -> None:
         bin_dir = ensure_postgres_installed()
@@ -437,13 +590,16 @@ class Stack:
         threads = env.get("OMP_NUM_THREADS") or str(self.threads_per_run)
         env.setdefault("OMP_NUM_THREADS", threads)
         env.setdefault("MKL_NUM_THREADS", threads)
-        cmd = [str(sv.BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
-               "--name", name, "--limit", str(self.worker_limit)]  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        # Prefect's process worker with an idempotent crash report (flows/worker.py)
+        cmd = [sys.executable, "-m", "flows.worker", "--pool", self.pool, "--name", name,
+               "--limit", str(self.worker_limit)]  # fmt: skip
         self.procs[name] = sv.spawn(cmd, env, self.logs / f"{name}.log", cwd=self.worker_cwd)
         return self.procs[name]
 
     def supervise_once(self, now: float | None = None, report: Callable[[str], None] = print) -> list[str]:
-        """Restart dead workers (or give up on one that keeps dying); returns the names of dead core services."""
+        """Restart dead workers (or give up on one that keeps dying), retry settled crashed items (every 2 s);
+        returns the names of dead core services."""
         now = time.monotonic() if now is None else now
         dead_core = []
         for name, proc in list(self.procs.items()):
@@ -465,14 +621,55 @@ class Stack:
             self.restarts[name] = [*recent, now]
             report(f"{name} exited with code {proc.returncode}; restarting it")
             self.start_worker(name)
+        reap_orphans({p.pid for p in [*self.procs.values(), *self.dead]})
+        for proc in self.dead:
+            proc.poll()
+            since = self._dead_since.setdefault(proc.pid, time.monotonic())
+            if time.monotonic() - since > self.stop_grace_s:  # a flow run that does not end itself: end it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self.dead = [p for p in self.dead if sv._group_alive(p.pid)]
+        # While a dead worker's flow run is still ending itself, its own late Crashed report could land on a retry
+        # already scheduled: hold every retry until those processes are gone.
+        orphans_ending = bool(self.dead)
+        if self._serving and not dead_core and not orphans_ending and time.monotonic() - self._last_retry_check >= 2:
+            self._last_retry_check = time.monotonic()
+            try:
+                for run_id, what in self.retry().items():
+                    report(f"flow run {run_id}: crashed, {what}")
+            except requests.RequestException as err:  # a busy server: next round
+                report(f"retry check failed: {err}")
         return dead_core
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop and settle: workers and their flow runs first (SIGTERM, SIGKILL after ``stop_grace_s``), then, with
+        the servers still up, settle what they left (``settle``), then the servers, last started first."""
+        grace = self.stop_grace_s if grace_s is None else grace_s
+        self._serving = False
+        with _signals_held():
+            self._stop(grace)
+
+    def _stop(self, grace: float) -> None:
+        workers = [n for n in self.procs if n.startswith("worker-")]
+        in_flight: list[str] = []
+        if workers and self._alive("prefect"):
+            with contextlib.suppress(requests.RequestException):
+                in_flight = [r["id"] for r in recovery.flow_runs(self.api, self.pool, recovery.LIVE,
+                                                                 self.prefect_auth)]  # fmt: skip
+        sv.stop_all([self.procs.pop(n) for n in workers] + self.dead, grace)
+        self.dead = []
+        if self._alive("prefect") and self._alive("mlflow"):
+            try:
+                self.settle(only=in_flight, report=lambda m: print(m, flush=True))
+            except requests.RequestException as err:  # the next start settles it
+                print(f"settling at stop failed ({err}); the next start settles it", flush=True)
         for name in reversed(list(self.procs)):
             sig = 2 if name == "postgres" else 15  # postgres: SIGINT is the fast shutdown
-            sv.stop(self.procs[name], grace_s, sig=sig)
-        for proc in self.dead:
-            sv.stop(proc, grace_s)
+            sv.stop(self.procs[name], min(grace, 10.0), sig=sig)
+        reap_orphans({p.pid for p in self.procs.values()})
+
+    def _alive(self, name: str) -> bool:
+        return name in self.procs and self.procs[name].poll() is None
 
     def __enter__(self) -> Stack:
         return self

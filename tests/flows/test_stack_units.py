@@ -10,8 +10,18 @@ import time
 
 import pytest
 
-from flows import batch, serve
-from flows.stack import Stack, automation_specs, secret
+from flows import REPO, batch, recovery, serve
+from flows.stack import (
+    Stack,
+    automation_specs,
+    become_subreaper,
+    default_state,
+    descendants,
+    mlflow_jobs_enabled,
+    mlflow_web_workers,
+    reap_orphans,
+    secret,
+)
 from tests.flows.conftest import person_photo
 
 
@@ -110,10 +120,76 @@ def test_flow_run_process_ends_when_its_worker_dies(tmp_path):
     assert "terminated" in log.read_text()
 
 
-def test_automations_crash_zombies_and_retry_crashed_items():
-    zombie, retry = automation_specs("catalog-item", heartbeat_s=30)
+def test_automation_crashes_zombies_and_leaves_the_retry_to_the_supervisor():
+    specs = automation_specs(zombie_after_s=90)
+    assert len(specs) == 1  # no retry automation: it raced the worker's second report of the same crash
+    zombie = specs[0]
     assert zombie["trigger"]["posture"] == "Proactive" and zombie["trigger"]["within"] == 90.0
     assert zombie["actions"][0]["state"] == "CRASHED"
-    assert retry["trigger"]["expect"] == ["prefect.flow-run.Crashed"]
-    assert retry["trigger"]["match_related"]["prefect.resource.name"] == "catalog-item"
-    assert retry["actions"][0]["state"] == "SCHEDULED" and retry["actions"][0]["force"] is True
+
+
+def _state(kind: str, message: str = "", name: str | None = None) -> dict:
+    return {"type": kind, "name": name or kind.title(), "message": message}
+
+
+def test_failed_attempts_counts_each_crash_once_and_not_a_stop():
+    run, crash, retry = _state("RUNNING"), _state("CRASHED", "exit -9"), _state("SCHEDULED", name="AwaitingRetry")
+    stop = _state("CRASHED", recovery.STOP_MESSAGE)
+    assert recovery.failed_attempts([_state("SCHEDULED"), _state("PENDING"), run]) == 0
+    assert recovery.failed_attempts([run, crash, crash]) == 1  # runner and worker report the same exit
+    assert recovery.failed_attempts([run, crash, retry, _state("PENDING"), run, crash]) == 2
+    assert recovery.failed_attempts([run, crash, stop, retry, run, _state("COMPLETED")]) == 0  # a stop
+    assert recovery.failed_attempts([run, stop, retry, run, crash]) == 1
+    assert recovery.failed_attempts([run, _state("PENDING"), run, crash]) == 2  # a lost report still counts
+
+
+def test_profiles_have_their_own_prefect_database_and_state():
+    local, prod = (Stack(state=default_state(p), profile=p) for p in ("local", "prod"))
+    assert local.state != prod.state and REPO / ".prefect" not in (local.state, prod.state)
+    envs = [s.server_env() for s in (local, prod)]
+    urls = [e["PREFECT_API_DATABASE_CONNECTION_URL"] for e in envs]
+    assert urls[0] != urls[1] and all(str(s.state) in u for s, u in zip((local, prod), urls, strict=True))
+    assert envs[0]["PREFECT_HOME"] != envs[1]["PREFECT_HOME"]
+    # A client's PREFECT_HOME is its profile's too, whatever the caller's environment says.
+    other = Stack(state=default_state("local"), extra_env={"PREFECT_HOME": "/tmp/elsewhere"})
+    assert other.client_env()["PREFECT_HOME"] == str(default_state("local") / "prefect")
+
+
+def test_mlflow_servers_sized_for_the_machine(monkeypatch):
+    monkeypatch.delenv("DREAMPOSE_MLFLOW_WORKERS", raising=False)
+    monkeypatch.delenv("DREAMPOSE_MLFLOW_JOBS", raising=False)
+    assert [mlflow_web_workers(c) for c in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+    assert not mlflow_jobs_enabled(2) and mlflow_jobs_enabled(16)
+    monkeypatch.setenv("DREAMPOSE_MLFLOW_WORKERS", "3")
+    monkeypatch.setenv("DREAMPOSE_MLFLOW_JOBS", "1")
+    assert mlflow_web_workers(2) == 3 and mlflow_jobs_enabled(2)
+
+
+def test_stop_reaps_orphaned_grandchildren(tmp_path):
+    """A server whose children outlive it (MLflow's job runners): after a stop none is left a zombie."""
+    assert become_subreaper()
+    script = (
+        "import subprocess, sys, time\n"
+        "for _ in range(3): subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1)'])\n"
+        "time.sleep(60)\n"
+    )
+    proc = serve.spawn([sys.executable, "-c", script], os.environ)
+    time.sleep(0.5)
+    grandchildren = descendants(proc.pid)
+    serve.stop(proc, grace_s=2)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10 and any(os.path.exists(f"/proc/{p}") for p in grandchildren):
+        reap_orphans({proc.pid})
+        time.sleep(0.1)
+    assert not [p for p in grandchildren if os.path.exists(f"/proc/{p}")]
+
+
+def test_worker_reports_a_crash_only_for_the_attempt_it_submitted():
+    crash_is_ours = recovery.crash_is_ours
+    # Submitted at run_count 1: the attempt raised it to 2 when it started running.
+    assert crash_is_ours(1, "RUNNING", 2)  # the runner's report did not land: the worker's does
+    assert crash_is_ours(1, "PENDING", 1)  # the attempt never started
+    assert not crash_is_ours(1, "CRASHED", 2)  # the runner reported this exit already
+    assert not crash_is_ours(1, "SCHEDULED", 2)  # its retry is scheduled: a second report would add a retry
+    assert not crash_is_ours(1, "PENDING", 2)  # the retry is being submitted
+    assert not crash_is_ours(1, "RUNNING", 3)  # the retry runs: a report would release its concurrency lease
