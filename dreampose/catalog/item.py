@@ -293,7 +293,7 @@ def _train_render_register(
     The render runs on ``runtime`` (device, dtype, offload); the finetune trains on its device (accelerate)."""
     from dreampose import registry, tracking
     from dreampose.render import load_pipeline, render_sequence
-    from dreampose.training.finetune import MlflowLogger, finetune_subject
+    from dreampose.training.finetune import finetune_subject
 
     run_ctx = (
         tracking.stage_run(
@@ -335,7 +335,7 @@ def _train_render_register(
                         run_dir,
                         model_dir,
                         size=size,
-                        logger=MlflowLogger(prefix="train/") if run is not None else None,
+                        logger=tracking.MlflowLogger(prefix="train/") if run is not None else None,
                         device=runtime.device if runtime is not None else None,
                     )
                 t_train = time.perf_counter() - t0

@@ -39,19 +39,6 @@ EVAL_BATCH = 16
 log = logging.getLogger("dreampose.training")
 
 
-class MlflowLogger:
-    """Sends the loop's metrics to the active MLflow run, named ``<prefix><name>`` (default ``train/loss`` ...),
-    so training internals group apart from quality metrics in the MLflow UI."""
-
-    def __init__(self, prefix: str = "train/") -> None:
-        self.prefix = prefix
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import mlflow
-
-        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=step)
-
-
 def ckpt_dir_for(out_dir: Path) -> Path:
     return Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
 
