@@ -28,7 +28,7 @@ OBSERVERS: dict[str, str] = {
     "dreampose.cli": "argument parsing and the stage lookup; prints the returned summary",
     "dreampose.stages": "maps a stage name to dreampose.steps.<stage>.run (and holds the non-DVC stages)",
     "dreampose.steps": "the per-stage package's docstring",
-    "dreampose.tracking": "MLflow runs, params, tags, metrics and artifacts: records a run, never writes a stage output",
+    "dreampose.tracking": "MLflow runs, params, tags, metrics, artifacts: records a run, never writes a stage output",
 }
 
 
