@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.fsutil import atomic_write, replace_dir, staging_dir
+from dreampose.fsutil import atomic_write, recorded, replace_dir, staging_dir
 from dreampose.models.pipeline import load_pipeline
 from dreampose.training.checkpoint import list_checkpoints
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
@@ -65,13 +65,14 @@ def _save(
 
     out_dir = Path(out_dir)
     if extra is None:
-        save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+        text = json.dumps(recorded(summary), indent=2, sort_keys=True, default=str)
+        save_pipeline_atomic(pipe, out_dir, {"train.json": text})
         return
     staging = staging_dir(out_dir)
     try:
         save_pipeline_atomic(pipe, staging, {})
         summary.update(extra(staging))
-        (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        (staging / "train.json").write_text(json.dumps(recorded(summary), indent=2, sort_keys=True, default=str))
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,7 +105,7 @@ def _evaluate_saved(
         summary[f"{key}_error"] = f"{type(err).__name__}: {err}"
     summary[key] = value
     if write:
-        text = json.dumps(summary, indent=2, sort_keys=True, default=str)
+        text = json.dumps(recorded(summary), indent=2, sort_keys=True, default=str)
         atomic_write(Path(out_dir) / "train.json", lambda tmp: tmp.write_text(text))
     return value
 
