@@ -47,13 +47,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def runtime(params: Params):
-    """The inference runtime (``params.runtime``) resolved for this machine: a clear error for a device it lacks."""
-    from dreampose.runtime import resolve_runtime
-
-    return resolve_runtime(params.runtime)
-
-
 def inspect(params: Params, root: Path) -> dict[str, Any]:
     """Manifest counts and schemas, and ``data/inspect/preview.png`` (a frame with its IUV overlaid).
 
