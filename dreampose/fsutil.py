@@ -1,4 +1,5 @@
-"""Atomic file and directory replacement: an output is either the old one or the complete new one."""
+"""Atomic file and directory replacement: an output is either the old one or the complete new one; and
+``recorded``, what of a stage's summary goes into a file DVC hashes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,28 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: Top-level summary keys that differ from run to run with equal outputs (wall-clock time, throughput, peak
+#: memory, where a run resumed): they stay in the summary a stage returns (logged to MLflow) and out of the files
+#: DVC hashes, so rerunning a stage with equal weights leaves ``dvc.lock`` unchanged. Top level only: a nested
+#: key (a config's ``fps``) is a setting, not a measurement.
+RUN_TO_RUN_KEYS = frozenset(
+    {
+        "seconds",
+        "seconds_per_frame",
+        "vae_pretrain_seconds",
+        "samples_per_s",
+        "peak_memory_mb",
+        "frames_per_s",
+        "resumed_from_step",
+    }
+)
+
+
+def recorded(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` without its run-to-run keys (``RUN_TO_RUN_KEYS``): what a stage writes to a file that is a DVC
+    output."""
+    return {k: v for k, v in summary.items() if k not in RUN_TO_RUN_KEYS}
 
 
 def _update(h, path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dreampose.config import RenderConfig
+from dreampose.fsutil import recorded
 from dreampose.io import load_iuv, png_complete, read_rgb, write_json, write_png
 from dreampose.models.subject import load_subject_pipeline
 from dreampose.runtime import Runtime
@@ -387,7 +388,7 @@ def render_subject(
         "seconds": {"load": round(t_load, 3), "render": round(t_render, 3)},
         "seconds_per_frame": round(t_render / counts["rendered"], 4) if counts["rendered"] else None,
     }
-    write_json(summary, out_dir / "render.json")
+    write_json(recorded(summary), out_dir / "render.json")
     return summary
 
 
@@ -436,5 +437,5 @@ def render_sequence(
         "seconds": {"render": round(t_render, 3)},
         "seconds_per_frame": round(t_render / counts["rendered"], 4) if counts["rendered"] else None,
     }
-    write_json(summary, out_dir / "render.json")
+    write_json(recorded(summary), out_dir / "render.json")
     return summary

@@ -3,6 +3,9 @@
 With no ``MLFLOW_TRACKING_URI`` the store is ``sqlite:///<repo>/mlruns.db`` with artifacts under
 ``<repo>/mlartifacts``; a server URI works unchanged. A pipeline run is a parent run whose id
 reaches each stage (a separate process under DVC) through ``DREAMPOSE_PARENT_RUN_ID``.
+
+An observer (docs/architecture.md, "Code deps"): it records runs and never changes what a stage writes, so it
+is no DVC dep; library code does not import it (tests/test_dvc_deps.py checks both).
 """
 
 from __future__ import annotations
@@ -129,3 +132,39 @@ def stage_run(
             if digest:
                 mlflow.set_tag(f"input.{name}.md5", digest)
         yield run
+
+
+def log_summary(summary: dict[str, Any], group: str = "") -> None:
+    """Numbers go to MLflow metrics (named ``<group><key>``), the whole summary to a JSON artifact."""
+    if not tracking_enabled():
+        return
+    import mlflow
+
+    nums = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if nums:
+        mlflow.log_metrics({f"{group}{k}": v for k, v in nums.items()})
+    mlflow.log_dict(summary, "summary.json")
+
+
+def log_files(paths: list[Path], artifact_dir: str) -> None:
+    """Each existing file of ``paths`` as an MLflow artifact under ``artifact_dir``."""
+    if not tracking_enabled():
+        return
+    import mlflow
+
+    for p in paths:
+        if p.is_file():
+            mlflow.log_artifact(str(p), artifact_dir)
+
+
+class MlflowLogger:
+    """Sends the loop's metrics to the active MLflow run, named ``<prefix><name>`` (default ``train/loss`` ...),
+    so training internals group apart from quality metrics in the MLflow UI."""
+
+    def __init__(self, prefix: str = "train/") -> None:
+        self.prefix = prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=step)

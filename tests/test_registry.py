@@ -156,7 +156,7 @@ def test_review_cli_list_approve_reject(name, logged_model, tmp_path, capsys):
 
 def test_run_names_and_metric_groups(store, monkeypatch, tmp_path):
     from dreampose import tracking
-    from dreampose.training.finetune import MlflowLogger
+    from dreampose.tracking import MlflowLogger
 
     assert tracking.stage_run_name("render", {"subject": "syn_test_001"}) == "render@syn_test_001"
     assert tracking.stage_run_name("score") == "score"

@@ -91,6 +91,8 @@ def test_render_subject_writes_outputs_and_resumes(tmp_path):
     assert read_rgb(out / "poster.png").shape == (4 * H, 4 * W, 3)
     meta = json.loads((out / "render.json").read_text())
     assert meta["frames"] == [4, 6, 8, 10] and meta["settings"]["num_inference_steps"] == 2
+    assert "seconds" in second and not {"seconds", "seconds_per_frame"} & set(meta)  # timings: MLflow only
+    assert meta["settings"]["fps"] == 8  # a setting of the same kind of name stays
     assert not list(out.rglob(".*tmp*"))
 
 

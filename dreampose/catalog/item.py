@@ -294,7 +294,7 @@ def _train_render_register(
     from dreampose import registry, tracking
     from dreampose.models.subject import load_subject_pipeline
     from dreampose.render import render_sequence
-    from dreampose.training.finetune import MlflowLogger, finetune_subject
+    from dreampose.training.finetune import finetune_subject
 
     run_ctx = (
         tracking.stage_run(
@@ -336,7 +336,7 @@ def _train_render_register(
                         run_dir,
                         model_dir,
                         size=size,
-                        logger=MlflowLogger(prefix="train/") if run is not None else None,
+                        logger=tracking.MlflowLogger(prefix="train/") if run is not None else None,
                         device=runtime.device if runtime is not None else None,
                     )
                 t_train = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
-from dreampose.fsutil import replace_dir, staging_dir
+from dreampose.fsutil import recorded, replace_dir, staging_dir
 from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.pipeline import DreamPosePipeline
 from dreampose.models.sizes import check_frame_size, size_multiple
@@ -403,5 +403,5 @@ def build_base_model(
             "seconds": time.perf_counter() - t0,
         }
     )
-    save_pipeline_atomic(pipe, Path(out_dir), {"build.json": json.dumps(summary, indent=2, sort_keys=True)})
+    save_pipeline_atomic(pipe, Path(out_dir), {"build.json": json.dumps(recorded(summary), indent=2, sort_keys=True)})
     return summary

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dreampose.config import SubjectConfig, TrainConfig
-from dreampose.fsutil import atomic_write, replace_dir, staging_dir
+from dreampose.fsutil import atomic_write, recorded, replace_dir, staging_dir
 from dreampose.models.pipeline import load_pipeline
 from dreampose.training.checkpoint import list_checkpoints
 from dreampose.training.loop import MetricsLogger, make_accelerator, train
@@ -39,19 +39,6 @@ from dreampose.training.objectives import DecoderObjective, DiffusionObjective, 
 EVAL_BATCH = 16
 
 log = logging.getLogger("dreampose.training")
-
-
-class MlflowLogger:
-    """Sends the loop's metrics to the active MLflow run, named ``<prefix><name>`` (default ``train/loss`` ...),
-    so training internals group apart from quality metrics in the MLflow UI."""
-
-    def __init__(self, prefix: str = "train/") -> None:
-        self.prefix = prefix
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import mlflow
-
-        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=step)
 
 
 def ckpt_dir_for(out_dir: Path) -> Path:
@@ -80,13 +67,14 @@ def _save(
 
     out_dir = Path(out_dir)
     if writer is None:
-        save_pipeline_atomic(pipe, out_dir, {"train.json": json.dumps(summary, indent=2, sort_keys=True, default=str)})
+        text = json.dumps(recorded(summary), indent=2, sort_keys=True, default=str)
+        save_pipeline_atomic(pipe, out_dir, {"train.json": text})
         return
     staging = staging_dir(out_dir)
     try:
         staging.mkdir()
         summary.update(writer(staging))
-        (staging / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        (staging / "train.json").write_text(json.dumps(recorded(summary), indent=2, sort_keys=True, default=str))
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -119,7 +107,7 @@ def _evaluate_saved(
         summary[f"{key}_error"] = f"{type(err).__name__}: {err}"
     summary[key] = value
     if write:
-        text = json.dumps(summary, indent=2, sort_keys=True, default=str)
+        text = json.dumps(recorded(summary), indent=2, sort_keys=True, default=str)
         atomic_write(Path(out_dir) / "train.json", lambda tmp: tmp.write_text(text))
     return value
 

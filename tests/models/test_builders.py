@@ -178,6 +178,10 @@ def test_build_base_model_writes_a_loadable_pipeline_atomically(tmp_path):
     summary = build_base_model(cfg, frames, out, seed=0, height=32, width=32, root=tmp_path)
     assert summary["unet_in_channels"] == 14 and summary["pose_channels"] == 10
     assert json.loads((out / "build.json").read_text())["vae_pretrain_steps"] == 2
+    # Wall-clock time goes to MLflow (the returned summary), not into the hashed output: equal builds, equal bytes.
+    assert summary["seconds"] > 0 and summary["vae_pretrain_seconds"] > 0
+    build_base_model(cfg, frames, tmp_path / "again", seed=0, height=32, width=32, root=tmp_path)
+    assert (tmp_path / "again" / "build.json").read_bytes() == (out / "build.json").read_bytes()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["pretrained"]  # no temp dirs left
     pipe = DreamPosePipeline.from_pretrained(out)
     assert not pipe.adapter.vae_out.weight.any() and not pipe.adapter.vae_out.bias.any()

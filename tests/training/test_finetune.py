@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from dreampose.config import DropoutConfig, SubjectConfig, TrainConfig
+from dreampose.fsutil import RUN_TO_RUN_KEYS
 from dreampose.models.subject import DECODER_FILE, load_subject_pipeline
 from dreampose.training.finetune import ckpt_dir_for, finetune_base, finetune_subject, subject_rows
 from tests.training.tiny import H, W, write_workspace
@@ -26,6 +28,7 @@ def test_finetune_base_writes_a_loadable_pipeline_and_lowers_heldout_loss(ws):
     assert summary["steps"] == 25
     assert summary["heldout_loss_after"] < 0.9 * summary["heldout_loss_before"], summary
     assert (out / "model_index.json").is_file() and (out / "train.json").is_file()
+    assert summary["seconds"] > 0 and not RUN_TO_RUN_KEYS & set(json.loads((out / "train.json").read_text()))
     assert not ckpt_dir_for(out).exists()  # crash-recovery checkpoints are gone after success
     pipe = DreamPosePipeline.from_pretrained(out)
     ref = DreamPosePipeline.from_pretrained(ws / "pretrained")
@@ -117,14 +120,15 @@ def test_the_model_is_saved_before_the_post_training_evaluation(ws, monkeypatch,
 
 
 def test_heldout_loss_is_written_once_the_model_is_saved(ws):
-    import json
-
     cfg = SubjectConfig(unet=TrainConfig(max_steps=1, batch_size=2, checkpoint_every=1), decoder_steps=1)
     out = ws / "models" / "subjects" / "syn_0"
     summary = finetune_subject(cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws, out,
                                size=(H, W))  # fmt: skip
     written = json.loads((out / "train.json").read_text())
     assert written["unet_loss_after"] == summary["unet_loss_after"] and summary["unet_loss_after"] > 0
+    # Timings vary run to run: returned (for MLflow), never in the hashed train.json.
+    assert summary["seconds"] > 0
+    assert not RUN_TO_RUN_KEYS & set(written), sorted(RUN_TO_RUN_KEYS & set(written))
 
 
 def test_a_subject_keeps_one_checkpoint_frees_phase_1_and_checkpoints_phase_2(ws, monkeypatch):
