@@ -21,8 +21,31 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dreampose-prefect-test-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
+# `make test` runs the suite on several pytest-xdist workers (one per core): each worker, and every process a test
+# starts, then computes on its share of the cores instead of every process oversubscribing all of them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TORCH_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
+# The slowest tests start first, so that the workers finish together instead of one of them starting a
+# minutes-long end-to-end test last (`--dist loadfile` hands out whole files in collection order).
+SLOW_FIRST = (
+    "tests/rehearsal/test_rehearsal.py",
+    "tests/flows/test_stack.py",
+    "tests/flows/test_deployment.py",
+    "tests/training/test_loop.py",
+    "tests/flows/test_remote.py",
+    "tests/flows/test_pipeline.py",
+    "tests/flows/test_catalog_item.py",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Files in ``SLOW_FIRST`` lead, in its order; every other test keeps its place (a stable sort)."""
+    rank = {path: i for i, path in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +57,7 @@ def _seed_and_isolate(monkeypatch, tmp_path):
         import torch
 
         torch.manual_seed(0)
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(TORCH_THREADS)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     _reset_mlflow_globals()
