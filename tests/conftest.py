@@ -30,22 +30,24 @@ if _WORKERS > 1:
 
 REPO = Path(__file__).resolve().parents[1]
 # The slowest tests start first, so that the workers finish together instead of one of them starting a
-# minutes-long end-to-end test last (`--dist loadfile` hands out whole files in collection order).
+# minutes-long end-to-end test last (`--dist loadfile` hands out whole files in collection order): the files below
+# in this order (slowest first, as measured), then the other files holding a ``slow`` test, then the rest.
 SLOW_FIRST = (
     "tests/rehearsal/test_rehearsal.py",
     "tests/flows/test_stack.py",
     "tests/flows/test_deployment.py",
     "tests/training/test_loop.py",
     "tests/flows/test_remote.py",
-    "tests/flows/test_pipeline.py",
-    "tests/flows/test_catalog_item.py",
 )
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Files in ``SLOW_FIRST`` lead, in its order; every other test keeps its place (a stable sort)."""
+    """A stable sort by file rank: inside a rank, files and tests keep their collection order."""
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+    for item in items:
+        if item.get_closest_marker("slow"):
+            rank.setdefault(item.nodeid.split("::", 1)[0], len(SLOW_FIRST))
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(SLOW_FIRST) + 1))
 
 
 @pytest.fixture(autouse=True)

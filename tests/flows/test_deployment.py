@@ -60,10 +60,10 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_worksp
                 "--param", "poses=poses",
                 "--param", "item_id=served-1",
                 "--param", f"root={ws}",
-                "--watch", "--watch-interval", "1", "--watch-timeout", "300",
+                "--watch", "--watch-interval", "1", "--watch-timeout", "600",  # minutes when the machine is loaded
             ],
             env,
-            timeout=360,
+            timeout=660,
         )  # fmt: skip
         worker_log = (logs / "worker.log").read_text(errors="replace")[-3000:]
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + worker_log
