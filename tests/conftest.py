@@ -87,10 +87,11 @@ def _reset_mlflow_globals() -> None:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server for the whole session (flow tests in any directory share it)."""
+    """One temporary Prefect server for the whole session (flow tests in any directory share it; under pytest-xdist
+    one per worker, each on a free port with its own PREFECT_HOME)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # a hang guard: minutes on a loaded machine
         yield
 
 

@@ -46,7 +46,7 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_worksp
     procs: list[subprocess.Popen] = []
     with serve.running(procs, grace_s=10):
         procs.append(serve.start_server("127.0.0.1", port, env, logs / "server.log"))
-        serve.wait_healthy(url, timeout_s=180, proc=procs[0])
+        serve.wait_healthy(url, timeout_s=600, proc=procs[0])  # a hang guard: minutes on a loaded machine
         serve.ensure_work_pool(POOL, env)
         deployed = _prefect(
             ["deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", POOL], env
