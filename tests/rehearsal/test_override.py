@@ -22,8 +22,9 @@ STEP_COUNTS = {"max_steps", "decoder_steps", "num_inference_steps", "checkpoint_
 DURATIONS = {"timeout_s", "backoff_s"}
 PATHS = {"train_list", "test_list", "sd_path", "clip_path", "weights", "detectron2_config"}
 PATHS |= {"lpips_weights", "vgg_weights", "inception_weights", "i3d_weights", "aed_weights"}
-# The machine, not the method: the paper trains in fp16 on a GPU; this CPU run computes in fp32.
-MACHINE = {"runtime.dtype", "runtime.device"}
+# The machine, not the method: the paper trains in fp16 on a GPU; this CPU run computes in fp32, and loads its
+# batches with as many worker processes as this machine has cores.
+MACHINE = {"runtime.dtype", "runtime.device", "train_base.num_workers"}
 
 # The paper's component kinds: the rehearsal must run exactly these.
 KINDS = (
