@@ -7,10 +7,12 @@ browser tests instead (e.g. a workstation without root).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -44,10 +46,14 @@ def ensure_chromium() -> str:
     if apt is None or os.geteuid() != 0:
         raise BrowserUnavailable("no chromium on PATH and cannot apt-get install it (needs root on Debian/Ubuntu)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]):
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if res.returncode != 0:
-            raise BrowserUnavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
+    # The suite's parallel workers may all ask at once: one installs, the others wait and then find it.
+    with open(Path(tempfile.gettempdir()) / "dreampose-chromium-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if find_chromium() is None:
+            for cmd in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]):
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+                if res.returncode != 0:
+                    raise BrowserUnavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
     found = find_chromium()
     if not found:
         raise BrowserUnavailable("apt-get installed chromium but no chromium binary is on PATH")

@@ -46,7 +46,7 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_worksp
     procs: list[subprocess.Popen] = []
     with serve.running(procs, grace_s=10):
         procs.append(serve.start_server("127.0.0.1", port, env, logs / "server.log"))
-        serve.wait_healthy(url, timeout_s=180, proc=procs[0])
+        serve.wait_healthy(url, timeout_s=600, proc=procs[0])  # a hang guard: minutes on a loaded machine
         serve.ensure_work_pool(POOL, env)
         deployed = _prefect(
             ["deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", POOL], env
@@ -60,10 +60,10 @@ def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_worksp
                 "--param", "poses=poses",
                 "--param", "item_id=served-1",
                 "--param", f"root={ws}",
-                "--watch", "--watch-interval", "1", "--watch-timeout", "300",
+                "--watch", "--watch-interval", "1", "--watch-timeout", "600",  # minutes when the machine is loaded
             ],
             env,
-            timeout=360,
+            timeout=660,
         )  # fmt: skip
         worker_log = (logs / "worker.log").read_text(errors="replace")[-3000:]
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + worker_log
