@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # in this order (slowest first, as measured), then the other files holding a ``slow`` test, then the rest.
 SLOW_FIRST = (
     "tests/rehearsal/test_rehearsal.py",
+    "tests/flows/test_stack_restart.py",
     "tests/flows/test_stack.py",
     "tests/flows/test_deployment.py",
     "tests/training/test_loop.py",
