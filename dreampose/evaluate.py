@@ -5,6 +5,9 @@ FID over all frames; FVD over one clip per video of ``cfg.fvd_clip_len`` consecu
 (``data/manifests/fvd.parquet``, rendered to ``renders/<subject>/fvd/frames``; the paper's "FVD (16f)");
 AED (re-id embedding distance); plus ``color_dist``, a weight-free appearance distance inside the person
 mask. A metric whose network is absent is reported ``unavailable`` with the reason, never as a number.
+What the eye sees (``docs/metrics.md``): ``ghost_fraction`` / ``missing_fraction`` (``metrics.ghosting``),
+``pattern_error`` (``metrics.pattern``) and ``flicker`` = ``flicker_excess`` + ``motion_deficit`` (``metrics.temporal``,
+on the consecutive clips), for ours and every baseline.
 
 Resolution: the top-level numbers are at the frames' native size. With ``cfg.table1_size`` set, the
 same metrics of ``ours`` are computed again on frames resized (antialiased, aspect kept) so their longer
@@ -19,6 +22,8 @@ Baselines rendered and scored in the same run (``<out_dir>/baselines/<name>/<sub
 channels), ``image_swapped`` (the base model given the next subject's photo), ``base_model``
 (``models/base`` with the right photo but without the subject finetune, the paper's Table-2 ablation)
 and ``subject_image_swapped`` (the subject model given the next subject's photo; informative only).
+Beside them, ``vae_ceiling``: the test targets encoded and decoded by the model's own VAE (each subject model's,
+else the base model's), the upper bound of anything rendered through that latent space; not in ``ours_better_than``.
 
 Why the must-beat photo test uses the base model: a subject-finetuned model carries its subject's
 appearance in its weights (that is what the paper's finetune is for), so swapping its photo barely
