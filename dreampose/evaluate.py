@@ -89,6 +89,9 @@ BASELINES = ("copy_input", "pose_zeroed", "image_swapped", "base_model", "subjec
 # The test targets encoded and decoded by the model's own VAE: what the latent space allows (an upper bound, not
 # a baseline to beat; left out of ``ours_better_than``).
 CEILING = "vae_ceiling"
+# The eye metrics are measured on frames at most this long (the paper's Table-1 size); their blur radii grow with the
+# frame size, so at 640 px their cost would grow with its cube (docs/metrics.md).
+EYE_LONG_SIDE = 256
 MUST_BEAT = ("copy_input", "pose_zeroed", "image_swapped")
 FEATURE_BATCH = 16
 
@@ -107,6 +110,7 @@ class SubjectData:
     fvd_truth: np.ndarray | None = None  # uint8 (L, H, W, 3)
     fvd_poses: torch.Tensor | None = None  # (L, 10, H, W), loaded when a baseline needs it
     background: tuple[np.ndarray, np.ndarray] | None = None  # (colour, known) estimated from truth and masks
+    eye: SubjectData | None = None  # this subject at EYE_LONG_SIDE, for the eye metrics of frames larger than that
 
     def background_estimate(self) -> tuple[np.ndarray, np.ndarray]:
         """The video's background and where it is known (see ``dreampose.metrics.ghosting``), computed once."""
@@ -234,6 +238,20 @@ def attach_fvd_clips(data: list[SubjectData], fvd_manifest: Path, root: Path) ->
     return None
 
 
+def eye_view(
+    s: SubjectData, generated: np.ndarray, clip: np.ndarray | None
+) -> tuple[SubjectData, np.ndarray, np.ndarray | None]:
+    """The subject, its generated frames and clip at most ``EYE_LONG_SIDE`` pixels long (the eye metrics' size);
+    unchanged when already that small. The resized subject is kept on ``s``, so its background is estimated once."""
+    h, w = s.truth.shape[1:3]
+    if max(h, w) <= EYE_LONG_SIDE:
+        return s, generated, clip
+    size = table1_shape(h, w, EYE_LONG_SIDE)
+    if s.eye is None:
+        s.eye = resize_subject(s, size)
+    return s.eye, resize_frames(generated, size), (resize_frames(clip, size) if clip is not None else None)
+
+
 def score_frames(
     method: MethodScores,
     s: SubjectData,
@@ -256,9 +274,10 @@ def score_frames(
             ]
         ),
     }
-    triples = list(zip(generated, s.truth, s.masks, strict=True))
+    e, e_gen, e_clip = eye_view(s, generated, fvd_generated)
+    triples = list(zip(e_gen, e.truth, e.masks, strict=True))
     vals["pattern_error"] = np.array([pattern_error(g, t, m) for g, t, m in triples])
-    bg, known = s.background_estimate()
+    bg, known = e.background_estimate()
     ghost = [ghosting(g, t, m, bg, known) for g, t, m in triples]
     vals["ghost_fraction"] = np.array([g for g, _ in ghost])
     vals["missing_fraction"] = np.array([m for _, m in ghost])
@@ -275,7 +294,7 @@ def score_frames(
         method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))))
     if fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= 2:
         method.temporal.append(float(temporal_error(fvd_generated, s.fvd_truth).mean()))
-        excess, deficit = flicker(fvd_generated, s.fvd_truth)
+        excess, deficit = flicker(e_clip, e.fvd_truth)
         method.flicker.append((float(excess.mean()), float(deficit.mean())))
     if backbones.reid is not None:
         e_gen, e_real = _batched(backbones.reid, gen_t), _batched(backbones.reid, real_t)

@@ -7,7 +7,15 @@ import torch
 from PIL import Image
 
 from dreampose.config import RenderConfig, ScoreConfig
-from dreampose.evaluate import metric_values, resize_frames, score_renders, table1_shape, vae_roundtrip
+from dreampose.evaluate import (
+    SubjectData,
+    eye_view,
+    metric_values,
+    resize_frames,
+    score_renders,
+    table1_shape,
+    vae_roundtrip,
+)
 from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
@@ -322,3 +330,16 @@ def test_vae_ceiling_without_a_model_is_unavailable_with_the_reason(tmp_path):
     copy = result["baselines"]["copy_input"]  # the photo as every frame: a body in the wrong place
     assert copy["ghost_fraction"] > result["ours"]["ghost_fraction"]
     assert copy["missing_fraction"] > result["ours"]["missing_fraction"]
+
+
+def test_eye_metrics_are_measured_at_most_at_the_table1_size():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, size=(2, 320, 256, 3), dtype=np.uint8)
+    masks = np.zeros((2, 320, 256), bool)
+    masks[:, 40:280, 60:200] = True
+    s = SubjectData("a", [0, 1], truth, masks, truth[0], fvd_frames=[0, 1], fvd_truth=truth)
+    e, gen, clip = eye_view(s, truth, truth)
+    assert e.truth.shape == gen.shape == clip.shape == (2, 256, 205, 3) and e.masks.shape == (2, 256, 205)
+    assert eye_view(s, truth, None)[0] is e and eye_view(s, truth, None)[2] is None  # resized once, kept
+    small = SubjectData("b", [0], truth[:1, :64, :48], masks[:1, :64, :48], truth[0, :64, :48])
+    assert eye_view(small, small.truth, None)[0] is small
