@@ -5,6 +5,9 @@ FID over all frames; FVD over one clip per video of ``cfg.fvd_clip_len`` consecu
 (``data/manifests/fvd.parquet``, rendered to ``renders/<subject>/fvd/frames``; the paper's "FVD (16f)");
 AED (re-id embedding distance); plus ``color_dist``, a weight-free appearance distance inside the person
 mask. A metric whose network is absent is reported ``unavailable`` with the reason, never as a number.
+What the eye sees (``docs/metrics.md``): ``ghost_fraction`` / ``missing_fraction`` (``metrics.ghosting``),
+``pattern_error`` (``metrics.pattern``) and ``flicker`` = ``flicker_excess`` + ``motion_deficit`` (``metrics.temporal``,
+on the consecutive clips), for ours and every baseline.
 
 Resolution: the top-level numbers are at the frames' native size. With ``cfg.table1_size`` set, the
 same metrics of ``ours`` are computed again on frames resized (antialiased, aspect kept) so their longer
@@ -19,6 +22,8 @@ Baselines rendered and scored in the same run (``<out_dir>/baselines/<name>/<sub
 channels), ``image_swapped`` (the base model given the next subject's photo), ``base_model``
 (``models/base`` with the right photo but without the subject finetune, the paper's Table-2 ablation)
 and ``subject_image_swapped`` (the subject model given the next subject's photo; informative only).
+Beside them, ``vae_ceiling``: the test targets encoded and decoded by the model's own VAE (each subject model's,
+else the base model's), the upper bound of anything rendered through that latent space; not in ``ours_better_than``.
 
 Why the must-beat photo test uses the base model: a subject-finetuned model carries its subject's
 appearance in its weights (that is what the paper's finetune is for), so swapping its photo barely
@@ -42,30 +47,51 @@ import torch
 
 from dreampose.config import RenderConfig, ScoreConfig
 from dreampose.fsutil import atomic_write
-from dreampose.io import load_iuv, read_rgb, write_json
+from dreampose.io import load_iuv, read_rgb, write_json, write_png
 from dreampose.layout import EVALUATION, SCORES
 from dreampose.metrics.appearance import color_distance
 from dreampose.metrics.features import Backbones, load_backbones
 from dreampose.metrics.frechet import frechet_distance_features
+from dreampose.metrics.ghosting import estimate_background, ghosting
+from dreampose.metrics.pattern import pattern_error
 from dreampose.metrics.pixel import l1, psnr, ssim
 from dreampose.metrics.result import MetricResult
-from dreampose.metrics.temporal import temporal_error
+from dreampose.metrics.temporal import flicker, temporal_error
 from dreampose.models.subject import load_subject_pipeline
 from dreampose.render import (
     FRAME_NAME,
     fvd_rows,
+    image_to_tensor,
     read_test_manifest,
     render_to_dir,
     subject_rows,
+    to_uint8,
 )
 from dreampose.runtime import Runtime
 
 log = logging.getLogger("dreampose.score")
 
 METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg", "fid", "fvd", "aed", "temporal_error")
-FRAME_METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg")
-LOWER_IS_BETTER = {"l1": True, "ssim": False, "psnr": False, "color_dist": True, "lpips": True, "vgg": True}
+# What the eye sees (docs/metrics.md): ghost limbs, missing body, lost pattern, flicker; all lower is better.
+VISUAL_METRICS = ("ghost_fraction", "missing_fraction", "pattern_error", "flicker", "flicker_excess", "motion_deficit")
+FRAME_METRICS = ("l1", "ssim", "psnr", "color_dist", "lpips", "vgg", *VISUAL_METRICS[:3])
+LOWER_IS_BETTER = {
+    "l1": True, "ssim": False, "psnr": False, "color_dist": True, "lpips": True, "vgg": True,
+    "ghost_fraction": True, "missing_fraction": True, "pattern_error": True,
+}  # fmt: skip
+NAN_REASONS = {
+    "color_dist": "no frame had a person mask",
+    "ghost_fraction": "no frame had background outside the person mask",
+    "missing_fraction": "no frame had body pixels that differ from a known background (the body never moved away)",
+    "pattern_error": "no frame had detail inside the person mask",
+}
 BASELINES = ("copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped")
+# The test targets encoded and decoded by the model's own VAE: what the latent space allows (an upper bound, not
+# a baseline to beat; left out of ``ours_better_than``).
+CEILING = "vae_ceiling"
+# The eye metrics are measured on frames at most this long (the paper's Table-1 size); their blur radii grow with the
+# frame size, so at 640 px their cost would grow with its cube (docs/metrics.md).
+EYE_LONG_SIDE = 256
 MUST_BEAT = ("copy_input", "pose_zeroed", "image_swapped")
 FEATURE_BATCH = 16
 
@@ -83,6 +109,14 @@ class SubjectData:
     fvd_frames: list[int] = field(default_factory=list)  # consecutive frames of the FVD clip, if any
     fvd_truth: np.ndarray | None = None  # uint8 (L, H, W, 3)
     fvd_poses: torch.Tensor | None = None  # (L, 10, H, W), loaded when a baseline needs it
+    background: tuple[np.ndarray, np.ndarray] | None = None  # (colour, known) estimated from truth and masks
+    eye: SubjectData | None = None  # this subject at EYE_LONG_SIDE, for the eye metrics of frames larger than that
+
+    def background_estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The video's background and where it is known (see ``dreampose.metrics.ghosting``), computed once."""
+        if self.background is None:
+            self.background = estimate_background(self.truth, self.masks)
+        return self.background
 
 
 @dataclass
@@ -94,6 +128,7 @@ class MethodScores:
     i3d: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"gen": [], "real": []})
     aed: list[np.ndarray] = field(default_factory=list)
     temporal: list[float] = field(default_factory=list)  # per subject: mean temporal error of its consecutive clip
+    flicker: list[tuple[float, float]] = field(default_factory=list)  # per subject: (excess, deficit) of its clip
 
 
 def _to_batch(frames: np.ndarray) -> torch.Tensor:
@@ -203,6 +238,20 @@ def attach_fvd_clips(data: list[SubjectData], fvd_manifest: Path, root: Path) ->
     return None
 
 
+def eye_view(
+    s: SubjectData, generated: np.ndarray, clip: np.ndarray | None
+) -> tuple[SubjectData, np.ndarray, np.ndarray | None]:
+    """The subject, its generated frames and clip at most ``EYE_LONG_SIDE`` pixels long (the eye metrics' size);
+    unchanged when already that small. The resized subject is kept on ``s``, so its background is estimated once."""
+    h, w = s.truth.shape[1:3]
+    if max(h, w) <= EYE_LONG_SIDE:
+        return s, generated, clip
+    size = table1_shape(h, w, EYE_LONG_SIDE)
+    if s.eye is None:
+        s.eye = resize_subject(s, size)
+    return s.eye, resize_frames(generated, size), (resize_frames(clip, size) if clip is not None else None)
+
+
 def score_frames(
     method: MethodScores,
     s: SubjectData,
@@ -225,6 +274,13 @@ def score_frames(
             ]
         ),
     }
+    e, e_gen, e_clip = eye_view(s, generated, fvd_generated)
+    triples = list(zip(e_gen, e.truth, e.masks, strict=True))
+    vals["pattern_error"] = np.array([pattern_error(g, t, m) for g, t, m in triples])
+    bg, known = e.background_estimate()
+    ghost = [ghosting(g, t, m, bg, known) for g, t, m in triples]
+    vals["ghost_fraction"] = np.array([g for g, _ in ghost])
+    vals["missing_fraction"] = np.array([m for _, m in ghost])
     gen_t, real_t = _to_batch(generated), _to_batch(s.truth)
     for name in ("lpips", "vgg"):
         net = getattr(backbones, name)
@@ -238,6 +294,8 @@ def score_frames(
         method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))))
     if fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= 2:
         method.temporal.append(float(temporal_error(fvd_generated, s.fvd_truth).mean()))
+        excess, deficit = flicker(e_clip, e.fvd_truth)
+        method.flicker.append((float(excess.mean()), float(deficit.mean())))
     if backbones.reid is not None:
         e_gen, e_real = _batched(backbones.reid, gen_t), _batched(backbones.reid, real_t)
         vals["aed"] = np.linalg.norm(e_gen - e_real, axis=1)
@@ -271,7 +329,7 @@ def summarize(
             # PSNR of an exact copy is +inf; the mean keeps that visible instead of dropping it.
             out[name] = MetricResult.ok(float(np.mean(vals)))
         else:
-            out[name] = MetricResult.unavailable("no frame had a person mask" if name == "color_dist" else "no frames")
+            out[name] = MetricResult.unavailable(NAN_REASONS.get(name, "no frames"))
     out["fid"] = _frechet(method.inception, "frames", None if backbones.inception else backbones.reason("inception"))
     reason = fvd_reason if backbones.i3d else backbones.reason("i3d")
     out["fvd"] = _frechet(method.i3d, f"clips of {clip_len} consecutive frames", reason)
@@ -279,12 +337,18 @@ def summarize(
         out["aed"] = MetricResult.unavailable(backbones.reason("reid"))
     else:
         out["aed"] = MetricResult.ok(float(np.mean(np.concatenate(method.aed))))
+    no_clip = "no clip of consecutive frames rendered (score.fvd_clip_len unset, or no data/manifests/fvd.parquet)"
     if method.temporal:
         out["temporal_error"] = MetricResult.ok(float(np.mean(method.temporal)))
     else:
-        out["temporal_error"] = MetricResult.unavailable(
-            "no clip of consecutive frames rendered (score.fvd_clip_len unset, or no data/manifests/fvd.parquet)"
-        )
+        out["temporal_error"] = MetricResult.unavailable(no_clip)
+    if method.flicker:
+        excess, deficit = (float(np.mean(v)) for v in zip(*method.flicker, strict=True))
+        out["flicker"] = MetricResult.ok(excess + deficit)
+        out["flicker_excess"], out["motion_deficit"] = MetricResult.ok(excess), MetricResult.ok(deficit)
+    else:
+        for name in ("flicker", "flicker_excess", "motion_deficit"):
+            out[name] = MetricResult.unavailable(no_clip)
     return out
 
 
@@ -292,6 +356,8 @@ def comparison(ours: dict[str, MetricResult], baselines: dict[str, dict[str, Met
     """For each baseline and pixel metric: does ours do better (strictly)?"""
     out: dict[str, Any] = {}
     for name, scores in baselines.items():
+        if name == CEILING:
+            continue
         row = {}
         for m in ("l1", "ssim"):
             a, b = ours[m], scores.get(m)
@@ -304,12 +370,17 @@ def comparison(ours: dict[str, MetricResult], baselines: dict[str, dict[str, Met
 def format_table(ours: dict[str, MetricResult], baselines: dict[str, dict[str, MetricResult]]) -> str:
     """A plain-text table: methods as rows, the available metrics as columns."""
     rows = {"ours": ours, **baselines}
-    cols = [m for m in METRICS if any(r.get(m) is not None and r[m].available for r in rows.values())]
-    lines = [f"{'method':<15}" + "".join(f"{c:>12}" for c in cols)]
+    every = METRICS + VISUAL_METRICS
+    cols = [m for m in every if any(r.get(m) is not None and r[m].available for r in rows.values())]
+    width = max(12, *(len(c) + 1 for c in cols)) if cols else 12
+    lines = [f"{'method':<15}" + "".join(f"{c:>{width}}" for c in cols)]
     for name, r in rows.items():
-        cells = [f"{r[c].value:>12.4f}" if r.get(c) is not None and r[c].available else f"{'n/a':>12}" for c in cols]
+        cells = [
+            f"{r[c].value:>{width}.4f}" if r.get(c) is not None and r[c].available else f"{'n/a':>{width}}"
+            for c in cols
+        ]
         lines.append(f"{name:<15}" + "".join(cells))
-    missing = [m for m in METRICS if m not in cols]
+    missing = [m for m in every if m not in cols]
     if missing:
         lines.append("unavailable: " + "; ".join(f"{m} ({ours[m].reason})" for m in missing))
     return "\n".join(lines)
@@ -329,6 +400,35 @@ def _per_video(method: str, m: MethodScores) -> pd.DataFrame:
     return agg
 
 
+def vae_roundtrip(pipe, frames: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """uint8 frames ``(N, H, W, 3)`` encoded (posterior mode) and decoded by ``pipe``'s VAE, as uint8: the best any
+    render through that latent space can do."""
+    frames = np.asarray(frames)
+    mult = int(pipe.vae_scale_factor)
+    if frames.shape[1] % mult or frames.shape[2] % mult:
+        raise ValueError(f"frames {frames.shape[1]}x{frames.shape[2]} are not a multiple of the VAE's factor {mult}")
+    device = getattr(pipe, "_execution_device", None) or pipe.vae.device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch_size):
+            x = torch.stack([image_to_tensor(f) for f in frames[i : i + batch_size]]).to(device, pipe.vae.dtype)
+            y = pipe.decode_latents(pipe.encode_latents(x)).float()
+            out.append(to_uint8(((y + 1.0) / 2.0).permute(0, 2, 3, 1)))
+    return np.concatenate(out)
+
+
+def vae_ceiling_frames(
+    name: str, pipe, s: SubjectData, out_dir: Path, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The subject's test targets (and FVD clip) through ``pipe``'s VAE, written as PNGs beside the baselines."""
+    frames = vae_roundtrip(pipe, s.truth, batch_size)
+    d = Path(out_dir) / "baselines" / name / s.subject / "frames"
+    for f, img in zip(s.frames, frames, strict=True):
+        write_png(img, d / FRAME_NAME.format(f))
+    clip = vae_roundtrip(pipe, s.fvd_truth, batch_size) if s.fvd_truth is not None else None
+    return frames, clip
+
+
 def render_baselines(
     df: pd.DataFrame,
     data: list[SubjectData],
@@ -341,7 +441,10 @@ def render_baselines(
     load_pipe: Callable[[Path], Any],
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Generated frames per baseline and subject, the same for the FVD clips of subjects that have one
-    loaded (``s.fvd_truth``); baselines that cannot run get a reason instead."""
+    loaded (``s.fvd_truth``); baselines that cannot run get a reason instead.
+
+    The ``vae_ceiling`` row takes each subject model's VAE (the subject finetune may change the decoder) when
+    subject models are given, else the base model's (evaluation.json's ``vae_ceiling_source`` says which)."""
     frames: dict[str, dict[str, np.ndarray]] = {
         "copy_input": {s.subject: np.stack([s.image] * len(s.frames)) for s in data}
     }
@@ -359,7 +462,9 @@ def render_baselines(
     if len(data) < 2:
         for b in ("image_swapped", "subject_image_swapped"):
             reasons.setdefault(b, "needs at least two evaluation subjects")
-    for b in model_baselines:
+    if subjects_model_dir is None and "base_model" in reasons:
+        reasons[CEILING] = f"no subject models given and {reasons['base_model']}: no VAE to round-trip through"
+    for b in (*model_baselines, CEILING):
         if b not in reasons:
             frames[b], fvd[b] = {}, {}
     base_pipe = load_pipe(Path(base_model_dir)) if "base_model" in frames else None
@@ -367,12 +472,19 @@ def render_baselines(
         poses = subject_poses(df, s, test_manifest, root)
         other_image = data[(i + 1) % len(data)].image
         runs: list[tuple[str, Any, np.ndarray, torch.Tensor]] = []
-        if "pose_zeroed" in frames or "subject_image_swapped" in frames:
-            pipe = load_pipe(Path(subjects_model_dir) / s.subject)
+        ceiling_pipe = base_pipe
+        if subjects_model_dir is not None:
+            pipe = ceiling_pipe = load_pipe(Path(subjects_model_dir) / s.subject)
             if "pose_zeroed" in frames:
                 runs.append(("pose_zeroed", pipe, s.image, torch.zeros_like(poses)))
             if "subject_image_swapped" in frames:
                 runs.append(("subject_image_swapped", pipe, other_image, poses))
+        if CEILING in frames:
+            frames[CEILING][s.subject], clip = vae_ceiling_frames(
+                CEILING, ceiling_pipe, s, out_dir, render_cfg.frame_batch_size
+            )
+            if clip is not None:
+                fvd[CEILING][s.subject] = clip
         if base_pipe is not None:
             runs.append(("base_model", base_pipe, s.image, poses))
             if "image_swapped" in frames:
@@ -467,6 +579,12 @@ def score_renders(
         "ours_better_than": comparison(ours, summaries),
         "backbone_notes": dict(backbones.notes),  # e.g. random stand-in weights: those metrics mean nothing
     }
+    if CEILING in generated:
+        scores["vae_ceiling_source"] = (
+            f"each subject model's own VAE ({subjects_model_dir}/<subject>/vae)"
+            if subjects_model_dir is not None
+            else f"the base model's VAE ({base_model_dir}/vae)"
+        )
     if t1_size is not None:
         m = MethodScores()
         for s in data:

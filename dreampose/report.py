@@ -8,6 +8,10 @@ comparable only when that dataset is UBC Fashion at the same protocol.
 Resolution: when evaluation.json has a ``table1`` block (``score.table1_size`` set; the paper preset
 uses 256), the row set against the paper is ours at that size, with our native-resolution row
 beside it; otherwise only the native row is shown, labelled as such.
+
+Below it, "what the eye sees" (docs/metrics.md): ghosting, missing body, pattern error and flicker for ours, every
+baseline and the VAE ceiling (the test targets through the model's own VAE: the best the latent space allows),
+with L1 / SSIM beside them so every score can be read against that ceiling.
 """
 
 from __future__ import annotations
@@ -86,6 +90,47 @@ def report_rows(scores: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], li
     return rows, notes
 
 
+EYE_COLUMNS = {
+    "L1": "l1", "SSIM": "ssim", "ghost": "ghost_fraction", "missing": "missing_fraction",
+    "pattern": "pattern_error", "flicker": "flicker", "excess": "flicker_excess", "deficit": "motion_deficit",
+}  # fmt: skip
+
+
+def eye_rows(scores: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Rows (label, cells) of the what-the-eye-sees table: ours, each scored baseline, the VAE ceiling last;
+    ``n/a`` where a metric or row is unavailable (its reason is in evaluation.json)."""
+    baselines = {k: v for k, v in (scores.get("baselines") or {}).items() if isinstance(v, dict)}
+    ordered = [("ours", scores["ours"])]
+    ordered += [(k, v) for k, v in baselines.items() if k != "vae_ceiling"]
+    if "vae_ceiling" in baselines:
+        ordered.append(("vae_ceiling (upper bound)", baselines["vae_ceiling"]))
+    rows = []
+    for label, m in ordered:
+        cells = []
+        for key in EYE_COLUMNS.values():
+            v = m.get(key)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f"{v:.4f}" if ok else "n/a")
+        rows.append((label, cells))
+    return rows
+
+
+def format_eye_table(scores: dict[str, Any]) -> str:
+    rows = eye_rows(scores)
+    label_w = max(len("method"), *(len(r[0]) for r in rows))
+    widths = [max(len(c), *(len(r[1][i]) for r in rows)) for i, c in enumerate(EYE_COLUMNS)]
+
+    def line(label: str, cells: list[str]) -> str:
+        return "  ".join([label.ljust(label_w), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))])
+
+    out = ["What the eye sees (docs/metrics.md; lower is better except SSIM):", line("method", list(EYE_COLUMNS))]
+    out += [line(label, cells) for label, cells in rows]
+    source = scores.get("vae_ceiling_source")
+    if source:
+        out.append(f"vae_ceiling: the test targets encoded and decoded by {source}")
+    return "\n".join(out)
+
+
 def format_report(scores: dict[str, Any]) -> str:
     rows, notes = report_rows(scores)
     label_w = max(len(r[0]) for r in rows)
@@ -105,6 +150,7 @@ def format_report(scores: dict[str, Any]) -> str:
     extra = {k: scores["ours"].get(k) for k in ("psnr", "color_dist")}
     out.append("ours, not in Table 1: " + ", ".join(f"{k} {_cell(v)[0]}" for k, v in extra.items()))
     out += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    out += ["", format_eye_table(scores)]
     return "\n".join(out)
 
 

@@ -84,7 +84,11 @@ def _read_scores(root: Path) -> dict[str, Any] | None:
         return None
 
 
-SCORE_COLUMNS = ("l1", "ssim", "psnr", "color_dist", "temporal_error")
+# metric key -> short column label (docs/metrics.md defines ghost / missing / pattern / flicker)
+SCORE_COLUMNS = {
+    "l1": "l1", "ssim": "ssim", "psnr": "psnr", "color_dist": "color", "ghost_fraction": "ghost",
+    "missing_fraction": "missing", "pattern_error": "pattern", "flicker": "flicker", "temporal_error": "temporal",
+}  # fmt: skip
 
 
 def photo_use(scores: dict[str, Any]) -> str | None:
@@ -106,15 +110,17 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     metrics as columns, then the metrics that are unavailable (named once, with the reason)."""
     if not scores or not isinstance(scores.get("ours"), dict):
         return "(no metrics/evaluation.json)"
-    rows = {"ours": scores["ours"], **{f"{k} (baseline)": v for k, v in (scores.get("baselines") or {}).items()}}
+    baselines = scores.get("baselines") or {}
+    rows = {"ours": scores["ours"]}
+    rows.update({f"{k} ({'upper bound' if k == 'vae_ceiling' else 'baseline'})": v for k, v in baselines.items()})
     width = max(len(k) for k in rows)
-    lines = ["  " + "method".ljust(width) + "".join(c.rjust(15) for c in SCORE_COLUMNS)]
+    lines = ["  " + "method".ljust(width) + "".join(c.rjust(9) for c in SCORE_COLUMNS.values())]
     unavailable: dict[str, str] = {}
     for name, m in rows.items():
         cells = []
         for c in SCORE_COLUMNS:
             v = m.get(c)
-            cells.append(f"{v:15.4f}" if isinstance(v, (int, float)) else "n/a".rjust(15))
+            cells.append(f"{v:9.4f}" if isinstance(v, (int, float)) else "n/a".rjust(9))
         lines.append("  " + name.ljust(width) + "".join(cells))
         for k, v in m.items():
             if isinstance(v, dict) and v.get("status") == "unavailable":

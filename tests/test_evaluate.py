@@ -7,12 +7,22 @@ import torch
 from PIL import Image
 
 from dreampose.config import RenderConfig, ScoreConfig
-from dreampose.evaluate import metric_values, resize_frames, score_renders, table1_shape
+from dreampose.evaluate import (
+    SubjectData,
+    eye_view,
+    metric_values,
+    resize_frames,
+    score_renders,
+    table1_shape,
+    vae_roundtrip,
+)
 from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features
+from dreampose.metrics.ghosting import estimate_background, ghosting
+from dreampose.metrics.pattern import pattern_error
 from dreampose.metrics.pixel import l1, ssim
-from dreampose.metrics.temporal import temporal_error
+from dreampose.metrics.temporal import flicker, temporal_error
 from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_workspace, tiny_pipeline
 
 RENDER = RenderConfig(num_inference_steps=2, frame_batch_size=4)
@@ -98,6 +108,30 @@ def test_scores_match_the_metric_functions_with_injected_networks(tmp_path):
         for s in SUBJECTS
     ]
     assert scores["ours"]["temporal_error"] == pytest.approx(np.mean(per_subject))
+    per_subject = []
+    for s in SUBJECTS:
+        sel = (fvd_df.subject_id == s).to_numpy()
+        excess, deficit = flicker(fvd_gen[sel], fvd_gt[sel])
+        per_subject.append((excess.mean(), deficit.mean()))
+    excess, deficit = np.mean(per_subject, axis=0)
+    assert scores["ours"]["flicker_excess"] == pytest.approx(excess) and excess > 0  # the renders' noise flickers
+    assert scores["ours"]["motion_deficit"] == pytest.approx(deficit)
+    assert scores["ours"]["flicker"] == pytest.approx(excess + deficit)
+    # ghosting and pattern: per frame inside the ground truth's IUV mask, against the video's background
+    masks = np.stack(
+        [np.load(tmp_path / p)["iuv"][t][..., 0] > 0 for p, t in df[["densepose_path", "target_frame"]].values]
+    )
+    ghost, missing, pattern = [], [], []
+    for s in SUBJECTS:
+        sel = (df.subject_id == s).to_numpy()
+        bg, known = estimate_background(gt[sel], masks[sel])
+        for g, t, m in zip(gen[sel], gt[sel], masks[sel], strict=True):
+            ghost.append(ghosting(g, t, m, bg, known)[0])
+            missing.append(ghosting(g, t, m, bg, known)[1])
+            pattern.append(pattern_error(g, t, m))
+    assert scores["ours"]["ghost_fraction"] == pytest.approx(np.mean(ghost))
+    assert scores["ours"]["missing_fraction"] == pytest.approx(np.mean(missing))
+    assert scores["ours"]["pattern_error"] == pytest.approx(np.mean(pattern)) and 0 < np.mean(pattern) < 1
     assert scores["num_frames"] == 8 and result["table"].startswith("method")
 
     per_video = pd.read_parquet(tmp_path / "metrics/per_video.parquet")
@@ -119,12 +153,14 @@ def test_absent_weights_are_unavailable_with_reasons_not_numbers(tmp_path):
         assert "weights not found" in ours[name]["reason"]
     assert all(isinstance(ours[k], float) for k in ("l1", "ssim", "psnr", "color_dist"))
     # no consecutive-frame clips in this workspace (no fvd.parquet): the temporal metric says so
-    assert ours["temporal_error"]["status"] == "unavailable" and "fvd.parquet" in ours["temporal_error"]["reason"]
+    for name in ("temporal_error", "flicker", "flicker_excess", "motion_deficit"):
+        assert ours[name]["status"] == "unavailable" and "fvd.parquet" in ours[name]["reason"]
     assert record == {k: v for k, v in result.items() if k != "table"}
     # The DVC metrics file: the same numbers, nothing else (no reasons, dataset name or comparison booleans).
     scores = json.loads((tmp_path / "metrics/scores.json").read_text())
     assert scores == metric_values(record)
-    assert scores["ours"] == {k: ours[k] for k in ("l1", "ssim", "psnr", "color_dist")}
+    frame_metrics = ("l1", "ssim", "psnr", "color_dist", "ghost_fraction", "missing_fraction", "pattern_error")
+    assert scores["ours"] == {k: ours[k] for k in frame_metrics}
     assert scores["num_frames"] == record["num_frames"] == 8
     assert set(scores) == {"num_subjects", "num_frames", "ours"}
 
@@ -161,7 +197,12 @@ def test_baselines_are_rendered_scored_and_beaten(tmp_path):
         subjects_model_dir=tmp_path / "models/subjects", base_model_dir=tmp_path / "models/base",
     )  # fmt: skip
     base = result["baselines"]
-    assert set(base) == {"copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped"}
+    assert set(base) == {
+        "copy_input", "pose_zeroed", "image_swapped", "base_model", "subject_image_swapped", "vae_ceiling"
+    }  # fmt: skip
+    assert "vae_ceiling" not in result["ours_better_than"]  # an upper bound, not a baseline to beat
+    assert "each subject model's own VAE" in result["vae_ceiling_source"]
+    assert all(isinstance(base["vae_ceiling"][k], float) for k in ("l1", "ssim", "ghost_fraction", "pattern_error"))
     df = pd.read_parquet(manifest)
     photo = np.stack([read_rgb(tmp_path / p) for p in df.input_path])
     gt = np.stack([read_rgb(tmp_path / p) for p in df.target_path])
@@ -264,3 +305,41 @@ def test_table1_block_scores_downsampled_frames_and_leaves_native_keys_alone(tmp
     assert t1["ours"]["l1"] == pytest.approx(l1(small_gen, small_gt).mean())
     assert t1["ours"]["ssim"] == pytest.approx(ssim(small_gen, small_gt).mean())
     assert t1["ours"]["l1"] != pytest.approx(native["ours"]["l1"])  # averaging the noise away lowers L1
+
+
+def test_vae_ceiling_is_the_truth_through_the_models_vae(tmp_path):
+    pipe = tiny_pipeline()
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, H, W, 3), dtype=np.uint8)
+    out = vae_roundtrip(pipe, frames, batch_size=2)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    with torch.no_grad():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        want = pipe.decode_latents(pipe.encode_latents(x))
+    np.testing.assert_allclose(out, ((want + 1) / 2).permute(0, 2, 3, 1).numpy() * 255, atol=1)
+    with pytest.raises(ValueError, match="multiple of the VAE's factor"):
+        vae_roundtrip(pipe, frames[:, :-1])
+
+
+def test_vae_ceiling_without_a_model_is_unavailable_with_the_reason(tmp_path):
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest)
+    result = _score(tmp_path, manifest, cfg=ScoreConfig(fvd_clip_len=2), base_model_dir=tmp_path / "absent")
+    ceiling = result["baselines"]["vae_ceiling"]
+    assert ceiling["status"] == "unavailable" and "no VAE to round-trip through" in ceiling["reason"]
+    assert "vae_ceiling_source" not in result
+    copy = result["baselines"]["copy_input"]  # the photo as every frame: a body in the wrong place
+    assert copy["ghost_fraction"] > result["ours"]["ghost_fraction"]
+    assert copy["missing_fraction"] > result["ours"]["missing_fraction"]
+
+
+def test_eye_metrics_are_measured_at_most_at_the_table1_size():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, size=(2, 320, 256, 3), dtype=np.uint8)
+    masks = np.zeros((2, 320, 256), bool)
+    masks[:, 40:280, 60:200] = True
+    s = SubjectData("a", [0, 1], truth, masks, truth[0], fvd_frames=[0, 1], fvd_truth=truth)
+    e, gen, clip = eye_view(s, truth, truth)
+    assert e.truth.shape == gen.shape == clip.shape == (2, 256, 205, 3) and e.masks.shape == (2, 256, 205)
+    assert eye_view(s, truth, None)[0] is e and eye_view(s, truth, None)[2] is None  # resized once, kept
+    small = SubjectData("b", [0], truth[:1, :64, :48], masks[:1, :64, :48], truth[0, :64, :48])
+    assert eye_view(small, small.truth, None)[0] is small

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dreampose.report import PAPER_TABLE1, format_report, report
+from dreampose.report import PAPER_TABLE1, eye_rows, format_report, report
 
 
 def test_report_puts_published_rows_beside_ours(tmp_path):
@@ -60,3 +60,24 @@ def test_report_compares_the_paper_with_ours_at_its_resolution_and_shows_native_
         "ours is at its native size" in line for line in lines
     )
     assert "ours is at its native size" in format_report({"ours": native})
+
+
+def test_report_shows_what_the_eye_sees_with_the_vae_ceiling_last():
+    unavailable = {"status": "unavailable", "reason": "no base model"}
+    scores = {
+        "ours": {"l1": 0.04, "ssim": 0.8, "ghost_fraction": 0.05, "pattern_error": 0.9, "flicker": 0.01},
+        "baselines": {
+            "vae_ceiling": {"l1": 0.02, "ssim": 0.9, "ghost_fraction": 0.001, "pattern_error": 0.4, "flicker": 0.002},
+            "copy_input": {"l1": 0.1, "ssim": 0.5, "ghost_fraction": 0.2, "missing_fraction": 0.6, "flicker": 0.03},
+            "base_model": unavailable,
+        },
+        "vae_ceiling_source": "the base model's VAE (models/base/vae)",
+    }
+    rows = eye_rows(scores)
+    assert [r[0] for r in rows] == ["ours", "copy_input", "base_model", "vae_ceiling (upper bound)"]
+    assert rows[0][1] == ["0.0400", "0.8000", "0.0500", "n/a", "0.9000", "0.0100", "n/a", "n/a"]
+    assert rows[2][1] == ["n/a"] * 8  # unavailable baseline: no made-up numbers
+    text = format_report(scores)
+    assert "What the eye sees" in text and "encoded and decoded by the base model's VAE" in text
+    line = next(x for x in text.splitlines() if x.startswith("vae_ceiling (upper bound)"))
+    assert line.split()[3:6] == ["0.0200", "0.9000", "0.0010"]

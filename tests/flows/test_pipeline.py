@@ -49,14 +49,29 @@ def test_format_scores_is_a_method_table_with_unavailable_reasons():
     text = format_scores(
         {
             "ours": {"l1": 0.03812, "ssim": 0.85, "fid": {"status": "unavailable", "reason": "no inception"}},
-            "baselines": {"copy_input": {"l1": 0.12, "ssim": 0.37}},
+            "baselines": {
+                "copy_input": {"l1": 0.12, "ssim": 0.37},
+                "vae_ceiling": {"l1": 0.02, "ghost_fraction": 0.01},
+            },
             "ours_better_than": {"copy_input": {"l1": True, "ssim": True}},
         }
     )
     lines = text.splitlines()
-    assert lines[0].split() == ["method", "l1", "ssim", "psnr", "color_dist", "temporal_error"]
-    assert lines[1].split() == ["ours", "0.0381", "0.8500", "n/a", "n/a", "n/a"]
+    cols = ["l1", "ssim", "psnr", "color", "ghost", "missing", "pattern", "flicker", "temporal"]
+    assert lines[0].split() == ["method", *cols]
+    assert lines[1].split() == ["ours", "0.0381", "0.8500", *["n/a"] * 7]
     assert lines[2].split()[:4] == ["copy_input", "(baseline)", "0.1200", "0.3700"]
+    assert lines[3].split() == [
+        "vae_ceiling",
+        "(upper",
+        "bound)",
+        "0.0200",
+        "n/a",
+        "n/a",
+        "n/a",
+        "0.0100",
+        *["n/a"] * 4,
+    ]
     assert "ours beats on L1 and SSIM: copy_input" in text
     assert "fid: unavailable (no inception)" in text
     assert format_scores(None) == "(no metrics/evaluation.json)"
