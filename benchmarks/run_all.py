@@ -1,6 +1,7 @@
 """Run every benchmark in this folder and collect their JSON lines into ``benchmarks/results.jsonl``.
 
-Each benchmark is a module printing one JSON line per result (see ``benchmarks/common.py``);
+Each benchmark is a module printing one JSON line per result (see ``benchmarks/common.py``); with module names
+as arguments only those run, and their lines replace the same-named ones (the rest of the file is kept);
 they run one after another, in separate processes, so one's memory does not skew another's.
 """
 
@@ -37,6 +38,11 @@ def main() -> int:
         if res.returncode != 0 or not lines:
             failed.append(mod)
             print(res.stderr[-2000:], file=sys.stderr)
+    if len(sys.argv) > 1 and out.is_file():
+        # A partial run replaces only the lines of the benchmarks it ran; every other record stays.
+        fresh = {r["name"] for r in records}
+        kept = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()]
+        records = [r for r in kept if r.get("name") not in fresh] + records
     tmp = out.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     tmp.replace(out)
