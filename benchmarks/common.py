@@ -62,3 +62,19 @@ def emit(
     print(json.dumps(rec, sort_keys=False), flush=True)
     sys.stdout.flush()
     return rec
+
+
+def stand_in_iuv(seed: int, frames: int, height: int = 640, width: int = 512) -> Any:
+    """A DensePose-like uint8 IUV clip ``(frames, height, width, 3)`` at paper size by default: a body region with
+    smooth U/V and a part index, moving a little per frame (what the data-path benchmarks read)."""
+    import numpy as np
+
+    iuv = np.zeros((frames, height, width, 3), np.uint8)
+    u = np.linspace(0, 255, 200, dtype=np.uint8)[None, :]
+    v = np.linspace(0, 255, 440, dtype=np.uint8)[:, None]
+    for t in range(frames):
+        x0 = 120 + (seed * 7 + t * 3) % 80
+        iuv[t, 100:540, x0 : x0 + 200, 0] = 1 + (seed + t) % 24
+        iuv[t, 100:540, x0 : x0 + 200, 1] = u
+        iuv[t, 100:540, x0 : x0 + 200, 2] = v
+    return iuv

@@ -18,23 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, stand_in_iuv
 
 H, W, FRAMES, PAIRS = 640, 512, 18, 4
 COUNTS = (4, 16, 64)
 
 
 def _iuv(seed: int) -> np.ndarray:
-    """A DensePose-like IUV clip: a body region with smooth U/V that moves a little per frame."""
-    iuv = np.zeros((FRAMES, H, W, 3), np.uint8)
-    u = np.linspace(0, 255, 200, dtype=np.uint8)[None, :]
-    v = np.linspace(0, 255, 440, dtype=np.uint8)[:, None]
-    for t in range(FRAMES):
-        x0 = 120 + (seed * 7 + t * 3) % 80
-        iuv[t, 100:540, x0 : x0 + 200, 0] = 1 + (seed + t) % 24
-        iuv[t, 100:540, x0 : x0 + 200, 1] = u
-        iuv[t, 100:540, x0 : x0 + 200, 2] = v
-    return iuv
+    return stand_in_iuv(seed, FRAMES, H, W)
 
 
 def make_workspace(root: Path, n: int) -> Path:

@@ -28,22 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, stand_in_iuv
 
 H, W, WINDOW = 640, 512, 5
 
 
 def _iuv(seed: int, frames: int) -> np.ndarray:
-    """A DensePose-like clip: a body region with smooth U/V and a part index, moving a little per frame."""
-    iuv = np.zeros((frames, H, W, 3), np.uint8)
-    u = np.linspace(0, 255, 200, dtype=np.uint8)[None, :]
-    v = np.linspace(0, 255, 440, dtype=np.uint8)[:, None]
-    for t in range(frames):
-        x0 = 120 + (seed * 7 + t * 3) % 80
-        iuv[t, 100:540, x0 : x0 + 200, 0] = 1 + (seed + t) % 24
-        iuv[t, 100:540, x0 : x0 + 200, 1] = u
-        iuv[t, 100:540, x0 : x0 + 200, 2] = v
-    return iuv
+    return stand_in_iuv(seed, frames, H, W)
 
 
 def prepare(root: Path, videos: int, frames: int, pairs: int) -> dict[str, Path]:

@@ -58,16 +58,8 @@ def _kill(sup, kind: str, rng: random.Random, n_super: int, log: list[dict]) -> 
     from flows.stack import descendants
 
     t = round(time.monotonic(), 1)
-    if kind == "flow_run":
-        pids = sup.flow_run_pids()
-        if not pids:
-            return False
-        pid = rng.choice(pids)
-        os.kill(pid, signal.SIGKILL)
-        log.append({"t": t, "kind": kind, "pid": pid})
-        return True
-    if kind == "worker":
-        pids = sup.worker_pids()
+    if kind in ("flow_run", "worker"):
+        pids = sup.flow_run_pids() if kind == "flow_run" else sup.worker_pids()
         if not pids:
             return False
         pid = rng.choice(pids)

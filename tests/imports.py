@@ -41,13 +41,14 @@ def imports(name: str) -> frozenset[str]:
     return frozenset(m for m in found if m in modules())
 
 
-def closure(name: str) -> set[str]:
-    """``name`` and every package module it imports, transitively (a module's parent packages run too)."""
+def closure(name: str, skip: frozenset[str] | set[str] = frozenset()) -> set[str]:
+    """``name`` and every package module it imports, transitively (a module's parent packages run too); modules in
+    ``skip`` are neither included nor followed."""
     seen: set[str] = set()
     todo = [name]
     while todo:
         mod = todo.pop()
-        if mod in seen:
+        if mod in seen or mod in skip:
             continue
         seen.add(mod)
         parts = mod.split(".")

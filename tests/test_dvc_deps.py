@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dreampose.cli import STAGES
-from tests.imports import PACKAGE, imports, modules
+from tests.imports import PACKAGE, closure, imports, modules
 
 REPO = PACKAGE.parent
 
@@ -47,17 +47,7 @@ def covered(path: Path, deps: list[Path]) -> bool:
 
 def output_closure(module: str) -> set[str]:
     """``module`` and every package module it imports, transitively, observers neither included nor followed."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        mod = todo.pop()
-        if mod in seen or mod in OBSERVERS:
-            continue
-        seen.add(mod)
-        parts = mod.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += imports(mod)
-    return seen
+    return closure(module, OBSERVERS)
 
 
 def stage_module(stage: dict) -> str:
