@@ -72,23 +72,14 @@ def _complete_layout(tmp_path, params: Params) -> None:
 
 def test_complete_local_layout_passes(tmp_path):
     params = _local_paper(tmp_path)
-    (tmp_path / "lists").mkdir()
-    (tmp_path / "lists/train.txt").write_text("http://127.0.0.1:1/a.mp4\n\n# comment\n")
-    (tmp_path / "lists/test.txt").write_text("http://127.0.0.1:1/b.mp4\n")
-    for f in ("model_index.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"):
-        (tmp_path / "models/sd" / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "models/sd" / f).write_text("{}")
-    clip = tmp_path / "models/clip"
-    clip.mkdir(parents=True)
-    (clip / "config.json").write_text("{}")
+    _complete_layout(tmp_path, params)
+    preprocessor = tmp_path / "models/clip/preprocessor_config.json"
+    preprocessor.unlink()
     assert (
         "missing preprocessor_config.json"
         in {f.key: f.message for f in check_inputs(params, tmp_path)}["model.pretrained.clip_path"]
     )
-    (clip / "preprocessor_config.json").write_text(json.dumps({}))
-    weights = tmp_path / params.densepose.weights
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"x")
+    preprocessor.write_text(json.dumps({}))
     findings = check_inputs(params, tmp_path, cuda_available=True)
     assert not errors(findings)
     assert {f.key: f.message for f in findings}["data.ubc.train_list"].endswith("1 URLs")
