@@ -306,6 +306,3 @@ def load_iuv(path: str | Path) -> np.ndarray:
         raise _corrupt(path, err) from None
     _check_iuv_array(iuv, str(path))
     return iuv
-
-
-load_iuv_npz = load_iuv  # the former name

@@ -9,7 +9,6 @@ import queue
 import shutil
 import threading
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
