@@ -86,6 +86,19 @@ def test_launcher_without_venv_or_path_says_what_to_do(tmp_path, repo):
     assert len(lines) == 1 and "make install" in lines[0] and str(ws.resolve()) in lines[0]
 
 
+def test_launcher_without_venv_runs_the_environment_dreampose_is_installed_in(tmp_path, repo):
+    """A workspace without .venv (the Prefect tasks put their environment's bin first on PATH): the Python beside
+    the ``dreampose`` console script on PATH, not the first ``python3`` on PATH."""
+    ws = tmp_path / "ws"
+    shutil.copytree(repo / "bin", ws / "bin")
+    env = {**_plain_shell_env(), "PATH": f"{SYSTEM_PATH}:{Path(sys.executable).parent}"}  # the system python3 first
+    res = subprocess.run(
+        ["bin/python", "-c", "import sys; print(sys.prefix)"], cwd=ws, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == sys.prefix
+
+
 def test_launcher_in_an_experiment_copy_finds_the_workspace_venv(tmp_path, repo):
     """`dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps/, which has no .venv."""
     ws = tmp_path / "ws"
