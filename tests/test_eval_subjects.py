@@ -90,8 +90,8 @@ def test_cli_writes_the_protocol_subjects(tmp_path, capsys):
 
 
 def test_score_without_subjects_says_what_to_do(tmp_path):
-    from dreampose import stages
+    from dreampose.stages import score
 
     (tmp_path / "params.yaml").write_text("eval: {subjects: []}\n")
     with pytest.raises(ConfigError, match=r"eval\.subjects is empty.*dreampose eval-subjects --write"):
-        stages.score(load_params(tmp_path / "params.yaml"), tmp_path)
+        score.run(load_params(tmp_path / "params.yaml"), tmp_path)

@@ -204,5 +204,5 @@ def test_base_model_stage_from_the_cli(tmp_path, monkeypatch, repo):
     params = params.replace("vae_pretrain_steps: 800", "vae_pretrain_steps: 1")
     params = params.replace("frames:\n  height: 64\n  width: 48", "frames:\n  height: 32\n  width: 32")
     (tmp_path / "params.yaml").write_text(params)
-    assert main(["--root", str(tmp_path), "base-model"]) == 0
+    assert main(["--root", str(tmp_path), "base_model"]) == 0
     assert (tmp_path / "models/pretrained/model_index.json").is_file()

@@ -1,11 +1,14 @@
-"""The ``finetune_base`` DVC stage: ``bin/dreampose finetune-base`` runs ``run``.
+"""The ``finetune_base`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.finetune_base``, which calls ``run``.
 
 A code dep of the ``finetune_base`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +45,14 @@ def run(params: Params, root: Path) -> dict[str, Any]:
 
             mlflow.set_tag("model_dir", str(ws.base.resolve()))
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("finetune_base", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

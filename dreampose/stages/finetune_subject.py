@@ -1,11 +1,15 @@
-"""The ``finetune_subject`` DVC stage: ``bin/dreampose finetune-subject`` runs ``run``.
+"""The ``finetune_subject`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.finetune_subject --subject
+ID``, which calls ``run``.
 
-A code dep of the ``finetune_subject`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+A code dep of the ``finetune_subject`` stage only (docs/architecture.md, "Code deps"): editing it makes only that
+stage stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +49,14 @@ def run(params: Params, root: Path, subject: str) -> dict[str, Any]:
 
             mlflow.log_artifacts(str(out), artifact_path="model")
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] --subject ID [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("finetune_subject", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,14 @@
-"""The ``manifest`` DVC stage: ``bin/dreampose manifest`` runs ``run``.
+"""The ``manifest`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.manifest``, which calls ``run``.
 
 A code dep of the ``manifest`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,14 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         )
         tracking.log_summary(summary)
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("manifest", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

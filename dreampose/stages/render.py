@@ -1,11 +1,14 @@
-"""The ``render`` DVC stage: ``bin/dreampose render`` runs ``run``.
+"""The ``render`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.render --subject ID``, which calls ``run``.
 
 A code dep of the ``render`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,14 @@ def run(params: Params, root: Path, subject: str) -> dict[str, Any]:
         tracking.log_summary({k: v for k, v in summary.items() if k != "frames"}, "render/")
         tracking.log_files([out / n for n in ("video.mp4", "side_by_side.mp4", "poster.png", "render.json")], "render")
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] --subject ID [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("render", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,14 @@
-"""The ``score`` DVC stage: ``bin/dreampose score`` runs ``run``.
+"""The ``score`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.score``, which calls ``run``.
 
 A code dep of the ``score`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,14 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         for subject in params.eval.subjects:
             tracking.log_files(ws.render_videos(subject), f"videos/{subject}")
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("score", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

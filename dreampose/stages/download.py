@@ -1,11 +1,14 @@
-"""The ``download`` DVC stage: ``bin/dreampose download`` runs ``run``.
+"""The ``download`` DVC stage: dvc.yaml runs ``bin/python -m dreampose.stages.download``, which calls ``run``.
 
 A code dep of the ``download`` stage only (docs/architecture.md, "Code deps"): editing it makes only that stage
-stale (downstream stages re-run only if its outputs change).
+stale (downstream stages re-run only if its outputs change). ``main``'s argument parsing is
+``dreampose.entry``'s, an observer, not a dep.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +32,14 @@ def run(params: Params, root: Path) -> dict[str, Any]:
             summary = download_ubc(params.data.ubc, out)
         tracking.log_summary(summary)
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[--params FILE] [--root DIR] [-v]`` (``dreampose.entry``)."""
+    from dreampose.entry import stage_main
+
+    return stage_main("download", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
