@@ -66,7 +66,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from dreampose.preflight import check_inputs, errors, format_findings
+    from dreampose.tools.preflight import check_inputs, errors, format_findings
 
     findings = check_inputs(load_params(Path(args.root) / args.params), Path(args.root))
     print(format_findings(findings))
@@ -79,7 +79,7 @@ def _preflight(args: argparse.Namespace) -> int:
 def _eval_subjects(args: argparse.Namespace) -> int:
     import json
 
-    from dreampose.eval_subjects import protocol_subjects, write_eval_subjects
+    from dreampose.tools.eval_subjects import protocol_subjects, write_eval_subjects
 
     subjects = protocol_subjects(args.root, args.params)
     if args.write:
@@ -92,7 +92,7 @@ def _eval_subjects(args: argparse.Namespace) -> int:
 def _ablations(args: argparse.Namespace) -> int:
     import os
 
-    from dreampose import ablations
+    from dreampose.tools import ablations
 
     root = Path(args.root).resolve()
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -186,7 +186,7 @@ def _catalog_item(args: argparse.Namespace) -> int:
 
 
 def _remote_add(args: argparse.Namespace) -> int:
-    from dreampose.remote import add_remote
+    from dreampose.tools.remote import add_remote
 
     url = add_remote(Path(args.root), args.url, name=args.name, default=not args.not_default)
     print(f"DVC remote {args.name!r} -> {url}{'' if args.not_default else ' (default)'}; now `dvc push`")

@@ -61,7 +61,7 @@ def inspect(params: Params, root: Path) -> dict[str, Any]:
 def report(params: Params, root: Path) -> None:
     """Print our scores beside the paper's Table 1 (published figures, UBC Fashion)."""
     ws = Workspace(root)
-    from dreampose.report import report as build_report
+    from dreampose.tools.report import report as build_report
 
     print(build_report(ws.evaluation))
 

@@ -28,7 +28,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _shared_store(store, monkeypatch, tmp_path_factory):
     """One MLflow store for the module (creating one costs seconds); tests check only their own items."""
-    from dreampose.mlflow_model import CACHE_ENV
+    from dreampose.catalog.mlflow_model import CACHE_ENV
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "base_cache"))
@@ -145,7 +145,7 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
     # items; the two rebuild the pipeline.
     import json
 
-    from dreampose.mlflow_model import fetch_base
+    from dreampose.catalog.mlflow_model import fetch_base
     from dreampose.models.subject import load_subject_pipeline
 
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/model", dst_path=str(tmp_path)))
