@@ -319,19 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.set_defaults(func=_catalog_item)
 
-    cb = sub.add_parser(
-        "catalog-batch",
-        help="a CSV or a folder of photos -> one catalog-item flow run each on the running stack (make serve)",
-    )
-    cb.add_argument("batch_args", nargs=argparse.REMAINDER, help="see python -m flows.batch --help")
-    cb.set_defaults(func=_catalog_batch)
     return p
-
-
-def _catalog_batch(args: argparse.Namespace) -> int:
-    from flows.batch import main as batch_main
-
-    return batch_main(["--root", args.root, *args.batch_args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
