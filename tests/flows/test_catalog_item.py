@@ -69,20 +69,6 @@ def test_resolve_poses_directory(workspace):
     assert seq.iuv.shape == (6, 64, 48, 3) and seq.frame_ids == list(range(6)) and seq.truth is None
 
 
-def test_pure_scores():
-    import numpy as np
-
-    frames = np.zeros((3, 4, 4, 3), np.uint8)
-    frames[1] = 255
-    assert catalog.temporal_l1(frames) == pytest.approx(1.0)
-    assert catalog.temporal_l1(frames[:1]) == 0.0
-    iuv = np.zeros((3, 4, 4, 3), np.uint8)
-    iuv[:, 1:3, 1:3, 0] = 1
-    photo = np.full((4, 4, 3), 255, np.uint8)
-    # Frames 0 and 2 are black where the photo is white: distance sqrt(3); frame 1 matches.
-    assert catalog.appearance_drift(frames, iuv, photo, iuv[0]) == pytest.approx(2 * np.sqrt(3) / 3)
-
-
 def test_item_id_from_photo_name():
     assert catalog.item_id_from("https://shop.example/img/Red Dress (1).JPG?x=1", None) == "Red-Dress-1"
     assert catalog.item_id_from("/a/b/sku_42.png", "sku-42") == "sku-42"
