@@ -63,7 +63,8 @@ def test_library_never_imports_flows_or_tasks():
 def test_catalog_and_tools_are_reached_only_from_the_commands():
     """Catalog-only modules live in ``catalog/``, the commands around the pipeline in ``tools/``: no library module
     imports either (only ``cli`` and the non-DVC stages, which are commands)."""
-    allowed = {"catalog": {"catalog", "cli"}, "tools": {"tools", "cli", "stages"}}
+    # mlflow_model: the old import path that models registered before the move pickled (an alias, imported by none)
+    allowed = {"catalog": {"catalog", "cli", "mlflow_model"}, "tools": {"tools", "cli", "stages"}}
     bad = {
         (mod, target)
         for mod in modules()
@@ -71,6 +72,7 @@ def test_catalog_and_tools_are_reached_only_from_the_commands():
         if unit(target) in allowed and unit(mod) not in allowed[unit(target)]
     }
     assert not bad, f"library code imports catalog/ or tools/: {sorted(bad)}"
+    assert not [mod for mod in modules() if "dreampose.mlflow_model" in imports(mod)]
 
 
 def test_metrics_is_a_leaf():
