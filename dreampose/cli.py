@@ -61,7 +61,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from dreampose.preflight import check_inputs, errors, format_findings
+    from dreampose.tools.preflight import check_inputs, errors, format_findings
 
     findings = check_inputs(load_params(Path(args.root) / args.params), Path(args.root))
     print(format_findings(findings))
@@ -74,7 +74,7 @@ def _preflight(args: argparse.Namespace) -> int:
 def _eval_subjects(args: argparse.Namespace) -> int:
     import json
 
-    from dreampose.eval_subjects import protocol_subjects, write_eval_subjects
+    from dreampose.tools.eval_subjects import protocol_subjects, write_eval_subjects
 
     subjects = protocol_subjects(args.root, args.params)
     if args.write:
@@ -87,7 +87,7 @@ def _eval_subjects(args: argparse.Namespace) -> int:
 def _ablations(args: argparse.Namespace) -> int:
     import os
 
-    from dreampose import ablations
+    from dreampose.tools import ablations
 
     root = Path(args.root).resolve()
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -181,7 +181,7 @@ def _catalog_item(args: argparse.Namespace) -> int:
 
 
 def _remote_add(args: argparse.Namespace) -> int:
-    from dreampose.remote import add_remote
+    from dreampose.tools.remote import add_remote
 
     url = add_remote(Path(args.root), args.url, name=args.name, default=not args.not_default)
     print(f"DVC remote {args.name!r} -> {url}{'' if args.not_default else ' (default)'}; now `dvc push`")
@@ -211,7 +211,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """Our scores beside the paper's Table 1 (published figures, UBC Fashion)."""
-    from dreampose.report import report
+    from dreampose.tools.report import report
 
     print(report(Workspace(Path(args.root)).evaluation))
     return 0
@@ -335,19 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.set_defaults(func=_catalog_item)
 
-    cb = sub.add_parser(
-        "catalog-batch",
-        help="a CSV or a folder of photos -> one catalog-item flow run each on the running stack (make serve)",
-    )
-    cb.add_argument("batch_args", nargs=argparse.REMAINDER, help="see python -m flows.batch --help")
-    cb.set_defaults(func=_catalog_batch)
     return p
-
-
-def _catalog_batch(args: argparse.Namespace) -> int:
-    from flows.batch import main as batch_main
-
-    return batch_main(["--root", args.root, *args.batch_args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The stack's pieces without servers: batch input, secrets, the worker supervisor, the orphan watchdog."""
+"""The stack's pieces without servers: secrets, the worker supervisor, the orphan watchdog."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows import REPO, batch, recovery, serve
+from flows import REPO, recovery, serve
 from flows.stack import (
     Stack,
     automation_specs,
@@ -22,35 +22,6 @@ from flows.stack import (
     reap_orphans,
     secret,
 )
-from tests.flows.conftest import person_photo
-
-
-def test_read_batch_csv_and_folder(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    person_photo(photos / "shirt-a.png")
-    person_photo(photos / "shirt-b.png", (200, 40, 40))
-    (photos / "notes.txt").write_text("not a photo")
-    items = batch.read_batch(photos, poses="poses")
-    assert [i["item_id"] for i in items] == ["shirt-a", "shirt-b"]
-    assert all(i["poses"] == "poses" for i in items)
-    with pytest.raises(ValueError, match="needs --poses"):
-        batch.read_batch(photos)
-
-    csv_file = tmp_path / "items.csv"
-    csv_file.write_text("photo,poses,item_id\nphotos/shirt-a.png,syn_test_000,sku-1\nphotos/shirt-b.png,poses,\n")
-    items = batch.read_batch(csv_file)
-    assert [(i["item_id"], i["poses"]) for i in items] == [("sku-1", "syn_test_000"), ("shirt-b", "poses")]
-    assert items[0]["photo"] == str(photos / "shirt-a.png")  # relative to the CSV
-
-    csv_file.write_text("photo,poses,item_id\na.png,p,x\nb.png,p,x\n")
-    with pytest.raises(ValueError, match="unique"):
-        batch.read_batch(csv_file)
-    csv_file.write_text("photo\na.png\n")
-    with pytest.raises(ValueError, match="poses"):
-        batch.read_batch(csv_file)
-    with pytest.raises(FileNotFoundError):
-        batch.read_batch(tmp_path / "missing.csv")
 
 
 def test_secret_from_env_file_or_generated(tmp_path):

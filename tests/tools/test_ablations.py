@@ -8,11 +8,11 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from dreampose import ablations
-from dreampose.ablations import VARIANTS, collect, exp_run_command, format_table, hydra_literal, set_args
 from dreampose.config import load_params
+from dreampose.tools import ablations
+from dreampose.tools.ablations import VARIANTS, collect, exp_run_command, format_table, hydra_literal, set_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
 
 

@@ -1,14 +1,17 @@
-"""The frames and densepose stages on a Dask cluster write exactly the bytes of the in-process run."""
+"""``dreampose.cluster``: the frames and densepose stages on a Dask cluster write exactly the bytes of the
+in-process run; results come back in job order, a worker's failure with its own type; each worker gets its
+device."""
 
 from __future__ import annotations
 
 import filecmp
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
-from dreampose.cluster import connect, device_for_worker
+from dreampose.cluster import connect, device_for_worker, map_ordered
 from dreampose.config import ClusterConfig, ConfigError, DensePoseConfig, FramesConfig, SyntheticConfig, parse_params
 from dreampose.data.densepose import run_densepose
 from dreampose.data.frames import extract_frames
@@ -131,3 +134,35 @@ def test_cluster_address_is_validated(address):
     with pytest.raises(ConfigError, match=r"cluster\.address"):
         parse_params({"cluster": {"address": address}})
     assert parse_params({"cluster": {"address": "tcp://10.1.2.3:8786"}}).cluster.address == "tcp://10.1.2.3:8786"
+
+
+_LAST_DONE = threading.Event()
+
+
+def _square(x: int) -> int:
+    """Job 0 finishes only after job 3 (in-process workers share this event): completion order is not job order."""
+    if x == 0:
+        assert _LAST_DONE.wait(60)
+    if x < 0:
+        raise KeyError(f"job {x}")
+    if x == 3:
+        _LAST_DONE.set()
+    return x * x
+
+
+def test_map_ordered_returns_in_job_order_and_raises_the_first_failure():
+    from distributed import Client, LocalCluster
+
+    with connect(ClusterConfig(address=None)) as none:
+        assert none is None  # the default: the work stays in this process
+    _LAST_DONE.clear()
+    with (
+        LocalCluster(n_workers=4, threads_per_worker=1, processes=False, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
+        done: list[int] = []
+        jobs = [(x,) for x in range(4)]
+        assert map_ordered(c, _square, jobs, on_done=lambda fut: done.append(fut.result())) == [0, 1, 4, 9]
+        assert sorted(done) == [0, 1, 4, 9] and done.index(9) < done.index(0)
+        with pytest.raises(KeyError, match="job -1"):
+            map_ordered(c, _square, [(2,), (-1,), (3,)])

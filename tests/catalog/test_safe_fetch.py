@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from dreampose import catalog
+from dreampose.catalog.safe_fetch import BlockedUrlError, UrlPolicy, blocked_reason, check_url, fetch_url
 from dreampose.config import ConfigError, parse_params
-from dreampose.safe_fetch import BlockedUrlError, UrlPolicy, blocked_reason, check_url, fetch_url
 
 PNG = b"\x89PNG fake body"
 

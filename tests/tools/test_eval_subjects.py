@@ -8,7 +8,7 @@ import yaml
 
 from dreampose import cli
 from dreampose.config import ConfigError, load_params
-from dreampose.eval_subjects import fill_eval_subjects, set_eval_subjects_text, write_eval_subjects
+from dreampose.tools.eval_subjects import fill_eval_subjects, set_eval_subjects_text, write_eval_subjects
 
 PARAMS = """\
 # demo params: comments must survive

@@ -8,7 +8,7 @@ import pytest
 
 from dreampose import cli
 from dreampose.config import Params, load_params
-from dreampose.preflight import PreflightError, check_inputs, errors, require_inputs
+from dreampose.tools.preflight import PreflightError, check_inputs, errors, require_inputs
 from tests.conftest import REPO
 
 

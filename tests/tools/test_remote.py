@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dreampose.remote import add_remote, normalize_url
+from dreampose.tools.remote import add_remote, normalize_url
 from tests.flows.conftest import TINY_PARAMS, make_dvc_repo
 
 # The stages stand in for the real pipeline's upstream: each appends its name to ran.log beside the repos,

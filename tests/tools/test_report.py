@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dreampose.report import PAPER_TABLE1, eye_rows, format_report, report
+from dreampose.tools.report import PAPER_TABLE1, eye_rows, format_report, report
 
 
 def test_report_puts_published_rows_beside_ours(tmp_path):
