@@ -6,8 +6,10 @@ going to 640 × 512 loses a few rows top and bottom; a landscape one loses its s
 The DensePose stage reuses ``resize_center_crop(..., nearest=True)`` so IUV maps line up
 with the frames pixel for pixel.
 
-Decoding runs on the calling thread while a pool of ``cfg.workers`` threads resizes, encodes and
-writes the JPEGs (PIL releases the GIL for all three), so decoding never waits for the encoder.
+``cfg.workers`` videos decode at once (decord decodes on its own thread; each video's thread copies the frame
+out of one reused buffer into a PIL image) while a pool of ``cfg.workers`` threads resizes, encodes and writes
+the JPEGs (PIL releases the GIL for all three), so decoding never waits for the encoder. Beside decode + resize,
+a frame costs its JPEG encode and one file creation, little else (see docs/scaling.md, "Frame extraction").
 Unreadable videos are quarantined (``quarantine.json``), not fatal, unless none is readable.
 """
 
@@ -46,7 +48,7 @@ INDEX_SCHEMA = pa.schema(
         ("height", pa.int32()),
     ]
 )
-_MAX_PENDING = 64  # decoded frames waiting for the encoders, per decoding video, at most
+_MAX_PENDING = 64  # decoded frames (RGBX PIL images) waiting for the encoders, per decoding video, at most
 _CHUNK = 8  # frames per encoder task
 
 
