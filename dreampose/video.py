@@ -188,9 +188,9 @@ def iter_video(
     Sequential ``next()`` decoding is used instead of ``get_batch`` (which fails outright on the
     padded-row widths ``as_rgb`` repairs) and is as fast as seeking, since H.264 frames
     depend on their predecessors anyway. ``reader`` reuses one from ``open_video``.
-    ``reuse=True`` copies every frame into one array, overwritten by the next frame (the consumer copies what
-    it keeps): a fresh array per frame is fresh memory the kernel faults in and zeroes page by page, which on a
-    worker thread, where glibc returns freed buffers to the kernel, is half the page faults of the frames stage.
+    ``reuse=True`` copies every frame into one array, overwritten by the next frame (for a consumer that copies
+    what it keeps, as the frames stage does into a PIL image): no fresh array per frame to allocate and fault in
+    (~0.03 ms of a decoding thread's 0.3 ms per 256 × 192 frame here).
     """
     path = Path(path)
     vr = reader if reader is not None else _open_reader(path)
