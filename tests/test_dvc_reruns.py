@@ -83,7 +83,7 @@ def _edit(ws: Path, module: str) -> str:
         ("dreampose/stages.py", set()),  # the name -> stage lookup
         ("dreampose/cli.py", set()),  # argument parsing
         ("dreampose/models/adapter.py", {"base_model", "finetune_base", "finetune_subject", "render", "score"}),
-        ("dreampose/evaluate.py", {"score"}),
+        ("dreampose/evaluate/scoring.py", {"score"}),
         ("dreampose/render.py", {"render", "score"}),  # score renders its baselines with it
     ],
 )
