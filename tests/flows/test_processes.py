@@ -52,7 +52,7 @@ def test_running_stops_everything_on_error(tmp_path):
     assert procs[0].poll() == -signal.SIGTERM
 
 
-def test_wait_healthy_reports_a_dead_server():
+def test_wait_answering_reports_a_dead_server():
     proc = processes.spawn([sys.executable, "-c", "raise SystemExit(3)"], os.environ)
     proc.wait()
     with pytest.raises(RuntimeError, match="exited with code 3"):
