@@ -84,7 +84,7 @@ def _edit(ws: Path, module: str) -> str:
         ("dreampose/entry.py", set()),  # a stage's argument parsing
         ("dreampose/cli.py", set()),  # the user-facing commands
         ("dreampose/models/adapter.py", {"base_model", "finetune_base", "finetune_subject", "render", "score"}),
-        ("dreampose/evaluate.py", {"score"}),
+        ("dreampose/evaluate/scoring.py", {"score"}),
         ("dreampose/render.py", {"render", "score"}),  # score renders its baselines with it
     ],
 )

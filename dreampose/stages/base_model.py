@@ -20,6 +20,7 @@ from dreampose.layout import Workspace
 def run(params: Params, root: Path) -> dict[str, Any]:
     """``models/pretrained``: the base DreamPosePipeline (tiny, VAE pre-trained on the frames; or SD v1.x)."""
     ws = Workspace(root)
+    from dreampose.metrics.pixel import reconstruction_scores
     from dreampose.models.builders import build_base_model
 
     model_params = {**params.model.model_dump(), "seed": params.seed, "height": params.frames.height}
@@ -34,6 +35,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
             height=params.frames.height,
             width=params.frames.width,
             root=root,
+            score=reconstruction_scores,
         )
         tracking.log_summary(summary)
     return summary

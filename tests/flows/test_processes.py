@@ -1,4 +1,5 @@
-"""Process-group control for the local stack: a child that ignores SIGTERM is still ended."""
+"""Process-group control for the stack (``flows.processes``): a child that ignores SIGTERM is still ended; the wait
+for a server gives up when the server dies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import serve
+from flows import processes
 
 IGNORES_TERM = (
     "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -31,12 +32,12 @@ def test_stop_ends_the_whole_group_even_if_it_ignores_sigterm(tmp_path):
     log = tmp_path / "child.log"
     # The leader exits on SIGTERM but leaves a grandchild that ignores it, as a worker's flow runs may.
     script = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {IGNORES_TERM!r}]); time.sleep(60)"
-    proc = serve.spawn([sys.executable, "-c", script], os.environ, log)
+    proc = processes.spawn([sys.executable, "-c", script], os.environ, log)
     t0 = time.monotonic()
     while not log.read_text().strip() and time.monotonic() - t0 < 20:
         time.sleep(0.05)
     grandchild = int(log.read_text().split()[0])
-    assert serve.stop(proc, grace_s=1.0) is not None
+    assert processes.stop(proc, grace_s=1.0) is not None
     t0 = time.monotonic()
     while not _gone(grandchild) and time.monotonic() - t0 < 5:
         time.sleep(0.05)
@@ -45,14 +46,14 @@ def test_stop_ends_the_whole_group_even_if_it_ignores_sigterm(tmp_path):
 
 def test_running_stops_everything_on_error(tmp_path):
     procs = []
-    with pytest.raises(RuntimeError, match="boom"), serve.running(procs, grace_s=1.0):
-        procs.append(serve.spawn([sys.executable, "-c", "import time; time.sleep(60)"], os.environ))
+    with pytest.raises(RuntimeError, match="boom"), processes.running(procs, grace_s=1.0):
+        procs.append(processes.spawn([sys.executable, "-c", "import time; time.sleep(60)"], os.environ))
         raise RuntimeError("boom")
     assert procs[0].poll() == -signal.SIGTERM
 
 
-def test_wait_healthy_reports_a_dead_server():
-    proc = serve.spawn([sys.executable, "-c", "raise SystemExit(3)"], os.environ)
+def test_wait_answering_reports_a_dead_server():
+    proc = processes.spawn([sys.executable, "-c", "raise SystemExit(3)"], os.environ)
     proc.wait()
     with pytest.raises(RuntimeError, match="exited with code 3"):
-        serve.wait_healthy("http://127.0.0.1:9/api", timeout_s=5, proc=proc)
+        processes.wait_answering("http://127.0.0.1:9/api/health", proc, timeout_s=5, codes={200})
