@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from dreampose import review_page as rp
+from dreampose.catalog import review_page as rp
 from tests.browser import body_data, dump_dom
 
 

@@ -7,7 +7,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from flows import batch
 from tests.flows.conftest import person_photo
@@ -43,16 +42,16 @@ def test_read_batch_csv_and_folder(tmp_path):
 
 def _deployment(api: str, flow: str = "catalog-item", name: str = "catalog-item") -> str:
     """A deployment on the server (no work pool: its runs stay scheduled until a test sets their state)."""
-    flow_id = requests.post(f"{api}/flows/", json={"name": flow}, timeout=60).json()["id"]
-    res = requests.post(f"{api}/deployments/", json={"name": name, "flow_id": flow_id}, timeout=60)
+    # batch._call: the test's own calls ride out a busy server's 503s (its sqlite locked on a loaded machine) as
+    # the command's calls do
+    flow_id = batch._call("POST", f"{api}/flows/", json={"name": flow}).json()["id"]
+    res = batch._call("POST", f"{api}/deployments/", json={"name": name, "flow_id": flow_id})
     res.raise_for_status()
     return res.json()["id"]
 
 
 def _set_state(api: str, run_id: str, state: str) -> None:
-    res = requests.post(
-        f"{api}/flow_runs/{run_id}/set_state", json={"state": {"type": state}, "force": True}, timeout=60
-    )
+    res = batch._call("POST", f"{api}/flow_runs/{run_id}/set_state", json={"state": {"type": state}, "force": True})
     res.raise_for_status()
 
 
@@ -72,7 +71,7 @@ def test_submit_and_wait_on_a_prefect_server(tmp_path, prefect_harness, capsys):
     ids = batch.submit(items, api, str(tmp_path), deployment="batch-test/items")
     assert len(set(ids)) == 2
     for item, run_id in zip(items, ids, strict=True):  # one run per item, in item order, with the item's parameters
-        run = requests.get(f"{api}/flow_runs/{run_id}", timeout=60).json()
+        run = batch._call("GET", f"{api}/flow_runs/{run_id}").json()
         assert run["deployment_id"] == dep_id and run["name"] == f"item-{item['item_id']}"
         assert run["parameters"] == {**item, "root": str(tmp_path)}
     assert batch.states(api, ids) == {i: "SCHEDULED" for i in ids}
