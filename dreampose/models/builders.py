@@ -54,6 +54,20 @@ def sd_v1_scheduler(prediction_type: str) -> DDIMScheduler:
     )
 
 
+def init_posterior_logvar(vae: AutoencoderKL, logvar: float) -> None:
+    """Shift the bias of the log-variance half of ``vae.quant_conv`` (the posterior's moments) by ``logvar``.
+
+    A fresh VAE's posterior has std ~1 while its means are ~0.1: the sampled latent is noise until training has
+    shrunk the variance. At ``logvar`` < 0 the latent starts at std ``exp(logvar / 2)``."""
+    if logvar == 0:
+        return
+    conv = vae.quant_conv
+    if conv is None or conv.bias is None:
+        raise ValueError("the VAE has no quant_conv bias to initialise the posterior's log-variance with")
+    with torch.no_grad():
+        conv.bias[vae.config.latent_channels :] += logvar
+
+
 def build_tiny_components(
     cfg: TinyModelConfig,
     height: int,
@@ -65,7 +79,8 @@ def build_tiny_components(
 ) -> dict[str, Any]:
     """Small seeded VAE / UNet / CLIP vision model / adapter / DDIM scheduler for ``height x width`` frames.
 
-    The VAE downsamples by ``2 ** (len(vae_channels) - 1)``; the UNet takes ``4 + pose_channels`` inputs.
+    The VAE downsamples by ``2 ** (len(vae_channels) - 1)`` into ``vae_latent_channels`` channels; the UNet takes
+    ``vae_latent_channels + pose_channels`` inputs. The posterior's log-variance starts at ``vae_logvar_init``.
     ``image_tokens`` (``clip_vae`` | ``clip``) is the adapter's; the weights do not depend on it.
     Returns the keyword arguments of ``DreamPosePipeline``.
     """
@@ -77,6 +92,7 @@ def build_tiny_components(
     clip_size = (min(height, width) // cfg.clip_patch) * cfg.clip_patch
     if clip_size < cfg.clip_patch:
         raise ValueError(f"frames {height}x{width} are smaller than one CLIP patch ({cfg.clip_patch})")
+    latent = cfg.vae_latent_channels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(
@@ -86,16 +102,17 @@ def build_tiny_components(
             up_block_types=("UpDecoderBlock2D",) * n_vae,
             block_out_channels=tuple(cfg.vae_channels),
             layers_per_block=1,
-            latent_channels=4,
+            latent_channels=latent,
             norm_num_groups=groups,
             sample_size=max(height, width),
         )
+        init_posterior_logvar(vae, cfg.vae_logvar_init)
         n_unet = len(cfg.unet_channels)
         heads = max(1, cfg.unet_channels[0] // 16)
         unet = UNet2DConditionModel(
             sample_size=(height // factor, width // factor),
-            in_channels=4,
-            out_channels=4,
+            in_channels=latent,
+            out_channels=latent,
             down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
             block_out_channels=tuple(cfg.unet_channels),
@@ -119,7 +136,7 @@ def build_tiny_components(
         adapter = ImagePoseAdapter(
             clip_dim=cfg.clip_hidden,
             cross_attention_dim=cfg.cross_attention_dim,
-            latent_channels=4,
+            latent_channels=latent,
             patch_size=ADAPTER_PATCH,
             image_tokens=image_tokens,
         )

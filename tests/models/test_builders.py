@@ -62,6 +62,32 @@ def test_tiny_components_are_seeded():
         build_tiny_components(TEST_CFG, 30, 32)
 
 
+def test_vae_latent_channels_reach_the_unet_and_the_adapter():
+    cfg = TEST_CFG.model_copy(update={"vae_latent_channels": 8})
+    pipe = DreamPosePipeline(**build_tiny_components(cfg, 32, 32, "v_prediction", seed=0))
+    assert pipe.latent_channels == 8 and pipe.pose_channels == 10
+    assert pipe.unet.config.in_channels == 18 and pipe.unet.config.out_channels == 8
+    assert pipe.adapter.config.latent_channels == 8
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    poses = torch.rand(2, 10, 32, 32, generator=torch.Generator().manual_seed(3))
+    frames = pipe(image, poses, num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (2, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_vae_logvar_init_starts_the_posterior_nearly_noise_free():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        default = build_tiny_components(TEST_CFG, 32, 32, seed=0)["vae"].encode(x).latent_dist
+        cfg = TEST_CFG.model_copy(update={"vae_logvar_init": -6.0})
+        low = build_tiny_components(cfg, 32, 32, seed=0)["vae"].encode(x).latent_dist
+    assert default.std.mean() > 0.5  # a fresh VAE samples its latent at std ~1
+    assert torch.allclose(low.std, default.std * np.exp(-3.0), rtol=1e-4)  # log-variance shifted by -6
+    assert torch.equal(low.mean, default.mean)  # the means are untouched
+    with pytest.raises(ValueError, match="less than or equal to 0"):
+        TinyModelConfig(vae_logvar_init=1.0)
+
+
 def _write_sd_layout(root: Path) -> tuple[Path, Path]:
     """A tiny Stable Diffusion v1.x diffusers directory and a tiny CLIP vision directory."""
     sd, clip = root / "sd", root / "clip"
