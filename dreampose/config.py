@@ -165,6 +165,9 @@ class TinyModelConfig(_Strict):
     vae_pretrain_steps: int = Field(600, ge=0)
     vae_batch_size: int = Field(8, ge=1)
     vae_lr: float = Field(1e-3, gt=0)
+    vae_grad_weight: float = Field(
+        0.0, ge=0.0, description="weight of the edge term (L1 of neighbour differences) in the VAE pre-training loss"
+    )
     vae_latent_channels: int = Field(
         4, ge=1, description="VAE latent channels; the UNet's input/output and the adapter's VAE tokens follow"
     )

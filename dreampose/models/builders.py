@@ -242,6 +242,14 @@ def _ssim_torch(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tens
     return (num / den).mean()
 
 
+def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the horizontal and vertical neighbour differences of ``x`` and ``y`` (B, C, H, W):
+    an edge term, 0 for equal images and for images that differ by a constant, large for a blurred pattern."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
 def load_frames(frames_index_path: Path, root: Path, split: str | None = None) -> torch.Tensor:
     """All frames listed in a frames index (``path`` relative to ``root``) as ``(N, 3, H, W)`` in [-1, 1]."""
     import pandas as pd
@@ -298,8 +306,10 @@ def pretrain_tiny_vae(
     seed: int = 0,
     kl_weight: float = 1e-6,
     ssim_weight: float = 0.2,
+    grad_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Train ``vae`` to reconstruct the train-split frames (L1 + ``ssim_weight`` (1 - SSIM) + a tiny KL).
+    """Train ``vae`` to reconstruct the train-split frames (L1 + ``ssim_weight`` (1 - SSIM) + ``grad_weight``
+    ``gradient_l1`` + a tiny KL).
 
     Afterwards ``scaling_factor`` is set to 1 / std of the latents (as Stable Diffusion's 0.18215 was
     chosen), so the diffusion model sees unit-variance latents. Returns reconstruction L1 / SSIM on
@@ -327,6 +337,8 @@ def pretrain_tiny_vae(
         loss = F.l1_loss(recon, x) + kl_weight * dist.kl().mean()
         if ssim_weight:
             loss = loss + ssim_weight * (1 - _ssim_torch((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2))
+        if grad_weight:
+            loss = loss + grad_weight * gradient_l1(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -402,6 +414,7 @@ def build_base_model(
             batch_size=cfg.tiny.vae_batch_size,
             lr=cfg.tiny.vae_lr,
             seed=seed,
+            grad_weight=cfg.tiny.vae_grad_weight,
         )
         summary.update(metrics)
     else:

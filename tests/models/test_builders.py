@@ -21,6 +21,7 @@ from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
 from dreampose.models.builders import (
     build_base_model,
     build_tiny_components,
+    gradient_l1,
     load_pretrained_components,
     pretrain_tiny_vae,
 )
@@ -195,6 +196,23 @@ def test_vae_pretraining_improves_reconstruction(tmp_path):
     assert after["recon_l1"] < 0.7 * before["recon_l1"]
     assert after["recon_ssim"] > before["recon_ssim"]
     assert vae.config.scaling_factor == pytest.approx(1 / after["latent_std"])
+
+
+def test_gradient_l1_sees_a_lost_pattern_not_a_colour_shift():
+    checks = ((torch.arange(6)[:, None] + torch.arange(4)[None, :]) % 2).float().expand(1, 3, 6, 4)
+    assert float(gradient_l1(checks, checks + 0.3)) == pytest.approx(0.0, abs=1e-6)  # same edges, other colour
+    assert float(gradient_l1(checks, torch.full_like(checks, 0.5))) == pytest.approx(2.0)  # blurred: every edge lost
+    assert float(gradient_l1(checks, 0.5 + 0.5 * checks)) == pytest.approx(1.0)  # half the contrast: half the term
+
+
+def test_vae_pretraining_takes_the_edge_term(tmp_path):
+    frames = _write_frames(tmp_path)
+    runs = []
+    for w in (0.0, 1.0):
+        vae = build_tiny_components(TEST_CFG, 32, 32)["vae"]
+        pretrain_tiny_vae(vae, frames / "index.parquet", tmp_path, steps=2, batch_size=2, grad_weight=w)
+        runs.append(vae.decoder.conv_out.weight.detach().clone())
+    assert not torch.equal(*runs)  # the term reaches the gradients
 
 
 def test_build_base_model_writes_a_loadable_pipeline_atomically(tmp_path):
