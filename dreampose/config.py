@@ -165,6 +165,12 @@ class TinyModelConfig(_Strict):
     vae_pretrain_steps: int = Field(600, ge=0)
     vae_batch_size: int = Field(8, ge=1)
     vae_lr: float = Field(1e-3, gt=0)
+    vae_norm_groups: int | None = Field(
+        None,
+        ge=1,
+        description="GroupNorm groups of the VAE (must divide every vae_channels entry); null = the UNet's (the gcd "
+        "of all channels and 8). Each group's mean is removed per image, so many groups cost the decoder the colours",
+    )
     vae_grad_weight: float = Field(
         0.0, ge=0.0, description="weight of the edge term (L1 of neighbour differences) in the VAE pre-training loss"
     )

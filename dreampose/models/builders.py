@@ -93,6 +93,11 @@ def build_tiny_components(
     if clip_size < cfg.clip_patch:
         raise ValueError(f"frames {height}x{width} are smaller than one CLIP patch ({cfg.clip_patch})")
     latent = cfg.vae_latent_channels
+    vae_groups = cfg.vae_norm_groups or groups
+    if any(c % vae_groups for c in cfg.vae_channels):
+        raise ValueError(
+            f"model.tiny.vae_norm_groups {vae_groups} must divide every vae_channels entry {cfg.vae_channels}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(
@@ -103,7 +108,7 @@ def build_tiny_components(
             block_out_channels=tuple(cfg.vae_channels),
             layers_per_block=1,
             latent_channels=latent,
-            norm_num_groups=groups,
+            norm_num_groups=vae_groups,
             sample_size=max(height, width),
         )
         init_posterior_logvar(vae, cfg.vae_logvar_init)

@@ -76,6 +76,16 @@ def test_vae_latent_channels_reach_the_unet_and_the_adapter():
     assert frames.shape == (2, 32, 32, 3) and np.isfinite(frames).all()
 
 
+def test_vae_norm_groups_are_the_vaes_own():
+    comps = build_tiny_components(TEST_CFG.model_copy(update={"vae_norm_groups": 1}), 32, 32, seed=0)
+    vae_norms = [m.num_groups for m in comps["vae"].modules() if isinstance(m, torch.nn.GroupNorm)]
+    unet_norms = {m.num_groups for m in comps["unet"].modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert vae_norms and set(vae_norms) == {1}
+    assert unet_norms == {8}  # the UNet keeps the shared rule
+    with pytest.raises(ValueError, match="vae_norm_groups 3 must divide"):
+        build_tiny_components(TEST_CFG.model_copy(update={"vae_norm_groups": 3}), 32, 32)
+
+
 def test_vae_logvar_init_starts_the_posterior_nearly_noise_free():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
