@@ -255,7 +255,7 @@ def test_base_model_stage_from_the_cli(tmp_path, monkeypatch, repo):
     monkeypatch.setenv("DREAMPOSE_NO_MLFLOW", "1")
     _write_frames(tmp_path, n_train=4, n_test=2)
     params = (repo / "params.yaml").read_text()
-    params = params.replace("vae_pretrain_steps: 800", "vae_pretrain_steps: 1")
+    params = params.replace("vae_pretrain_steps: 1200", "vae_pretrain_steps: 1")
     params = params.replace("frames:\n  height: 64\n  width: 48", "frames:\n  height: 32\n  width: 32")
     (tmp_path / "params.yaml").write_text(params)
     assert main(["--root", str(tmp_path), "base-model"]) == 0
