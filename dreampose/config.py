@@ -169,7 +169,7 @@ class TinyModelConfig(_Strict):
         None,
         ge=1,
         description="GroupNorm groups of the VAE (must divide every vae_channels entry); null = the UNet's (the gcd "
-        "of all channels and 8). Each group's mean is removed per image, so many groups cost the decoder the colours",
+        "of all channels and 8)",
     )
     vae_grad_weight: float = Field(
         0.0, ge=0.0, description="weight of the edge term (L1 of neighbour differences) in the VAE pre-training loss"
