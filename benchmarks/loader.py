@@ -5,7 +5,10 @@ frames ``0..t``), pixels and poses through the old float passes (:func:`old_data
 training process, as the loop did before its DataLoader. Ours: the frame-indexed archives of
 ``dreampose.io.write_iuv_archive`` through ``dreampose.training.data.train_batches`` with 0 and with
 ``--workers`` DataLoader workers. Every item decodes both JPEGs (input photo, target frame) and its 5-frame pose
-window at 640x512, exactly as ``PairDataset`` does in ``finetune_base``.
+window at 640x512, exactly as ``PairDataset`` does in ``finetune_base``. Ours ships items compact (uint8 pixels
+and IUV window, as ``train_batches`` yields them, pinned for the copy to a GPU); their expansion to float32 runs
+on the training device (``training.data.to_device``), so it is not in the rate; its cost when that device is
+this CPU is measured on its own (``expand_on_cpu_ms_per_item``).
 
 The three run in interleaved rounds (order alternating); the ratio is the median of the per-round ratios
 (ours with workers / old). CPU seconds per item (all processes, workers included) are recorded beside the
@@ -149,10 +152,27 @@ def _ours_items_per_s(ds, n: int, first_step: int, batch: int, workers: int) -> 
     return steps * batch / (t2 - t1), (_cpu_s() - c0) / ((steps + 1) * batch), t1 - t0
 
 
-def _item_ms(ds, index: int) -> float:
+def _item_ms(ds, index: int, compact: bool) -> float:
+    """One item as the training feed makes it (ours: the compact item a worker ships; old: the float item)."""
     t0 = time.perf_counter()
-    ds[index]
+    ds.compact_item(index, 0, 0) if compact else ds[index]
     return 1000 * (time.perf_counter() - t0)
+
+
+def _expand_ms_per_item(ds, batch: int, reps: int = 5) -> float:
+    """Milliseconds per item of ``to_device`` (the float32 expansion) on the CPU, median of ``reps`` batches."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from dreampose.training.data import to_device
+
+    host = default_collate([ds.compact_item(i, 0, 0) for i in range(batch)])
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        to_device(host, torch.device("cpu"))
+        times.append(1000 * (time.perf_counter() - t0) / batch)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -210,11 +230,12 @@ def main() -> None:
     for rep in range(3):
         for i0, i1 in zip(at0, atn, strict=True):
             for last in (0, 1) if rep % 2 == 0 else (1, 0):
-                edge[("ours", last)].append(_item_ms(ds["edge_ours"], i1 if last else i0))
+                edge[("ours", last)].append(_item_ms(ds["edge_ours"], i1 if last else i0, True))
     for i0, i1 in zip(at0, atn, strict=True):  # the old path once (~2 s an item at the last frame)
         for last in (0, 1):
-            edge[("old", last)].append(_item_ms(ds["edge_old"], i1 if last else i0))
+            edge[("old", last)].append(_item_ms(ds["edge_old"], i1 if last else i0, False))
     med = {k: statistics.median(v) for k, v in edge.items()}
+    expand_ms = _expand_ms_per_item(ds["ours"], args.batch)
     run_s = time.perf_counter() - t_run
 
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -227,7 +248,8 @@ def main() -> None:
         {"videos": args.videos, "frames_per_video": args.frames, "height": H, "width": W, "pose_window": WINDOW,
          "batch_size": args.batch, "workers": args.workers, "rounds": args.rounds,
          "items_per_round": {"old": args.old_items, "ours_0_workers": args.items // 2, "ours_workers": args.items},
-         "item": "both JPEGs decoded + 5-frame IUV window + uv_to_model, float32 640x512 (PairDataset)",
+         "item": "both JPEGs decoded + 5-frame IUV window at 640x512 (PairDataset); old: float32 (uv_to_model "
+                 "in the loader), ours: uint8 as the workers ship it, float32 on the training device",
          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         {"items_per_s": r2(statistics.median(old)), "items_per_s_all": [r2(x) for x in old],
          "item_ms_frame_0": r2(med[("old", 0)]), "item_ms_last_frame": r2(med[("old", 1)]),
@@ -240,7 +262,8 @@ def main() -> None:
          "last_over_first_frame": r2(med[("ours", 1)] / med[("ours", 0)]),
          "archive_mb_per_video": r2(new_bytes / 2**20),
          "cpu_ms_per_item": r2(statistics.median(cpu["oursw"])),
-         "cpu_ms_per_item_0_workers": r2(statistics.median(cpu["ours0"]))},
+         "cpu_ms_per_item_0_workers": r2(statistics.median(cpu["ours0"])),
+         "expand_on_cpu_ms_per_item": r2(expand_ms)},
         statistics.median(ratios),
         paired_ratios=[r2(x) for x in ratios],
         cpu_ratio_old_over_ours=r2(statistics.median(cpu["old"]) / statistics.median(cpu["oursw"])),

@@ -22,7 +22,7 @@ import torch
 from benchmarks.common import emit
 from benchmarks.render import naive_render
 from dreampose.config import load_params
-from dreampose.evaluate import load_subject, subject_poses
+from dreampose.evaluate.subjects import load_subject, subject_poses
 from dreampose.layout import Workspace
 from dreampose.metrics.pixel import l1, ssim
 from dreampose.models.subject import load_subject_pipeline

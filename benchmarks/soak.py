@@ -55,7 +55,7 @@ def _items(tmp: Path, n: int) -> list[dict[str, str]]:
 
 def _kill(sup, kind: str, rng: random.Random, n_super: int, log: list[dict]) -> bool:
     """One kill of ``kind``; False when there was nothing of that kind to kill right now."""
-    from flows.stack import descendants
+    from flows.processes import descendants
 
     t = round(time.monotonic(), 1)
     if kind in ("flow_run", "worker"):
@@ -175,7 +175,7 @@ def _flow_runs(api: str, ids: list[str]) -> list[dict]:
 
 def _zombies() -> int:
     """Zombie children of this process (what a stop failed to reap)."""
-    from flows.stack import children_of
+    from flows.processes import children_of
 
     n = 0
     for pid in children_of(os.getpid()):

@@ -71,8 +71,10 @@ def throughput(ws: Path, state: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     """Batches of ``N`` items with the pool's concurrency at 1 and at 2, interleaved (ABBA order per pair of
     rounds) on one running stack of two workers, so both settings see the same machine load; returns each
     batch's wall time and the median of the paired rate ratios."""
-    from flows import REPO, batch, serve
-    from flows.stack import Stack, set_pool_concurrency
+    from flows import REPO, batch
+    from flows.prefect_server import set_pool_concurrency
+    from flows.processes import BIN
+    from flows.stack import Stack
 
     stack = Stack(
         state=state, profile="local", prefect_port=_free_port(), mlflow_port=_free_port(), pool="bench-stack",
@@ -84,7 +86,7 @@ def throughput(ws: Path, state: Path, rounds: int = ROUNDS) -> dict[str, Any]:
         stack.start()
         env = stack.client_env()
         subprocess.run(
-            [str(serve.BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
              "--name", "catalog-item", "--pool", "bench-stack"],
             cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
         )  # fmt: skip

@@ -1,44 +1,39 @@
-"""``dreampose <stage>``: parse, load ``params.yaml``, call one function in ``dreampose.stages``.
+"""``dreampose <command>``: the user-facing commands, and each DVC stage by its dvc.yaml name.
 
-Failures print one line ``dreampose: error: <reason>`` and exit non-zero (2 for bad
-configuration or input, 1 for anything else). ``-v`` shows the traceback.
+``dreampose <stage>`` runs ``dreampose.stages.<stage>``'s ``run`` as dvc.yaml's ``bin/python -m
+dreampose.stages.<stage>`` does (``dreampose.entry``); the other commands (``config``, ``inspect``, ``report``,
+``review``, ...) are not DVC stages. Failures print one line ``dreampose: error: <reason>`` and exit non-zero
+(2 for bad configuration or input, 1 for anything else). ``-v`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 
-from dreampose.config import PARAMS_FILE, ConfigError, dump_yaml, layered_params, load_params
+from dreampose.config import PARAMS_FILE, dump_yaml, layered_params, load_params
+from dreampose.entry import UserError, add_common_options, add_subject_option, dump_summary, execute, run_stage
+from dreampose.layout import Workspace
 
-# name -> (function in dreampose.stages, help text, takes --subject)
-STAGES: dict[str, tuple[str, str, bool]] = {
-    "download": ("download", "fetch the raw videos: synthetic (default, no network) or UBC Fashion lists", False),
-    "frames": ("frames", "decode videos into resized, center-cropped JPEG frames + index.parquet", False),
-    "densepose": ("densepose", "per-frame DensePose IUV aligned with the frames (backend: densepose.backend)", False),
-    "manifest": ("manifest", "train / subject / test pair manifests (Parquet) from frame + DensePose indexes", False),
-    "base-model": ("base_model", "build the base DreamPose model: tiny (VAE pre-trained here) or local SD v1.x", False),
-    "inspect": ("inspect", "print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)", False),
-    "render": ("render", "render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
-    "score": ("score", "score renders vs ground truth (Table-1 metrics) and baselines; metrics/evaluation.json", False),
-    "report": ("report", "print our scores next to the paper's published Table 1", False),
-    "finetune-base": ("finetune_base", "finetune UNet + adapter on the training pairs -> models/base", False),
-    "finetune-subject": (
-        "finetune_subject",
-        "finetune one subject (UNet + adapter, then VAE decoder) -> models/subjects/<id>",
-        True,
-    ),
+# The DVC stages, named as in dvc.yaml, each the module dreampose.stages.<name>: name -> (help text, per subject).
+STAGES: dict[str, tuple[str, bool]] = {
+    "download": ("fetch the raw videos: synthetic (default, no network) or UBC Fashion lists", False),
+    "frames": ("decode videos into resized, center-cropped JPEG frames + index.parquet", False),
+    "densepose": ("per-frame DensePose IUV aligned with the frames (backend: densepose.backend)", False),
+    "manifest": ("train / subject / test pair manifests (Parquet) from frame + DensePose indexes", False),
+    "base_model": ("build the base DreamPose model: tiny (VAE pre-trained here) or local SD v1.x", False),
+    "finetune_base": ("finetune UNet + adapter on the training pairs -> models/base", False),
+    "finetune_subject": ("finetune one subject (UNet + adapter, then VAE decoder) -> models/subjects/<id>", True),
+    "render": ("render one subject's test pose windows: frames, mp4, side-by-side, poster", True),
+    "score": ("score renders vs ground truth (Table-1 metrics) and baselines; metrics/evaluation.json", False),
 }
 
 PRESETS_DIR = Path("presets")
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
 
 
 def _config_use(args: argparse.Namespace) -> int:
@@ -66,7 +61,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from dreampose.preflight import check_inputs, errors, format_findings
+    from dreampose.tools.preflight import check_inputs, errors, format_findings
 
     findings = check_inputs(load_params(Path(args.root) / args.params), Path(args.root))
     print(format_findings(findings))
@@ -79,7 +74,7 @@ def _preflight(args: argparse.Namespace) -> int:
 def _eval_subjects(args: argparse.Namespace) -> int:
     import json
 
-    from dreampose.eval_subjects import protocol_subjects, write_eval_subjects
+    from dreampose.tools.eval_subjects import protocol_subjects, write_eval_subjects
 
     subjects = protocol_subjects(args.root, args.params)
     if args.write:
@@ -92,7 +87,7 @@ def _eval_subjects(args: argparse.Namespace) -> int:
 def _ablations(args: argparse.Namespace) -> int:
     import os
 
-    from dreampose import ablations
+    from dreampose.tools import ablations
 
     root = Path(args.root).resolve()
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -186,40 +181,61 @@ def _catalog_item(args: argparse.Namespace) -> int:
 
 
 def _remote_add(args: argparse.Namespace) -> int:
-    from dreampose.remote import add_remote
+    from dreampose.tools.remote import add_remote
 
     url = add_remote(Path(args.root), args.url, name=args.name, default=not args.not_default)
     print(f"DVC remote {args.name!r} -> {url}{'' if args.not_default else ' (default)'}; now `dvc push`")
     return 0
 
 
-def _run_stage(args: argparse.Namespace) -> int:
-    from dreampose import stages
+def stage_module(name: str) -> ModuleType:
+    """The module of DVC stage ``name``: ``dreampose.stages.<name>``."""
+    if name not in STAGES:
+        raise KeyError(f"no DVC stage {name!r}; the stages are {list(STAGES)}")
+    return import_module(f"dreampose.stages.{name}")
 
-    fn_name, _, takes_subject = STAGES[args.command]
-    params = load_params(Path(args.root) / args.params)
-    fn: Callable = getattr(stages, fn_name)
-    kwargs = {"subject": args.subject} if takes_subject else {}
-    summary = fn(params, Path(args.root), **kwargs)
-    if summary is not None:
-        print(stages.dump_summary(summary))
+
+def _run_stage(args: argparse.Namespace) -> int:
+    return run_stage(stage_module(args.command).run, args.params, args.root, getattr(args, "subject", None))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Manifest counts and schemas, and ``data/inspect/preview.png`` (a frame with its IUV overlaid); the preview
+    lives outside the stage outputs, so looking never makes them stale."""
+    from dreampose.data.manifest import inspect_manifests
+
+    ws = Workspace(Path(args.root))
+    print(dump_summary(inspect_manifests(ws.manifests, Path(args.root), ws.inspect_preview)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Our scores beside the paper's Table 1 (published figures, UBC Fashion)."""
+    from dreampose.tools.report import report
+
+    print(report(Workspace(Path(args.root)).evaluation))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dreampose",
-        description="DreamPose pipeline: one command per DVC stage, reading params.yaml.",
+        description="DreamPose pipeline: one command per DVC stage (named as in dvc.yaml), reading params.yaml.",
     )
-    p.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
-    p.add_argument("--root", default=".", help="workspace root holding data/, models/ (default: .)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_common_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
-    for name, (_, help_text, takes_subject) in STAGES.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        if takes_subject:
-            sp.add_argument("--subject", required=True, help="evaluation subject id (params.yaml: eval.subjects)")
+    for name, (help_text, per_subject) in STAGES.items():
+        sp = sub.add_parser(name, help=help_text, description=f"{help_text} (the {name!r} stage of dvc.yaml)")
+        if per_subject:
+            add_subject_option(sp)
         sp.set_defaults(func=_run_stage)
+
+    ins = sub.add_parser(
+        "inspect", help="print manifest counts and schemas; write data/inspect/preview.png (frame + IUV)"
+    )
+    ins.set_defaults(func=_inspect)
+    rep = sub.add_parser("report", help="print our scores next to the paper's published Table 1")
+    rep.set_defaults(func=_report)
 
     cfg = sub.add_parser("config", help="validate params.yaml or switch presets (demo | paper)")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="<action>")
@@ -319,42 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.set_defaults(func=_catalog_item)
 
-    cb = sub.add_parser(
-        "catalog-batch",
-        help="a CSV or a folder of photos -> one catalog-item flow run each on the running stack (make serve)",
-    )
-    cb.add_argument("batch_args", nargs=argparse.REMAINDER, help="see python -m flows.batch --help")
-    cb.set_defaults(func=_catalog_batch)
     return p
-
-
-def _catalog_batch(args: argparse.Namespace) -> int:
-    from flows.batch import main as batch_main
-
-    return batch_main(["--root", args.root, *args.batch_args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, UserError, FileNotFoundError, ValueError) as err:
-        if args.verbose:
-            raise
-        print(f"dreampose: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dreampose: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # the contract is one line + non-zero exit
-        if args.verbose:
-            raise
-        print(f"dreampose: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    return execute(lambda: args.func(args), args.verbose)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ half-written ``.mp4`` that looks valid to the next stage.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -180,13 +181,16 @@ def open_video(path: str | Path) -> tuple[Any, VideoInfo]:
 
 
 def iter_video(
-    path: str | Path, indices: Iterable[int] | None = None, reader: Any = None
+    path: str | Path, indices: Iterable[int] | None = None, reader: Any = None, reuse: bool = False
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode sequentially, yielding ``(source_index, uint8 (H, W, 3))`` for the wanted frames.
 
     Sequential ``next()`` decoding is used instead of ``get_batch`` (which fails outright on the
     padded-row widths ``as_rgb`` repairs) and is as fast as seeking, since H.264 frames
     depend on their predecessors anyway. ``reader`` reuses one from ``open_video``.
+    ``reuse=True`` copies every frame into one array, overwritten by the next frame (for a consumer that copies
+    what it keeps, as the frames stage does into a PIL image): no fresh array per frame to allocate and fault in
+    (~0.03 ms of a decoding thread's 0.3 ms per 256 × 192 frame here).
     """
     path = Path(path)
     vr = reader if reader is not None else _open_reader(path)
@@ -194,6 +198,7 @@ def iter_video(
     wanted = None if indices is None else sorted(set(indices))
     last = n - 1 if wanted is None else min(max(wanted, default=-1), n - 1)
     keep = None if wanted is None else set(wanted)
+    buffer = None
     for i in range(last + 1):
         try:
             frame = vr.next()
@@ -202,7 +207,27 @@ def iter_video(
         except Exception as err:
             raise ValueError(f"{path}: not a readable video (frame {i}: {_first_line(err)})") from None
         if keep is None or i in keep:
-            yield i, as_rgb(frame.asnumpy())
+            if reuse:
+                buffer = _asnumpy_into(frame, buffer)
+                yield i, as_rgb(buffer)
+            else:
+                yield i, as_rgb(frame.asnumpy())
+
+
+def _asnumpy_into(frame: Any, out: np.ndarray | None) -> np.ndarray:
+    """decord's ``NDArray.asnumpy()`` of a uint8 frame, into ``out`` when it has the frame's shape (else a new
+    array): the same copy call decord's own ``asnumpy`` makes, without its fresh ``np.empty``."""
+    from decord._ffi.base import _LIB, check_call
+
+    shape = tuple(frame.shape)
+    if frame.dtype != "uint8":  # never seen for video frames; decord's conversion handles any other type
+        return frame.asnumpy()
+    if out is None or out.shape != shape:
+        out = np.empty(shape, np.uint8)
+    check_call(
+        _LIB.DECORDArrayCopyToBytes(frame.handle, out.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(out.nbytes))
+    )
+    return out
 
 
 def probe_video(path: str | Path) -> VideoInfo:

@@ -2,7 +2,7 @@
 
     python -m flows.batch items.csv                       # columns photo, poses[, item_id, ground_truth]
     python -m flows.batch photos/ --poses syn_test_000    # every photo, one pose sequence, item id = file stem
-    dreampose catalog-batch items.csv --wait              # the same through the CLI; --wait reports the outcome
+    python -m flows.batch items.csv --wait                # --wait reports each item's outcome
 
 The runs go to the deployment (default ``catalog-item/catalog-item``) on a running stack (``make serve``,
 ``PREFECT_API_URL``; ``PREFECT_API_AUTH_STRING`` for the production profile), which spreads them over
@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     a = p.parse_args(argv)
     if not a.api:
-        print("catalog-batch: error: set PREFECT_API_URL (see `make serve`) or pass --api", file=sys.stderr)
+        print("flows.batch: error: set PREFECT_API_URL (see `make serve`) or pass --api", file=sys.stderr)
         return 2
     try:
         items = read_batch(a.source, a.poses)
         ids = submit(items, a.api, str(Path(a.root).resolve()), a.deployment, _auth())
     except (ValueError, FileNotFoundError) as err:
-        print(f"catalog-batch: error: {err}", file=sys.stderr)
+        print(f"flows.batch: error: {err}", file=sys.stderr)
         return 2
     for item, run_id in zip(items, ids, strict=True):
         print(f"{item['item_id']}\t{run_id}")

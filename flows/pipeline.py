@@ -26,9 +26,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dreampose import tracking
 from dreampose.config import PARAMS_FILE, Params, load_params
-from dreampose.eval_subjects import fill_eval_subjects
 from dreampose.layout import RENDER_VIDEOS, Workspace
-from dreampose.preflight import PreflightError, require_inputs
+from dreampose.tools.eval_subjects import fill_eval_subjects
+from dreampose.tools.preflight import PreflightError, require_inputs
 from tasks.dvc import StageFailed, network_stage_task, stage_task
 
 NETWORK_STAGES = frozenset({"download"})

@@ -1,7 +1,12 @@
-"""The deployment stack, local or production profile, and its supervisor.
+"""The deployment stack, local or production profile: what starts in which order, the worker supervisor, and
+the stop that settles what is running.
 
     python -m flows.serve                  # local: Prefect server, 2 process workers, MLflow UI on sqlite
     python -m flows.serve --profile prod   # + PostgreSQL, MLflow server (basic-auth, proxied artifacts)
+
+The pieces it starts are in their own modules: ``flows.prefect_server`` (server, work pool, automations),
+``flows.mlflow_server``, ``flows.postgres``, ``flows.credentials`` (secrets) and ``flows.processes`` (child
+process groups, waiting for a server to answer).
 
 Production profile: PostgreSQL (started as the ``postgres`` user when run as root, data directory under
 ``.serve/postgres``, password authentication only), an ``mlflow server --app-name basic-auth`` on it that
@@ -28,382 +33,62 @@ crashed items (a stop does not count as a failed attempt).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import os
-import secrets
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 from flows import REPO, recovery
-from flows import serve as sv
-
-PG_SUPERUSER = "postgres"
-PG_DB_USER = "mlflow"
-PG_DATABASES = ("mlflow", "mlflow_auth")
-MLFLOW_ADMIN = "admin"
-PREFECT_USER = "dreampose"
-HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat interval
-MAX_ATTEMPTS = 3  # failed attempts (crashes) of one catalog item before the supervisor fails it
-LEGACY_AUTOMATIONS = ("dreampose: retry crashed",)  # replaced by the supervisor's retry (flows.recovery)
-SECRET_NAMES = (
-    "PG_SUPERUSER_PASSWORD",
-    "PG_PASSWORD",
-    "MLFLOW_ADMIN_PASSWORD",
-    "MLFLOW_SECRET_KEY",
-    "PREFECT_PASSWORD",
+from flows.credentials import secret
+from flows.mlflow_server import (
+    MLFLOW_ADMIN,
+    mlflow_jobs_enabled,
+    mlflow_web_workers,
+    start_mlflow_server,
+    start_mlflow_ui,
+    write_auth_config,
+)
+from flows.postgres import (
+    PG_DB_USER,
+    ensure_databases,
+    ensure_postgres_installed,
+    init_postgres,
+    pg_user,
+    start_postgres,
+    wait_postgres,
+)
+from flows.prefect_server import (
+    HEARTBEAT_S,
+    PREFECT_USER,
+    WORK_POOL,
+    api_url,
+    ensure_automations,
+    ensure_process_pool,
+    server_env,
+    start_server,
+)
+from flows.processes import (
+    become_subreaper,
+    group_alive,
+    reap_orphans,
+    signals_held,
+    start_worker,
+    stop,
+    stop_all,
+    wait_answering,
 )
 
-
-# ---------------------------------------------------------------- secrets
-
-
-def secret(name: str, secrets_dir: Path, env: Mapping[str, str] | None = None) -> str:
-    """``DREAMPOSE_<name>``, else the file ``DREAMPOSE_<name>_FILE`` names, else ``secrets_dir/<name>`` (generated
-    once, mode 0600)."""
-    env = os.environ if env is None else env
-    if env.get(f"DREAMPOSE_{name}"):
-        return env[f"DREAMPOSE_{name}"]
-    if env.get(f"DREAMPOSE_{name}_FILE"):
-        value = Path(env[f"DREAMPOSE_{name}_FILE"]).read_text().strip()
-        if not value:
-            raise ValueError(f"DREAMPOSE_{name}_FILE={env[f'DREAMPOSE_{name}_FILE']} is empty")
-        return value
-    path = Path(secrets_dir) / name.lower()
-    if path.is_file():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value
-
-
-# ---------------------------------------------------------------- PostgreSQL
-
-
-def pg_bin_dir() -> Path | None:
-    """Where ``initdb``/``pg_ctl``/``postgres`` live: on PATH, else Debian's /usr/lib/postgresql/<ver>/bin."""
-    found = shutil.which("initdb")
-    if found and (Path(found).resolve().parent / "postgres").exists():
-        return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
-    return Path(versions[-1]).parent if versions else None
-
-
-def ensure_postgres_installed() -> Path:
-    """The PostgreSQL server binaries' directory; installs Debian's ``postgresql`` when missing and root."""
-    found = pg_bin_dir()
-    if found is not None:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql (as root), then retry")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, stdout=subprocess.DEVNULL)
-    found = pg_bin_dir()
-    if found is None:
-        raise RuntimeError("apt-get install postgresql succeeded but no initdb/postgres was found")
-    return found
-
-
-def _pg_user() -> str | None:
-    """PostgreSQL refuses to run as root: run it as ``postgres`` then, else as ourselves."""
-    return PG_SUPERUSER if os.geteuid() == 0 else None
-
-
-def _give_to_pg(path: Path) -> None:
-    if _pg_user():
-        shutil.chown(path, PG_SUPERUSER, PG_SUPERUSER)
-
-
-def init_postgres(bin_dir: Path, datadir: Path, su_password: str) -> bool:
-    """``initdb`` a password-only (scram) cluster in ``datadir`` unless one is there; True when created."""
-    if (datadir / "PG_VERSION").is_file():
-        return False
-    datadir.mkdir(parents=True, exist_ok=True)
-    os.chmod(datadir, 0o700)
-    _give_to_pg(datadir)
-    pwfile = datadir.parent / f".pw-{os.getpid()}"
-    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(su_password + "\n")
-    _give_to_pg(pwfile)
-    try:
-        res = subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(datadir), "-U", PG_SUPERUSER, "-A", "scram-sha-256",
-             f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"],
-            user=_pg_user(), capture_output=True, text=True, cwd="/",
-        )  # fmt: skip
-    finally:
-        pwfile.unlink(missing_ok=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"initdb {datadir} failed: {res.stderr.strip()[-800:]}")
-    return True
-
-
-def start_postgres(bin_dir: Path, datadir: Path, host: str, port: int, log_path: Path) -> subprocess.Popen:
-    """The postmaster in the foreground, in its own process group, listening on ``host:port`` only."""
-    cmd = [str(bin_dir / "postgres"), "-D", str(datadir), "-h", host, "-p", str(port), "-k", str(datadir)]
-    out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            cmd, cwd="/", stdout=out, stderr=subprocess.STDOUT, start_new_session=True, user=_pg_user(),
-            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
-        )  # fmt: skip
-    finally:
-        out.close()
-
-
-def pg_connect(host: str, port: int, user: str, password: str, dbname: str = "postgres"):
-    import psycopg2
-
-    return psycopg2.connect(host=host, port=port, user=user, password=password, dbname=dbname, connect_timeout=3)
-
-
-def wait_postgres(host: str, port: int, password: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    import psycopg2
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"PostgreSQL exited with code {proc.returncode} before accepting connections")
-        try:
-            pg_connect(host, port, PG_SUPERUSER, password).close()
-            return
-        except psycopg2.OperationalError:
-            time.sleep(0.3)
-    raise TimeoutError(f"PostgreSQL on {host}:{port} did not accept connections within {timeout_s:.0f} s")
-
-
-def ensure_databases(host: str, port: int, su_password: str, user: str, password: str) -> None:
-    """The MLflow role (password login) and its databases; idempotent."""
-    from psycopg2 import sql
-
-    conn = pg_connect(host, port, PG_SUPERUSER, su_password)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
-            verb = "ALTER" if cur.fetchone() else "CREATE"
-            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)), (password,))
-            for db in PG_DATABASES:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
-                if not cur.fetchone():
-                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(user)))
-    finally:
-        conn.close()
-
-
-# ---------------------------------------------------------------- MLflow server
-
-
-def write_auth_config(path: Path, host: str, pg_port: int) -> Path:
-    """The basic-auth app's config: users in PostgreSQL; no secret in it (passwords come from the env)."""
-    path.write_text(
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = postgresql+psycopg2://{PG_DB_USER}@{host}:{pg_port}/{PG_DATABASES[1]}\n"
-        f"admin_username = {MLFLOW_ADMIN}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "auth_cache_ttl_seconds = 60\n"  # one PBKDF2 check per login a minute, not one per request
-    )
-    return path
-
-
-def start_mlflow_server(
-    host: str,
-    port: int,
-    pg_port: int,
-    artifacts: Path,
-    auth_config: Path,
-    secrets_env: Mapping[str, str],
-    log_path: Path,
-) -> subprocess.Popen:
-    """``mlflow server --app-name basic-auth`` on PostgreSQL, proxying artifacts to ``artifacts``."""
-    cmd = [
-        str(sv.BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", str(mlflow_web_workers()),
-        "--backend-store-uri", f"postgresql+psycopg2://{PG_DB_USER}@{host}:{pg_port}/{PG_DATABASES[0]}",
-        "--artifacts-destination", artifacts.resolve().as_uri(), "--serve-artifacts", "--app-name", "basic-auth",
-    ]  # fmt: skip
-    env = sv.server_env(None)
-    env.update(secrets_env)
-    env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if mlflow_jobs_enabled() else "false"
-    return sv.spawn(cmd, env, log_path)
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0, name: str = "server") -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {proc.returncode} before answering {url}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code < 500:
-                return time.monotonic() - t0
-        time.sleep(0.5)
-    raise TimeoutError(f"{name} at {url} did not answer within {timeout_s:.0f} s")
-
-
-# ---------------------------------------------------------------- Prefect automations
-
-
-def automation_specs(zombie_after_s: float = 3 * HEARTBEAT_S) -> list[dict]:
-    """Zombie detection: a flow run with no heartbeat for ``zombie_after_s`` (3 intervals) is marked Crashed. The
-    retry of a crashed catalog item is the supervisor's (``flows.recovery.retry_crashed``), whoever marked it."""
-    from datetime import timedelta
-
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    zombie = AutomationCore(
-        name="dreampose: crash zombie flow runs",
-        description="A flow run whose heartbeats stop (its worker or machine died) is marked Crashed.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=zombie_after_s),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="No heartbeat: the flow run's process is gone")],
-    )
-    return [zombie.model_dump(mode="json")]
-
-
-def ensure_process_pool(api: str, pool: str, auth: tuple[str, str] | None = None) -> None:
-    """Create the ``process`` work pool unless it exists (the REST call: no CLI start-up)."""
-    res = requests.post(f"{api}/work_pools/", json={"name": pool, "type": "process"}, auth=auth, timeout=30)
-    if res.status_code not in (200, 201, 409):
-        res.raise_for_status()
-
-
-def set_pool_concurrency(api: str, pool: str, limit: int | None, auth: tuple[str, str] | None = None) -> None:
-    """How many flow runs of ``pool`` may run at once across all its workers (``None``: no limit)."""
-    res = requests.patch(f"{api}/work_pools/{pool}", json={"concurrency_limit": limit}, auth=auth, timeout=30)
-    res.raise_for_status()
-
-
-def ensure_automations(
-    api: str, auth: tuple[str, str] | None = None, zombie_after_s: float = 3 * HEARTBEAT_S
-) -> list[str]:
-    """Create the stack's automations unless automations of the same names exist, and delete the retry automation
-    of earlier versions (it raced the worker's crash report); returns their names."""
-    have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
-    have.raise_for_status()
-    names = {a["name"] for a in have.json()}
-    for a in have.json():
-        if a["name"].startswith(LEGACY_AUTOMATIONS):
-            requests.delete(f"{api}/automations/{a['id']}", auth=auth, timeout=10).raise_for_status()
-    specs = automation_specs(zombie_after_s)
-    for spec in specs:
-        if spec["name"] not in names:
-            requests.post(f"{api}/automations/", json=spec, auth=auth, timeout=10).raise_for_status()
-    return [s["name"] for s in specs]
-
-
-# ---------------------------------------------------------------- the stack
+MAX_ATTEMPTS = 3  # failed attempts (crashes) of one catalog item before the supervisor fails it
 
 
 def default_state(profile: str) -> Path:
     """Where a profile keeps its state by default: ``.serve/<profile>/`` (each profile its own Prefect database)."""
     return REPO / ".serve" / profile
-
-
-def mlflow_web_workers(cores: int | None = None) -> int:
-    """MLflow UI/server web workers: one per two cores, 1 to 4 (``DREAMPOSE_MLFLOW_WORKERS`` overrides)."""
-    if os.environ.get("DREAMPOSE_MLFLOW_WORKERS"):
-        return max(1, int(os.environ["DREAMPOSE_MLFLOW_WORKERS"]))
-    cores = (os.cpu_count() or 1) if cores is None else cores
-    return max(1, min(4, cores // 2))
-
-
-def mlflow_jobs_enabled(cores: int | None = None) -> bool:
-    """MLflow's job runner starts one consumer process per job function (7 in MLflow 3.17); the stack uses no
-    MLflow jobs, so they run only on machines with 8 or more cores (``DREAMPOSE_MLFLOW_JOBS=1|0`` overrides)."""
-    flag = os.environ.get("DREAMPOSE_MLFLOW_JOBS")
-    if flag:
-        return flag.lower() in ("1", "true", "yes", "on")
-    return ((os.cpu_count() or 1) if cores is None else cores) >= 8
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux), so a server's grandchildren that outlive
-    their parent are reaped here (``reap_orphans``) instead of waiting on a PID 1 that may never reap them."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    return False
-
-
-def reap_orphans(keep: set[int]) -> int:
-    """Reap exited children of this process that are not ``keep`` (the Popen objects reap those); returns how
-    many."""
-    n = 0
-    for child in children_of(os.getpid()):
-        if child in keep:
-            continue
-        with contextlib.suppress(ChildProcessError, OSError):
-            if os.waitpid(child, os.WNOHANG)[0] == child:
-                n += 1
-    return n
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(stat.split("/")[2]))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children_of(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """A second SIGTERM/SIGINT/SIGHUP during a stop does not cut its settling short (main thread only)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -416,7 +101,7 @@ class Stack:
     prefect_port: int = 4200
     mlflow_port: int = 5000
     pg_port: int = 5432
-    pool: str = sv.WORK_POOL
+    pool: str = WORK_POOL
     workers: int = 2
     worker_limit: int = 1
     worker_cwd: Path = REPO
@@ -452,7 +137,7 @@ class Stack:
 
     @property
     def api(self) -> str:
-        return sv.api_url(self.host, self.prefect_port)
+        return api_url(self.host, self.prefect_port)
 
     @property
     def mlflow_url(self) -> str:
@@ -479,7 +164,7 @@ class Stack:
 
     def client_env(self) -> dict[str, str]:
         """What a worker, the CLI or a test needs to reach this stack (includes credentials)."""
-        env = sv.server_env(self.api, base={**os.environ, **self.extra_env})
+        env = server_env(self.api, base={**os.environ, **self.extra_env})
         env["PREFECT_HOME"] = str(self.prefect_home)  # never another profile's (or the demo's) Prefect state
         env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
@@ -506,17 +191,18 @@ class Stack:
         become_subreaper()
         self.logs.mkdir(parents=True, exist_ok=True)
         self.prefect_home.mkdir(parents=True, exist_ok=True)
-        self.procs["prefect"] = sv.start_server(self.host, self.prefect_port, self.server_env(),
+        self.procs["prefect"] = start_server(self.host, self.prefect_port, self.server_env(),
                                                 self.logs / "prefect.log")  # fmt: skip
         if self.profile == "prod":
             self._start_tracking_prod()
         else:
-            self.procs["mlflow"] = sv.start_mlflow_ui(
+            self.procs["mlflow"] = start_mlflow_ui(
                 self.host, self.mlflow_port, self.mlflow_uri, self.logs / "mlflow.log",
                 workers=mlflow_web_workers(), jobs=mlflow_jobs_enabled(),
             )  # fmt: skip
-            wait_http(f"{self.mlflow_url}/health", self.procs["mlflow"], timeout_s=300, name="MLflow UI")
-        sv.wait_healthy(self.api, timeout_s=180, proc=self.procs["prefect"])
+            wait_answering(f"{self.mlflow_url}/health", self.procs["mlflow"], timeout_s=300, name="MLflow UI")
+        wait_answering(f"{self.api}/health", self.procs["prefect"], timeout_s=180, name="Prefect server",
+                       codes={200})  # fmt: skip
         ensure_process_pool(self.api, self.pool, self.prefect_auth)
         ensure_automations(self.api, self.prefect_auth, self.zombie_after_s)
         try:  # what an earlier run of the stack left: settled before any worker can pick it up
@@ -555,7 +241,7 @@ class Stack:
     def _start_tracking_prod(self) -> None:
         bin_dir = ensure_postgres_installed()
         self.logs.mkdir(parents=True, exist_ok=True)
-        if _pg_user():
+        if pg_user():
             os.chmod(self.state, 0o711)  # the postgres user must reach its data directory; secrets/ stays 0700
         su_pw = self.secret("PG_SUPERUSER_PASSWORD")
         init_postgres(bin_dir, self.state / "postgres", su_pw)
@@ -573,7 +259,7 @@ class Stack:
         }
         self.procs["mlflow"] = start_mlflow_server(self.host, self.mlflow_port, self.pg_port, self.state / "artifacts",
                                                    config, secrets_env, self.logs / "mlflow.log")  # fmt: skip
-        wait_http(f"{self.mlflow_uri}/health", self.procs["mlflow"], name="MLflow server")
+        wait_answering(f"{self.mlflow_uri}/health", self.procs["mlflow"], name="MLflow server")
 
     @property
     def threads_per_run(self) -> int:
@@ -590,11 +276,8 @@ class Stack:
         threads = env.get("OMP_NUM_THREADS") or str(self.threads_per_run)
         env.setdefault("OMP_NUM_THREADS", threads)
         env.setdefault("MKL_NUM_THREADS", threads)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        # Prefect's process worker with an idempotent crash report (flows/worker.py)
-        cmd = [sys.executable, "-m", "flows.worker", "--pool", self.pool, "--name", name,
-               "--limit", str(self.worker_limit)]  # fmt: skip
-        self.procs[name] = sv.spawn(cmd, env, self.logs / f"{name}.log", cwd=self.worker_cwd)
+        self.procs[name] = start_worker(self.pool, name, env, self.logs / f"{name}.log", self.worker_cwd,
+                                        self.worker_limit)  # fmt: skip
         return self.procs[name]
 
     def supervise_once(self, now: float | None = None, report: Callable[[str], None] = print) -> list[str]:
@@ -628,7 +311,7 @@ class Stack:
             if time.monotonic() - since > self.stop_grace_s:  # a flow run that does not end itself: end it
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-        self.dead = [p for p in self.dead if sv._group_alive(p.pid)]
+        self.dead = [p for p in self.dead if group_alive(p.pid)]
         # While a dead worker's flow run is still ending itself, its own late Crashed report could land on a retry
         # already scheduled: hold every retry until those processes are gone.
         orphans_ending = bool(self.dead)
@@ -646,7 +329,7 @@ class Stack:
         the servers still up, settle what they left (``settle``), then the servers, last started first."""
         grace = self.stop_grace_s if grace_s is None else grace_s
         self._serving = False
-        with _signals_held():
+        with signals_held():
             self._stop(grace)
 
     def _stop(self, grace: float) -> None:
@@ -656,7 +339,7 @@ class Stack:
             with contextlib.suppress(requests.RequestException):
                 in_flight = [r["id"] for r in recovery.flow_runs(self.api, self.pool, recovery.LIVE,
                                                                  self.prefect_auth)]  # fmt: skip
-        sv.stop_all([self.procs.pop(n) for n in workers] + self.dead, grace)
+        stop_all([self.procs.pop(n) for n in workers] + self.dead, grace)
         self.dead = []
         if self._alive("prefect") and self._alive("mlflow"):
             try:
@@ -665,7 +348,7 @@ class Stack:
                 print(f"settling at stop failed ({err}); the next start settles it", flush=True)
         for name in reversed(list(self.procs)):
             sig = 2 if name == "postgres" else 15  # postgres: SIGINT is the fast shutdown
-            sv.stop(self.procs[name], min(grace, 10.0), sig=sig)
+            stop(self.procs[name], min(grace, 10.0), sig=sig)
         reap_orphans({p.pid for p in self.procs.values()})
 
     def _alive(self, name: str) -> bool:

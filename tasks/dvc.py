@@ -36,9 +36,9 @@ def dvc_command(stage: str) -> list[str]:
 
 
 def stage_env(parent_run_id: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a stage: the venv's ``bin`` first on PATH (DVC runs ``bin/dreampose <stage>`` via the
-    shell, and that launcher falls back to ``dreampose`` on PATH in a workspace without its own ``.venv``) and the
-    MLflow parent run id, so each stage's run nests under the pipeline run."""
+    """Environment for a stage: the venv's ``bin`` first on PATH (DVC runs ``bin/python -m dreampose.stages.<stage>``
+    via the shell, and that launcher falls back to the Python beside ``dreampose`` on PATH in a workspace without
+    its own ``.venv``) and the MLflow parent run id, so each stage's run nests under the pipeline run."""
     env = dict(os.environ if base is None else base)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])

@@ -38,7 +38,7 @@ SLOW_FIRST = (
     "tests/flows/test_stack.py",
     "tests/flows/test_deployment.py",
     "tests/training/test_loop.py",
-    "tests/flows/test_remote.py",
+    "tests/tools/test_remote.py",
 )
 
 

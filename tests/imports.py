@@ -1,4 +1,5 @@
-"""The ``dreampose`` package's own import graph, read from source (module-level and function-local imports)."""
+"""The repository's own import graph (``dreampose/``, ``flows/``, ``tasks/``), read from source (module-level and
+function-local imports)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dreampose"
+PACKAGES = ("dreampose", "flows", "tasks")  # the repository's import packages
 
 
 def module_name(path: Path) -> str:
@@ -16,15 +18,21 @@ def module_name(path: Path) -> str:
 
 @cache
 def modules() -> dict[str, Path]:
-    """Every module of the package by dotted name."""
+    """Every module of the ``dreampose`` package by dotted name."""
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 @cache
+def repo_modules() -> dict[str, Path]:
+    """Every module of ``PACKAGES`` by dotted name."""
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((PACKAGE.parent / pkg).rglob("*.py"))}
+
+
+@cache
 def imports(name: str) -> frozenset[str]:
-    """The package's modules that ``name`` imports anywhere in its body (``from a import b`` counts ``a.b``
-    when that is a module)."""
-    path = modules()[name]
+    """The repository's modules (``repo_modules``) that ``name`` imports anywhere in its body (``from a import b``
+    counts ``a.b`` when that is a module)."""
+    path = repo_modules()[name]
     pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -38,7 +46,7 @@ def imports(name: str) -> frozenset[str]:
                 mod = node.module or ""
             found.add(mod)
             found |= {f"{mod}.{a.name}" for a in node.names}
-    return frozenset(m for m in found if m in modules())
+    return frozenset(m for m in found if m in repo_modules())
 
 
 def closure(name: str, skip: frozenset[str] | set[str] = frozenset()) -> set[str]:
@@ -64,15 +72,26 @@ def unit(name: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def unit_edges() -> dict[str, set[str]]:
-    """Imports between top-level units (folders and top-level modules); the bare package is left out."""
-    edges: dict[str, set[str]] = {}
-    for mod in modules():
-        for target in imports(mod):
-            a, b = unit(mod), unit(target)
-            if a and b and a != b:
-                edges.setdefault(a, set()).add(b)
-    return edges
+def module_edges() -> dict[str, set[str]]:
+    """Every import between two of the repository's modules."""
+    return {mod: set(imports(mod)) - {mod} for mod in repo_modules()}
+
+
+def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``edges`` between modules lifted to the tree: an import of ``a.b.c`` from ``a.x.y`` is an edge ``a.x`` ->
+    ``a.b`` between the two children of their deepest common package, at every level up to the top-level
+    packages (``dreampose`` -> ``flows``). An import between a package and what it contains is no edge."""
+    out: dict[str, set[str]] = {}
+    for src, targets in edges.items():
+        a = src.split(".")
+        for target in targets:
+            b = target.split(".")
+            k = 0
+            while k < min(len(a), len(b)) and a[k] == b[k]:
+                k += 1
+            if k < len(a) and k < len(b):
+                out.setdefault(".".join(a[: k + 1]), set()).add(".".join(b[: k + 1]))
+    return out
 
 
 def _local_imports(fn: ast.AST, pkg: str) -> set[str]:

@@ -203,7 +203,7 @@ def http_dir(tmp_path):
 
 
 def test_photo_from_url(tmp_path, http_dir):
-    from dreampose.safe_fetch import BlockedUrlError, UrlPolicy
+    from dreampose.catalog.safe_fetch import BlockedUrlError, UrlPolicy
 
     _save(tmp_path, "shirt.png", Image.fromarray(_person()))
     # The test server is on loopback: allowed explicitly, by its exact host:port.

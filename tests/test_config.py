@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from dreampose.config import ConfigError, Params, load_params, parse_params
+from tests.imports import repo_modules
 
 
 def test_repo_params_and_presets_validate(repo):
@@ -97,3 +98,17 @@ def test_dreampose_device_env_overrides_runtime_device(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMPOSE_DEVICE", "gpu0")
     with pytest.raises(ConfigError, match="DREAMPOSE_DEVICE='gpu0'"):
         load_params(p)
+
+
+def test_the_schema_is_apart_from_reading_and_writing_yaml():
+    """``dreampose.config.schema`` holds the models and their validation, no YAML; the files module does the YAML."""
+    import ast
+
+    def third_party(module: str) -> set[str]:
+        tree = ast.parse(repo_modules()[module].read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        return {n.split(".")[0] for n in names}
+
+    assert not {"yaml", "ruamel"} & third_party("dreampose.config.schema")
+    assert {"yaml", "ruamel"} <= third_party("dreampose.config.files")

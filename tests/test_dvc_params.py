@@ -12,8 +12,8 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from dreampose import cli
-from dreampose.ablations import hydra_literal
 from dreampose.config import ConfigError, dump_yaml, layered_params, load_params, parse_yaml
+from dreampose.tools.ablations import hydra_literal
 
 PARAMS_FILES = ["params.yaml", "presets/paper.yaml"]
 

@@ -78,12 +78,13 @@ def _edit(ws: Path, module: str) -> str:
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("dreampose/steps/score.py", {"score"}),  # one stage's wrapper: that stage only
+        ("dreampose/stages/score.py", {"score"}),  # one stage's module: that stage only
         ("dreampose/tracking.py", set()),  # MLflow runs and tags: an observer
-        ("dreampose/stages.py", set()),  # the name -> stage lookup
-        ("dreampose/cli.py", set()),  # argument parsing
+        ("dreampose/stages/__init__.py", set()),  # the stage package: its docstring
+        ("dreampose/entry.py", set()),  # a stage's argument parsing
+        ("dreampose/cli.py", set()),  # the user-facing commands
         ("dreampose/models/adapter.py", {"base_model", "finetune_base", "finetune_subject", "render", "score"}),
-        ("dreampose/evaluate.py", {"score"}),
+        ("dreampose/evaluate/scoring.py", {"score"}),
         ("dreampose/render.py", {"render", "score"}),  # score renders its baselines with it
     ],
 )

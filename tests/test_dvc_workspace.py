@@ -79,10 +79,24 @@ def test_dvc_runs_stages_without_an_activated_venv(tmp_path, repo):
 def test_launcher_without_venv_or_path_says_what_to_do(tmp_path, repo):
     ws = tmp_path / "ws"
     shutil.copytree(repo / "bin", ws / "bin")
-    res = subprocess.run(["bin/dreampose", "download"], cwd=ws, env=_plain_shell_env(), capture_output=True, text=True)
+    cmd = ["bin/python", "-m", "dreampose.stages.download"]
+    res = subprocess.run(cmd, cwd=ws, env=_plain_shell_env(), capture_output=True, text=True)
     assert res.returncode == 127
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "make install" in lines[0] and str(ws.resolve()) in lines[0]
+
+
+def test_launcher_without_venv_runs_the_environment_dreampose_is_installed_in(tmp_path, repo):
+    """A workspace without .venv (the Prefect tasks put their environment's bin first on PATH): the Python beside
+    the ``dreampose`` console script on PATH, not the first ``python3`` on PATH."""
+    ws = tmp_path / "ws"
+    shutil.copytree(repo / "bin", ws / "bin")
+    env = {**_plain_shell_env(), "PATH": f"{SYSTEM_PATH}:{Path(sys.executable).parent}"}  # the system python3 first
+    res = subprocess.run(
+        ["bin/python", "-c", "import sys; print(sys.prefix)"], cwd=ws, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == sys.prefix
 
 
 def test_launcher_in_an_experiment_copy_finds_the_workspace_venv(tmp_path, repo):
@@ -90,17 +104,28 @@ def test_launcher_in_an_experiment_copy_finds_the_workspace_venv(tmp_path, repo)
     ws = tmp_path / "ws"
     venv_bin = ws / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
-    (venv_bin / "dreampose").write_text('#!/bin/sh\necho "workspace venv: $*"\n')
-    (venv_bin / "dreampose").chmod(0o755)
+    (venv_bin / "python").write_text('#!/bin/sh\necho "workspace venv: $*"\n')
+    (venv_bin / "python").chmod(0o755)
     copy = ws / ".dvc" / "tmp" / "exps" / "tmp1234"
     shutil.copytree(repo / "bin", copy / "bin")
-    res = subprocess.run(["bin/dreampose", "score"], cwd=copy, env=_plain_shell_env(), capture_output=True, text=True)
+    cmd = ["bin/python", "-m", "dreampose.stages.score"]
+    res = subprocess.run(cmd, cwd=copy, env=_plain_shell_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "workspace venv: score"
+    assert res.stdout.strip() == "workspace venv: -m dreampose.stages.score"
+
+
+def test_a_stage_command_runs_the_code_in_its_working_directory(tmp_path, repo):
+    """``bin/python -m`` imports the package from where DVC runs the command (an experiment's copy runs the code
+    DVC hashed there), not from the checkout the venv was installed from."""
+    ws = _workspace(repo, tmp_path / "ws")
+    probe = "import dreampose.stages.download as m; print(m.__file__)"
+    res = subprocess.run(["bin/python", "-c", probe], cwd=ws, env=_plain_shell_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()) == ws / "dreampose/stages/download.py"
 
 
 def test_launcher_is_committed_executable(repo):
-    entry = subprocess.run(["git", "ls-files", "-s", "bin/dreampose"], cwd=repo, capture_output=True, text=True)
+    entry = subprocess.run(["git", "ls-files", "-s", "bin/python"], cwd=repo, capture_output=True, text=True)
     assert entry.stdout.split()[:1] == ["100755"]  # a clone runs it as is
 
 

@@ -7,15 +7,10 @@ import torch
 from PIL import Image
 
 from dreampose.config import RenderConfig, ScoreConfig
-from dreampose.evaluate import (
-    SubjectData,
-    eye_view,
-    metric_values,
-    resize_frames,
-    score_renders,
-    table1_shape,
-    vae_roundtrip,
-)
+from dreampose.evaluate import score_renders
+from dreampose.evaluate.baselines import vae_roundtrip
+from dreampose.evaluate.records import metric_values
+from dreampose.evaluate.subjects import SubjectData, eye_view, resize_frames, table1_shape
 from dreampose.io import read_rgb
 from dreampose.metrics.features import Backbones
 from dreampose.metrics.frechet import frechet_distance_features

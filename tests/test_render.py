@@ -233,7 +233,7 @@ def test_render_subject_with_smoothing_renders_the_neighbours_and_smooths_over_t
 
 
 def test_the_registered_model_smooths_as_the_catalog_render_did(tmp_path):
-    from dreampose.mlflow_model import DreamPoseSubjectModel
+    from dreampose.catalog.mlflow_model import DreamPoseSubjectModel
 
     pipe = tiny_pipeline()
     photo = np.full((H, W, 3), 90, np.uint8)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import import_module
 
 import numpy as np
 import pytest
 import torch
 
-from dreampose import stages
 from dreampose.config import Params, RenderConfig, RuntimeConfig, ScoreConfig
 from dreampose.data.densepose.iuv import uv_to_model
 from dreampose.models.pipeline import load_pipeline
 from dreampose.render import read_rgb, render_frames, render_subject
 from dreampose.runtime import CPU, Runtime, place_pipeline, resolve_device, resolve_dtype, resolve_runtime
+from dreampose.stages import render, score
 from tests.metrics._workspace import SUBJECTS, H, W, make_fvd_manifest, make_iuv, make_workspace, tiny_pipeline
 
 CFG = RenderConfig(num_inference_steps=2, frame_batch_size=2)
@@ -121,7 +122,7 @@ def test_render_stage_renders_in_the_runtime_dtype(tmp_path):
     out = tmp_path / "renders" / SUBJECTS[0]
     frames = {}
     for dtype in ("fp32", "bf16"):
-        summary = stages.render(_params(device="cpu", dtype=dtype), tmp_path, SUBJECTS[0])
+        summary = render.run(_params(device="cpu", dtype=dtype), tmp_path, SUBJECTS[0])
         meta = json.loads((out / "render.json").read_text())
         assert summary["runtime"] == meta["runtime"] == {"device": "cpu", "dtype": dtype, "cpu_offload": False}
         frames[dtype] = np.stack([read_rgb(p) for p in sorted((out / "frames").glob("*.png"))])
@@ -137,11 +138,11 @@ def test_render_stage_renders_in_the_runtime_dtype(tmp_path):
 
 def test_score_stage_renders_baselines_in_the_runtime_dtype(tmp_path):
     _render_workspace(tmp_path)
-    stages.render(_params(device="cpu"), tmp_path, SUBJECTS[0])
+    render.run(_params(device="cpu"), tmp_path, SUBJECTS[0])
     base = tmp_path / "metrics/baselines/base_model" / SUBJECTS[0] / "frames"
     frames = {}
     for dtype in ("fp32", "bf16"):
-        result = stages.score(_params(device="cpu", dtype=dtype), tmp_path)
+        result = score.run(_params(device="cpu", dtype=dtype), tmp_path)
         assert isinstance(result["baselines"]["base_model"]["l1"], float)
         frames[dtype] = np.stack([read_rgb(p) for p in sorted(base.glob("*.png"))])
         for p in base.glob("*.png"):
@@ -156,7 +157,7 @@ def test_cuda_on_a_cpu_machine_stops_each_stage_before_any_work(tmp_path, stage)
     _render_workspace(tmp_path)
     args = (SUBJECTS[0],) if stage == "render" else ()
     with pytest.raises(ValueError, match=r"runtime\.device: 'cuda' requested but CUDA is not available"):
-        getattr(stages, stage)(_params(device="cuda"), tmp_path, *args)
+        import_module(f"dreampose.stages.{stage}").run(_params(device="cuda"), tmp_path, *args)
     assert not (tmp_path / "renders").exists() and not (tmp_path / "metrics").exists()
 
 

@@ -47,6 +47,19 @@ def test_iter_video_selects_frames(tmp_path):
     assert np.abs(got[1][1].astype(int) - x[3]).mean() < 3.0
 
 
+@pytest.mark.parametrize("size", [(64, 48), (32, 40), (40, 60)])  # width 48: decord's padded rows
+def test_iter_video_reuse_gives_the_same_frames_in_one_buffer(tmp_path, size):
+    path = write_video(_clip(6, *size), tmp_path / "a.mp4", fps=16)
+    fresh = list(iter_video(path, [1, 2, 4]))
+    reused = [(i, f.copy(), f) for i, f in iter_video(path, [1, 2, 4], reuse=True)]
+    assert [i for i, *_ in reused] == [i for i, _ in fresh] == [1, 2, 4]
+    for (_, want), (_, got, _) in zip(fresh, reused, strict=True):
+        assert got.shape == (*size, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)  # the bytes decord's asnumpy gives
+    if size[1] != 48:  # (the padded-row repair copies, so only there is each frame a new array)
+        assert reused[0][2] is reused[1][2] is reused[2][2]  # one buffer, overwritten frame by frame
+
+
 def test_as_rgb_repairs_padded_rows():
     frame = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
     padded = np.zeros((4, 8 * 3), np.uint8)  # rows padded to 8 pixels, as decord returns them

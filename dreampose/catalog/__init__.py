@@ -13,10 +13,11 @@ contain a detected person. The ``synthetic`` backend cannot look at arbitrary ph
 check is only that the photo is not blank or uniform, and the photo's own pose is taken to be the
 first pose of the sequence (true for the demo, whose photo is frame 0 of a test video).
 
-Modules, in the order an item flows through them: ``photo`` (intake and validation, URL policy), ``poses``
-(pose sequence and ground truth resolution), ``item`` (the orchestration), ``attempts`` (run tags and
-clean-up), ``register`` (MLflow model, review page, registered version). Item metrics live in
-``dreampose.metrics.item``.
+Modules, in the order an item flows through them: ``photo`` (intake and validation, URL policy; photo URLs are
+fetched by ``safe_fetch``), ``poses`` (pose sequence and ground truth resolution), ``spec`` (``ItemSpec``, the
+validated item the later modules share), ``item`` (the orchestration), ``attempts`` (run tags and clean-up),
+``register`` (MLflow model from ``mlflow_model``, review page from ``review_page``, registered version). Item
+metrics live in ``dreampose.metrics.item``.
 """
 
 from dreampose.catalog.attempts import ATTEMPT_TAG, remove_run_dir, run_tags, settle_attempts

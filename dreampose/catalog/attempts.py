@@ -6,18 +6,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dreampose.catalog.spec import ItemSpec
 from dreampose.layout import Workspace
-
-if TYPE_CHECKING:
-    from dreampose.catalog.item import _Item
-
 
 ATTEMPT_TAG = "catalog.attempt_key"
 
 
-def subject_tags(item: _Item) -> dict[str, str]:
+def subject_tags(item: ItemSpec) -> dict[str, str]:
     """How the item's model was made: with or without the subject finetune, and from how many photos."""
     return {
         "catalog.subject_finetune": str(item.finetune).lower(),
@@ -25,7 +21,7 @@ def subject_tags(item: _Item) -> dict[str, str]:
     }
 
 
-def run_tags(item: _Item, flow_run_id: str | None, attempt_key: str | None = None) -> dict[str, str]:
+def run_tags(item: ItemSpec, flow_run_id: str | None, attempt_key: str | None = None) -> dict[str, str]:
     """What leads a version back to exactly what made it (the git commit is added by ``stage_run``)."""
     tags = {"catalog_item": item.item_id, "catalog.input_key": item.key, "base_model.sha256": item.base_digest}
     tags.update(subject_tags(item))

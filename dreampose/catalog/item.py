@@ -13,7 +13,6 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from dreampose.catalog.attempts import remove_run_dir, run_tags, settle_attempts
 from dreampose.catalog.photo import Photo, photo_url_policy, validate_photo
 from dreampose.catalog.poses import PoseSequence, densepose_backend, item_id_from, load_ground_truth, resolve_poses
 from dreampose.catalog.register import log_and_register
+from dreampose.catalog.spec import ItemSpec
 from dreampose.io import read_rgb, write_iuv_archive
 from dreampose.layout import Workspace
 from dreampose.metrics.item import appearance_drift, temporal_l1
@@ -175,24 +175,6 @@ def _reused(info, item_id: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _Item:
-    """A validated catalog item, ready to train."""
-
-    item_id: str
-    photo: Photo
-    seq: PoseSequence
-    truth: np.ndarray | None
-    photo_iuv: np.ndarray
-    photo_iuv_source: str
-    key: str
-    base_digest: str = ""
-    # Further photos of the same garment (subject-finetune targets beside ``photo``) and their poses.
-    more_photos: tuple[Photo, ...] = ()
-    more_photo_iuvs: tuple[np.ndarray, ...] = ()
-    finetune: bool = True  # False: render with the base model, no subject finetune
-
-
 def run_catalog_item(
     params,
     root: Path,
@@ -267,7 +249,9 @@ def run_catalog_item(
             found = registry.find_by_input_key(name, key)
             if found is not None:
                 return _reused(found, item_id)
-    item = _Item(item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest, tuple(more), more_iuvs, finetune)
+    item = ItemSpec(
+        item_id, checked, seq, truth, p_iuv, p_iuv_source, key, base_digest, tuple(more), more_iuvs, finetune
+    )
     attempt_key = attempt_key or uuid.uuid4().hex
     try:
         return _train_render_register(params, root, base_dir, item, enabled, flow_run_id, runtime, attempt_key)
@@ -282,7 +266,7 @@ def _train_render_register(
     params,
     root: Path,
     base_dir: Path,
-    item: _Item,
+    item: ItemSpec,
     enabled: bool,
     flow_run_id: str | None = None,
     runtime=None,

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dreampose.safe_fetch import UrlPolicy, fetch_url
+from dreampose.catalog.safe_fetch import UrlPolicy, fetch_url
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any catalog camera, far below a decompression bomb
@@ -40,7 +40,7 @@ def read_photo_bytes(
     """The photo's bytes from a local path or an http(s) URL (size-capped).
 
     A URL may not reach loopback, private, link-local or other internal addresses, nor redirect to them,
-    unless ``url_policy`` allows it (``dreampose.safe_fetch``).
+    unless ``url_policy`` allows it (``dreampose.catalog.safe_fetch``).
     """
     parsed = urlparse(photo)
     if parsed.scheme in ("http", "https"):

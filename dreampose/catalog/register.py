@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from dreampose.catalog.attempts import subject_tags
+from dreampose.catalog.spec import ItemSpec
 from dreampose.layout import Workspace
 
-if TYPE_CHECKING:
-    from dreampose.catalog.item import _Item
 
-
-def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None) -> None:
+def _log_model(params, item: ItemSpec, run_dir: Path, model_dir: Path | None = None) -> None:
     """The subject model (``model_dir``, default the run's ``model/``; the base model when the item skipped the
     subject finetune) as an MLflow ``pyfunc`` model under the run's ``model/``; a subject model references its base,
     logged once per content hash (``mlflow_model.log_base``)."""
     import mlflow
 
-    from dreampose.mlflow_model import log_base, save_subject_model
+    from dreampose.catalog.mlflow_model import log_base, save_subject_model
     from dreampose.models.subject import is_subject_dir, resolve_base
 
     staging = run_dir / "mlflow_model"
@@ -42,10 +40,10 @@ def _log_model(params, item: _Item, run_dir: Path, model_dir: Path | None = None
         shutil.rmtree(staging, ignore_errors=True)  # the run directory keeps the subject model in model/
 
 
-def _review_page(params, root: Path, item: _Item, info, run_id: str, frames: np.ndarray, scores) -> Path:
+def _review_page(params, root: Path, item: ItemSpec, info, run_id: str, frames: np.ndarray, scores) -> Path:
     """Write the version's self-contained review page into the run directory."""
+    from dreampose.catalog.review_page import PAGE_NAME, ReviewPage, demo_reference, write_page
     from dreampose.render import iuv_to_rgb
-    from dreampose.review_page import PAGE_NAME, ReviewPage, demo_reference, write_page
 
     page = ReviewPage(
         item_id=item.item_id,
@@ -78,7 +76,15 @@ def _description(run, model_name: str, item_id: str) -> str:
 
 
 def log_and_register(
-    params, root: Path, item: _Item, run_id: str, run_dir: Path, scores, summary, frames, model_dir: Path | None = None
+    params,
+    root: Path,
+    item: ItemSpec,
+    run_id: str,
+    run_dir: Path,
+    scores,
+    summary,
+    frames,
+    model_dir: Path | None = None,
 ) -> Any:
     """Quality metrics, the pyfunc model, media, the registered version and its review page."""
     import mlflow

@@ -13,6 +13,11 @@ are inflated, through the archive's frame index (:mod:`dreampose.io`), so an ite
 at frame 359 costs what one at frame 0 does. Either way the frames are bit-identical to ``load_iuv(path)[frames]``.
 Each DataLoader worker holds its own copy, so the bound is per worker (training feeds it through
 :mod:`dreampose.training.data`, whose batches carry the augmentation keys to :meth:`PairDataset.keyed_item`).
+
+Training items travel compact (:meth:`PairDataset.compact_item`): the pose window as its uint8 IUV and the
+pixels as uint8 where no crop or colour change made them non-integer, ~7 MB instead of ~21 MB of float32 per
+640x512 item through the workers' shared memory; :func:`expand_batch` turns a batch of them, on the training
+device, into exactly the float batch of ``dataset[i]`` (the same 256-entry tables on every device).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from torch.utils.data import Dataset, get_worker_info
 from dreampose.data.densepose.iuv import pose_window, uv_to_model
 from dreampose.io import IUVArchive, iuv_shape, load_iuv, read_iuv_frames
 
-__all__ = ["IUVFrames", "PairDataset", "iuv_shape", "load_pose_sequence", "read_iuv_frames"]
+__all__ = [
+    "IUVFrames", "PairDataset", "expand_batch", "iuv_shape", "load_pose_sequence", "pixels_to_model",
+    "read_iuv_frames",
+]  # fmt: skip
 
 MANIFEST_COLUMNS = ("subject_id", "input_path", "target_path", "densepose_path", "pose_frames")
 CACHE_BYTES = 256 << 20  # LRU of whole decoded IUV arrays, per dataset instance (so per DataLoader worker)
@@ -84,8 +92,8 @@ class IUVFrames:
         return arr[[int(t) for t in frames]]
 
 
-def load_image(path: Path, height: int, width: int) -> torch.Tensor:
-    """An RGB image file -> float32 ``(3, height, width)`` in [-1, 1] (bilinear resize if the size differs)."""
+def read_image(path: Path, height: int, width: int) -> torch.Tensor:
+    """An RGB image file -> uint8 ``(3, height, width)`` (bilinear resize, in uint8, if the size differs)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image listed in the manifest does not exist")
@@ -94,8 +102,28 @@ def load_image(path: Path, height: int, width: int) -> torch.Tensor:
         if im.size != (width, height):
             im = im.resize((width, height), Image.BILINEAR)
         arr = np.asarray(im)
-    # uint8 -> [-1, 1] through a 256-entry table: the values of ``float(x) / 127.5 - 1`` in one gather.
-    return torch.from_numpy(np.take(_pixel_table(), np.moveaxis(arr, -1, 0)))
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, 0)))
+
+
+def load_image(path: Path, height: int, width: int) -> torch.Tensor:
+    """An RGB image file -> float32 ``(3, height, width)`` in [-1, 1] (bilinear resize if the size differs)."""
+    return pixels_to_model(read_image(path, height, width))
+
+
+def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape, any device) -> float32 in [-1, 1]: ``float(x) / 127.5 - 1`` as the CPU computes
+    it, through a 256-entry table (one gather; on a GPU too, where a division may round differently)."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
+    if pixels.device.type == "cpu":
+        return torch.from_numpy(np.take(_pixel_table(), pixels.numpy()))
+    return _pixel_gather(pixels)
+
+
+def _pixel_gather(pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`pixels_to_model` through torch ops on ``pixels``' device (the table gathered there)."""
+    table = torch.from_numpy(_pixel_table()).to(pixels.device)
+    return table.index_select(0, pixels.reshape(-1).int()).view(pixels.shape)
 
 
 _PIXEL_TABLE: np.ndarray | None = None
@@ -106,6 +134,25 @@ def _pixel_table() -> np.ndarray:
     if _PIXEL_TABLE is None:
         _PIXEL_TABLE = (torch.arange(256, dtype=torch.uint8).float() / 127.5 - 1.0).numpy().copy()
     return _PIXEL_TABLE
+
+
+PIXEL_KEYS = ("input_pixels", "target_pixels")
+
+
+def expand_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """A collated batch of compact items (:meth:`PairDataset.compact_item`), on any device -> the batch the float
+    items (``dataset[i]``) collate to, value for value: uint8 ``*_pixels`` through :func:`pixels_to_model`, the
+    uint8 IUV window ``pose_iuv`` ``(..., window, H, W, 3)`` to ``poses`` ``(..., 2 * window, H, W)`` through
+    ``uv_to_model``. Other entries (and batches of float items) pass through unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == "pose_iuv":
+            out["poses"] = uv_to_model(value).flatten(-4, -3)
+        elif key in PIXEL_KEYS and isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+            out[key] = pixels_to_model(value)
+        else:
+            out[key] = value
+    return out
 
 
 def crop_box(
@@ -137,6 +184,7 @@ class PairDataset(Dataset):
     """Items: ``input_pixels``, ``target_pixels`` float32 ``(3, H, W)`` in [-1, 1]; ``poses`` float32
     ``(2 * window, H, W)`` via ``uv_to_model``; ``subject_id``. DensePose frames come through a bounded
     :class:`IUVFrames` (``cache_bytes`` of whole small videos; large videos are read window by window).
+    Training ships :meth:`compact_item` (uint8) and converts on its device with :func:`expand_batch`.
     """
 
     def __init__(
@@ -212,14 +260,30 @@ class PairDataset(Dataset):
             raise ValueError(f"augment key and draw must be >= 0, got {key}, {draw}")
         return self._item(index, lambda: self._keyed_rng(index, int(key), int(draw)))
 
-    def _item(self, index: int, make_rng: Callable[[], np.random.Generator]) -> dict[str, Any]:
+    def compact_item(self, index: int, key: int, draw: int = 0) -> dict[str, Any]:
+        """:meth:`keyed_item` in its compact form, as DataLoader workers ship it (a third of the bytes at paper
+        size): ``pose_iuv`` the uint8 IUV window ``(window, H, W, 3)`` instead of ``poses``; the pixels uint8
+        ``(3, H, W)`` where nothing made them non-integer (no crop for the target, no colour augmentation for
+        either), else float32 as in ``keyed_item``. :func:`expand_batch` of it (or of a batch of them, on the
+        training device) equals ``keyed_item`` (collated) exactly."""
+        if key < 0 or draw < 0:
+            raise ValueError(f"augment key and draw must be >= 0, got {key}, {draw}")
+        return self._item(index, lambda: self._keyed_rng(index, int(key), int(draw)), compact=True)
+
+    def _item(self, index: int, make_rng: Callable[[], np.random.Generator], compact: bool = False) -> dict[str, Any]:
         row = self.rows.iloc[index]
         frames = [int(f) for f in row["pose_frames"]]
         pose_iuv = torch.from_numpy(self.pose_frames(row["densepose_path"], frames)).permute(0, 3, 1, 2)  # (5,3,h,w)
         if pose_iuv.shape[-2:] != (self.height, self.width):
             pose_iuv = F.interpolate(pose_iuv.float(), size=(self.height, self.width), mode="nearest").to(torch.uint8)
-        target = load_image(self.root / row["target_path"], self.height, self.width)
-        image = load_image(self.root / row["input_path"], self.height, self.width)
+        target = read_image(self.root / row["target_path"], self.height, self.width)
+        image = read_image(self.root / row["input_path"], self.height, self.width)
+        # One dtype per key for the whole dataset (items of a batch collate together): float where any item may
+        # be cropped or recoloured.
+        if not compact or self.augment is not None or self.color_augment > 0:
+            target = pixels_to_model(target)
+        if not compact or self.color_augment > 0:
+            image = pixels_to_model(image)
         rng = make_rng() if self.augment is not None or self.color_augment > 0 else None
         if self.augment is not None:
             box = crop_box(rng, self.height, self.width, self.augment)
@@ -230,13 +294,13 @@ class PairDataset(Dataset):
             image, target = recolor(image, perm, gain), recolor(target, perm, gain)
         if self.augment is not None:
             target = target.clamp(-1, 1)  # antialiased resizing may overshoot; otherwise already in [-1, 1]
-        poses = uv_to_model(pose_iuv.permute(0, 2, 3, 1)).flatten(0, 1)
-        return {
-            "input_pixels": image,
-            "target_pixels": target,
-            "poses": poses,
-            "subject_id": str(row["subject_id"]),
-        }
+        item: dict[str, Any] = {"input_pixels": image, "target_pixels": target}
+        if compact:
+            item["pose_iuv"] = pose_iuv.permute(0, 2, 3, 1).contiguous()  # (5,h,w,3): as read, no copy if uncropped
+        else:
+            item["poses"] = uv_to_model(pose_iuv.permute(0, 2, 3, 1)).flatten(0, 1)
+        item["subject_id"] = str(row["subject_id"])
+        return item
 
 
 def color_change(

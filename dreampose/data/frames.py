@@ -6,14 +6,17 @@ going to 640 × 512 loses a few rows top and bottom; a landscape one loses its s
 The DensePose stage reuses ``resize_center_crop(..., nearest=True)`` so IUV maps line up
 with the frames pixel for pixel.
 
-Decoding runs on the calling thread while a pool of ``cfg.workers`` threads resizes, encodes and
-writes the JPEGs (PIL releases the GIL for all three), so decoding never waits for the encoder.
+``cfg.workers`` videos decode at once (decord decodes on its own thread; each video's thread copies the frame
+out of one reused buffer into a PIL image) while a pool of ``cfg.workers`` threads resizes, encodes and writes
+the JPEGs (PIL releases the GIL for all three), so decoding never waits for the encoder. Beside decode + resize,
+a frame costs its JPEG encode and one file creation, little else (see docs/scaling.md, "Frame extraction").
 Unreadable videos are quarantined (``quarantine.json``), not fatal, unless none is readable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -45,7 +48,7 @@ INDEX_SCHEMA = pa.schema(
         ("height", pa.int32()),
     ]
 )
-_MAX_PENDING = 64  # decoded frames waiting for the encoders, per decoding video, at most
+_MAX_PENDING = 64  # decoded frames (RGBX PIL images) waiting for the encoders, per decoding video, at most
 _CHUNK = 8  # frames per encoder task
 
 
@@ -93,16 +96,28 @@ def resize_center_crop(img: np.ndarray, height: int, width: int, nearest: bool =
     return np.stack(planes, axis=-1)
 
 
-def _resize_crop_image(img: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
-    """PIL's antialiased bilinear resize of an RGB(A) array to ``size`` (h, w), cropped to ``box``; no crop (a copy)
-    when the box is the whole resized image."""
-    out = Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+def _resize_crop_image(
+    img: np.ndarray | Image.Image, size: tuple[int, int], box: tuple[int, int, int, int]
+) -> Image.Image:
+    """PIL's antialiased bilinear resize of an RGB(A) array or image to ``size`` (h, w), cropped to ``box``; no
+    crop (a copy) when the box is the whole resized image."""
+    src = img if isinstance(img, Image.Image) else Image.fromarray(img)
+    out = src.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return out if box == (0, 0, size[1], size[0]) else out.crop(box)
 
 
-def frame_image(frame: np.ndarray, height: int, width: int) -> Image.Image:
-    """``resize_center_crop`` of an RGB frame as a PIL image (what the frames stage encodes), without the round
-    trip through a numpy array; the pixels are those of ``resize_center_crop(frame, height, width)``."""
+def frame_image(frame: np.ndarray | Image.Image, height: int, width: int) -> Image.Image:
+    """``resize_center_crop`` of an RGB frame (an array, or ``Image.fromarray`` of it) as a PIL image (what the
+    frames stage encodes), without the round trip through a numpy array; the pixels are those of
+    ``resize_center_crop(frame, height, width)``."""
+    if isinstance(frame, Image.Image):
+        if frame.mode != "RGB":
+            raise ValueError(f"frame: expected an RGB image, got mode {frame.mode}")
+        new_h, new_w, top, left = fit_geometry(frame.height, frame.width, height, width)
+        box = (left, top, left + width, top + height)
+        if (new_h, new_w) != (frame.height, frame.width):
+            return _resize_crop_image(frame, (new_h, new_w), box)
+        return frame if box == (0, 0, frame.width, frame.height) else frame.crop(box)
     new_h, new_w, top, left = fit_geometry(frame.shape[0], frame.shape[1], height, width)
     if (new_h, new_w) == (frame.shape[0], frame.shape[1]) or frame.ndim != 3 or frame.shape[2] != 3:
         return Image.fromarray(resize_center_crop(frame, height, width))
@@ -127,12 +142,16 @@ def list_videos(videos_dir: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _resize_and_save(frame: np.ndarray, path: Path, cfg: FramesConfig) -> None:
-    # 4:4:4 chroma: at demo sizes (64 × 48) 4:2:0 visibly smears garment colours across edges
-    frame_image(frame, cfg.height, cfg.width).save(path, format="JPEG", quality=cfg.jpeg_quality, subsampling=0)
+def _resize_and_save(frame: Image.Image, path: Path, cfg: FramesConfig) -> None:
+    # An unbuffered file object: PIL's encoder writes straight to its descriptor, without PIL opening the path
+    # itself (an existence check and a buffered read-write file, which seeks); "x" as the staging directory is
+    # fresh, so a second writer of one name is a bug, not an overwrite. The encoder and its bytes are PIL's.
+    with open(path, "xb", buffering=0) as fh:
+        # 4:4:4 chroma: at demo sizes (64 × 48) 4:2:0 visibly smears garment colours across edges
+        frame_image(frame, cfg.height, cfg.width).save(fh, format="JPEG", quality=cfg.jpeg_quality, subsampling=0)
 
 
-def _resize_and_save_all(frames: list[tuple[np.ndarray, Path]], cfg: FramesConfig) -> None:
+def _resize_and_save_all(frames: list[tuple[Image.Image, Path]], cfg: FramesConfig) -> None:
     for frame, path in frames:
         _resize_and_save(frame, path, cfg)
 
@@ -146,61 +165,84 @@ def _display(path: Path, root: Path) -> str:
 
 def _extract_video(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, pool: ThreadPoolExecutor
-) -> list[dict[str, Any]]:
-    """Frames of one video into ``video_dir``; raises ``ValueError`` if it cannot be decoded."""
+) -> dict[str, list]:
+    """Frames of one video into ``video_dir``, and its index columns; raises ``ValueError`` if it cannot be
+    decoded."""
     reader, num_frames, fps = open_stream(path)
     wanted = frame_indices(num_frames, cfg.stride, cfg.max_frames)
     video_dir.mkdir(parents=True)
-    rows: list[dict[str, Any]] = []
+    decoded = 0
     pending: deque[Future] = deque()
-    chunk: list[tuple[np.ndarray, Path]] = []
+    chunk: list[tuple[Image.Image, Path]] = []
     try:
-        for k, (src_idx, frame) in enumerate(iter_video(path, wanted, reader=reader)):
-            name = f"{k:05d}.jpg"
-            # resize, encode and the file write leave the decoding thread, a few frames per task so the
-            # hand-over (a lock, a wake-up, the GIL) is paid once per chunk rather than once per frame
-            chunk.append((frame, video_dir / name))
+        for k, (_, frame) in enumerate(iter_video(path, wanted, reader=reader, reuse=True)):
+            # the frame becomes a PIL image here (its own copy of the reused decoding buffer); resize, encode and
+            # the file write leave the decoding thread, a few frames per task so the hand-over (a lock, a wake-up,
+            # the GIL) is paid once per chunk rather than once per frame
+            chunk.append((Image.fromarray(frame), video_dir / f"{k:05d}.jpg"))
+            decoded = k + 1
             if len(chunk) == _CHUNK:
                 pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
                 chunk = []
                 if len(pending) >= _MAX_PENDING // _CHUNK:
                     pending.popleft().result()
-            rows.append(
-                {
-                    "video": path.stem,
-                    "split": split,
-                    "frame": k,
-                    "source_frame": src_idx,
-                    "timestamp": src_idx / fps if fps > 0 else 0.0,
-                    "path": f"{rel_dir}/{name}",
-                    "width": cfg.width,
-                    "height": cfg.height,
-                }
-            )
         if chunk:
             pending.append(pool.submit(_resize_and_save_all, chunk, cfg))
     finally:
         for fut in pending:
             fut.result()
-    if len(rows) != len(wanted):
-        raise ValueError(f"{path}: not a readable video ({len(rows)} of {len(wanted)} frames decoded)")
-    return rows
+    if decoded != len(wanted):
+        raise ValueError(f"{path}: not a readable video ({decoded} of {len(wanted)} frames decoded)")
+    return index_columns(path.stem, split, rel_dir, wanted, fps, cfg)
+
+
+def index_columns(
+    video: str, split: str, rel_dir: str, source_frames: list[int], fps: float, cfg: FramesConfig
+) -> dict[str, list]:
+    """One video's rows of ``index.parquet``, column by column (``INDEX_SCHEMA``'s names and order): frame ``k``
+    is ``source_frames[k]`` of the video, written as ``rel_dir/kkkkk.jpg``."""
+    n = len(source_frames)
+    return {
+        "video": [video] * n,
+        "split": [split] * n,
+        "frame": list(range(n)),
+        "source_frame": list(source_frames),
+        "timestamp": [i / fps if fps > 0 else 0.0 for i in source_frames],
+        "path": [f"{rel_dir}/{k:05d}.jpg" for k in range(n)],
+        "width": [cfg.width] * n,
+        "height": [cfg.height] * n,
+    }
+
+
+def index_table(columns: dict[str, list]) -> pa.Table:
+    """``index.parquet``'s table from its columns, with the pandas metadata a ``pa.Table.from_pandas`` of the
+    same rows carries (so the file's bytes are those of the pandas-built index), built without pandas: a
+    DataFrame of every row cost several milliseconds per run, 3 % of a small extraction."""
+    return pa.table(columns, schema=INDEX_SCHEMA.with_metadata(_pandas_metadata()))
+
+
+@functools.cache
+def _pandas_metadata() -> dict[bytes, bytes]:
+    # it describes the column types only (the same for one row as for a million): take it from one row
+    one = {"video": ["v"], "split": ["s"], "frame": [0], "source_frame": [0], "timestamp": [0.0], "path": ["p"]}
+    one |= {"width": [16], "height": [16]}
+    return pa.Table.from_pandas(pd.DataFrame(one), schema=INDEX_SCHEMA, preserve_index=False).schema.metadata
 
 
 def _video_or_quarantine(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path, pool: ThreadPoolExecutor
-) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
-    """One video's index rows, or no rows and its quarantine entry when it cannot be decoded."""
+) -> tuple[dict[str, list] | None, dict[str, str] | None]:
+    """One video's index columns, or none and its quarantine entry when it cannot be decoded."""
     try:
         return _extract_video(cfg, split, path, video_dir, rel_dir, pool), None
     except ValueError as err:
         shutil.rmtree(video_dir, ignore_errors=True)
-        return [], {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
+        return None, {"video": path.stem, "split": split, "path": _display(path, root), "reason": str(err)}
 
 
 def _video_job(
     cfg: FramesConfig, split: str, path: Path, video_dir: Path, rel_dir: str, root: Path
-) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+) -> tuple[dict[str, list] | None, dict[str, str] | None]:
     """One video as a cluster task: its own encoder pool of ``cfg.workers`` threads."""
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         return _video_or_quarantine(cfg, split, path, video_dir, rel_dir, root, pool)
@@ -225,7 +267,8 @@ def extract_frames(
     tmp = staging_dir(out_dir)
     tmp.mkdir()
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    columns: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names}
+    videos_per_split: dict[str, int] = {}
     quarantine: list[dict[str, str]] = []
     jobs = [
         (cfg, split, path, tmp / split / path.stem, f"{rel_out}/{split}/{path.stem}", root) for split, path in videos
@@ -247,30 +290,30 @@ def extract_frames(
 
             with tqdm(total=len(jobs), desc="frames (cluster)", unit="video", leave=False) as bar:
                 results = map_ordered(client, _video_job, jobs, on_done=lambda _f: bar.update(1))
-        for video_rows, entry in results:
-            rows += video_rows
+        for (_, split, *_), (video_columns, entry) in zip(jobs, results, strict=True):
             if entry is not None:
                 quarantine.append(entry)
-        if not rows:
+                continue
+            videos_per_split[split] = videos_per_split.get(split, 0) + 1
+            for name, values in video_columns.items():
+                columns[name] += values
+        frames = len(columns["frame"])
+        if not frames:
             reasons = "; ".join(q["reason"] for q in quarantine[:3])
             raise ValueError(f"{videos_dir}: none of {len(videos)} videos is readable ({reasons})")
         seconds = time.perf_counter() - start
-        index = pa.Table.from_pandas(pd.DataFrame(rows), schema=INDEX_SCHEMA, preserve_index=False)
-        pq.write_table(index, tmp / "index.parquet")
+        pq.write_table(index_table(columns), tmp / "index.parquet")
         (tmp / "quarantine.json").write_text(json.dumps({"count": len(quarantine), "videos": quarantine}, indent=2))
         replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
-    per_split: dict[str, set[str]] = {}
-    for row in rows:  # (a pandas groupby here took 2-3 ms per run)
-        per_split.setdefault(row["split"], set()).add(row["video"])
     return {
         "videos": len(videos) - len(quarantine),
         "quarantined": len(quarantine),
-        "frames": len(rows),
+        "frames": frames,
         "seconds": round(seconds, 3),
-        "fps": round(len(rows) / seconds, 1) if seconds > 0 else 0.0,
-        **{f"videos_{k}": len(v) for k, v in sorted(per_split.items())},
+        "fps": round(frames / seconds, 1) if seconds > 0 else 0.0,
+        **{f"videos_{k}": v for k, v in sorted(videos_per_split.items())},
     }

@@ -91,3 +91,13 @@ def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
     per_channel = s.mean(dim=(1, 2, 3)).view(p.shape[0], 3)
     out = per_channel.mean(dim=1).numpy()
     return out[0] if single else out
+
+
+def reconstruction_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """How well ``pred`` reconstructs ``target`` (``(N, H, W, 3)``): mean ``recon_l1``, and mean ``recon_ssim`` when
+    the frames are at least 11 pixels a side (SSIM's window); what ``models/pretrained/build.json`` records of the
+    tiny VAE."""
+    out = {"recon_l1": float(l1(pred, target).mean())}
+    if min(np.shape(target)[1:3]) >= 11:
+        out["recon_ssim"] = float(ssim(pred, target).mean())
+    return out

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,10 +285,15 @@ def load_frames(frames_index_path: Path, root: Path, split: str | None = None) -
     return x
 
 
-@torch.no_grad()
-def _recon_metrics(vae: AutoencoderKL, frames: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
-    from dreampose.metrics.pixel import l1, ssim
+#: Scores reconstructions against their targets, both float64 ``(N, H, W, 3)`` in [0, 1]: the caller's metric
+#: (``dreampose.metrics.pixel.reconstruction_scores``); the model code does not score itself.
+ReconstructionScore = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, frames: torch.Tensor, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` ``(N, 3, H, W)`` in [-1, 1] encoded (posterior mode) and decoded by ``vae``: the reconstructions
+    and the frames, both float64 ``(N, H, W, 3)`` in [0, 1]."""
     vae.eval()
     recons = []
     for s in range(0, len(frames), batch_size):
@@ -295,10 +301,7 @@ def _recon_metrics(vae: AutoencoderKL, frames: torch.Tensor, batch_size: int = 3
         recons.append(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1))
     pred = ((torch.cat(recons) + 1) / 2).permute(0, 2, 3, 1).double().numpy()
     target = ((frames + 1) / 2).permute(0, 2, 3, 1).double().numpy()
-    out = {"recon_l1": float(l1(pred, target).mean())}
-    if min(target.shape[1:3]) >= 11:
-        out["recon_ssim"] = float(ssim(pred, target).mean())
-    return out
+    return pred, target
 
 
 def pretrain_tiny_vae(
@@ -312,13 +315,14 @@ def pretrain_tiny_vae(
     kl_weight: float = 1e-6,
     ssim_weight: float = 0.2,
     grad_weight: float = 0.0,
+    score: ReconstructionScore | None = None,
 ) -> dict[str, float]:
     """Train ``vae`` to reconstruct the train-split frames (L1 + ``ssim_weight`` (1 - SSIM) + ``grad_weight``
     ``gradient_l1`` + a tiny KL).
 
     Afterwards ``scaling_factor`` is set to 1 / std of the latents (as Stable Diffusion's 0.18215 was
-    chosen), so the diffusion model sees unit-variance latents. Returns reconstruction L1 / SSIM on
-    the held-out split (train split if there is none), latent std and seconds.
+    chosen), so the diffusion model sees unit-variance latents. Returns ``score`` of the reconstructions of the
+    held-out split (train split if there is none; nothing without ``score``), latent std and seconds.
     """
     frames_index_path = Path(frames_index_path)
     train = load_frames(frames_index_path, root, split="train")
@@ -356,10 +360,11 @@ def pretrain_tiny_vae(
             torch.cat([vae.encode(sample[s : s + 64]).latent_dist.mode() for s in range(0, len(sample), 64)]).std()
         )
     vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-    metrics = _recon_metrics(vae, held)
+    metrics = dict(score(*reconstruct(vae, held))) if score is not None else {}
     metrics.update({"latent_std": std, "vae_pretrain_steps": steps, "vae_pretrain_seconds": time.perf_counter() - t0})
     print(
-        f"vae pretrain: {steps} steps, recon L1 {metrics['recon_l1']:.4f}"
+        f"vae pretrain: {steps} steps"
+        + (f", recon L1 {metrics['recon_l1']:.4f}" if "recon_l1" in metrics else "")
         + (f" / SSIM {metrics['recon_ssim']:.4f}" if "recon_ssim" in metrics else "")
         + f", latent std {std:.3f}"
     )
@@ -393,11 +398,14 @@ def build_base_model(
     height: int = 64,
     width: int = 48,
     root: Path | None = None,
+    score: ReconstructionScore | None = None,
 ) -> dict[str, Any]:
     """Write the base ``DreamPosePipeline`` (expanded ``conv_in``, adapter with its VAE branch at zero) to ``out_dir``.
 
     ``tiny`` pre-trains the VAE on the frames listed in ``frames_dir / "index.parquet"`` (paths relative
-    to ``root``, default ``frames_dir.parent.parent``, the workspace of ``data/frames``). Returns a summary.
+    to ``root``, default ``frames_dir.parent.parent``, the workspace of ``data/frames``); ``score`` (the
+    caller's metric) rates the pre-trained VAE's reconstructions of held-out frames, recorded in ``build.json``.
+    Returns a summary.
     """
     # Before any work: a size the model cannot take would otherwise fail only at render time.
     check_frame_size(height, width, model_size_multiple(cfg), f"the {cfg.source} model (model.source)")
@@ -420,6 +428,7 @@ def build_base_model(
             lr=cfg.tiny.vae_lr,
             seed=seed,
             grad_weight=cfg.tiny.vae_grad_weight,
+            score=score,
         )
         summary.update(metrics)
     else:

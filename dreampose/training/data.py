@@ -10,6 +10,11 @@ one index in a batch draw different crops). :class:`KeyedItems` turns such a tri
 item does not depend on which worker made it. ``num_workers`` worker processes (``train_*.num_workers``) load
 items ahead of the loop, each with its own bounded IUV cache; one iterator spans the run (the workers live as
 long as it), batches are pinned for an asynchronous copy when training on CUDA.
+
+Items travel compact where the dataset offers it (``compact_item``: uint8 pose IUV and pixels, a third of the
+float32 bytes through the workers' shared memory and the host-to-device copy); :func:`to_device` moves a batch
+to the training device and there expands it (``dreampose.data.dataset.expand_batch``) into exactly the float
+batch the in-process items give.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
+from dreampose.data.dataset import expand_batch
 from dreampose.training.sampling import batch_indices, shard, step_seed
 
 Keyed = tuple[int, int, int]  # (dataset index, augmentation key, draw)
@@ -61,11 +67,12 @@ class StepBatchSampler(Sampler[list[Keyed]]):
 
 
 class KeyedItems(Dataset):
-    """``dataset`` indexed by ``(index, key, draw)``: ``keyed_item`` of the dataset under any ``Subset``, or its
-    plain item for a dataset that does not augment."""
+    """``dataset`` indexed by ``(index, key, draw)``: ``compact_item`` (with ``compact``) or ``keyed_item`` of the
+    dataset under any ``Subset``, or its plain item for a dataset that does not augment."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, compact: bool = True) -> None:
         self.dataset = dataset
+        self.compact = compact
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -75,7 +82,7 @@ class KeyedItems(Dataset):
         ds = self.dataset
         while isinstance(ds, Subset):
             index, ds = int(ds.indices[index]), ds.dataset
-        keyed = getattr(ds, "keyed_item", None)
+        keyed = (getattr(ds, "compact_item", None) if self.compact else None) or getattr(ds, "keyed_item", None)
         return keyed(index, key, draw) if keyed is not None else ds[index]
 
 
@@ -89,14 +96,16 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    compact: bool = True,
 ) -> DataLoader:
     """A ``DataLoader`` over ``sampler``'s keyed micro-batches: ``num_workers`` persistent workers (0 = load in
-    this process), each keeping ``prefetch_factor`` batches in flight, ``pin_memory`` for CUDA."""
+    this process), each keeping ``prefetch_factor`` batches in flight, ``pin_memory`` for CUDA; ``compact``
+    items where the dataset has them (:func:`to_device` expands their batches)."""
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     workers = num_workers > 0
     return DataLoader(
-        KeyedItems(dataset),
+        KeyedItems(dataset, compact),
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=default_collate,
@@ -111,9 +120,18 @@ def train_batches(
     dataset: Dataset, cfg: Any, start: int, end: int, rank: int, world: int, device: torch.device
 ) -> Iterator[dict[str, Any]]:
     """The collated micro-batches of a training run's steps ``[start, end)`` on process ``rank``, in the order
-    the loop consumes them (``cfg`` a ``TrainConfig``: ``batch_size``, ``grad_accum``, ``seed``, ``num_workers``)."""
+    the loop consumes them (``cfg`` a ``TrainConfig``: ``batch_size``, ``grad_accum``, ``seed``, ``num_workers``),
+    on the host and compact: :func:`to_device` makes each the training batch."""
     if start >= end:
         return iter(())
     sampler = StepBatchSampler(len(dataset), start, end, cfg.grad_accum, cfg.batch_size * world, cfg.seed, rank, world)  # type: ignore[arg-type]
     loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
     return iter(loader)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A host batch of :func:`train_batches` -> the training batch on ``device``: its tensors copied there
+    (asynchronously from pinned memory), then compact entries expanded there to float32 (``expand_batch``:
+    the same values, bit for bit, as the in-process float items)."""
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return expand_batch(moved)

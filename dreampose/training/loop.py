@@ -3,7 +3,8 @@
 The loop knows nothing about diffusion: it optimizes an *objective*, an ``nn.Module`` whose
 ``forward(batch, generator)`` returns a scalar loss and whose ``trainable_modules()`` names the
 modules to optimize and checkpoint (see ``objectives.py``). Per step it takes this process's shard
-of the global batch ``batch_indices(seed, step)`` from a DataLoader (``training/data.py``), seeds every
+of the global batch ``batch_indices(seed, step)`` from a DataLoader (``training/data.py``; items arrive compact,
+uint8 where they can, and are expanded to float32 on the training device), seeds every
 generator from ``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would (the fp16 loss scaler's
 state is checkpointed too). Gradients are clipped to ``max_grad_norm`` when set; on CUDA devices
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from dreampose.config import TrainConfig
 from dreampose.training.checkpoint import apply_checkpoint, latest_checkpoint, save_checkpoint
-from dreampose.training.data import train_batches
+from dreampose.training.data import to_device, train_batches
 from dreampose.training.sampling import seed_everything, step_seed
 
 log = logging.getLogger("dreampose.training")
@@ -129,10 +130,6 @@ def peak_memory_mb(device: torch.device) -> float:
     # ru_maxrss: KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def load_batch(dataset: Dataset, indices: list[int]) -> dict[str, Any]:
@@ -275,7 +272,8 @@ def _train_step(
         stream_step = step * cfg.grad_accum + micro
         # Augmentations and layers that draw from the global generators see the same state on resume.
         seed_everything(step_seed(cfg.seed, stream_step, rank, 1))
-        batch = _to_device(next(batches), accelerator.device)  # this stream step's items (training/data.py)
+        # This stream step's items (training/data.py), shipped compact and expanded to float on the device.
+        batch = to_device(next(batches), accelerator.device)
         generator = torch.Generator(accelerator.device).manual_seed(step_seed(cfg.seed, stream_step, rank, 2))
         last = micro == cfg.grad_accum - 1
         # Only the last micro-batch all-reduces gradients across processes.

@@ -255,18 +255,14 @@ def test_items_are_bit_identical_to_the_float_formulas(tmp_path, monkeypatch):
     from tests.training.tiny import W as TW
     from tests.training.tiny import write_workspace
 
-    def formula_image(path, height, width):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB").resize((width, height)), dtype=np.float32)
-        return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+    def formula_pixels(pixels):
+        return pixels.float() / 127.5 - 1.0
 
     manifest = write_workspace(tmp_path)
     for kw in ({}, {"augment": (0.5, 0.9), "color_augment": 1.0}):
         ours = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
         with monkeypatch.context() as m:
-            m.setattr(D, "load_image", formula_image)
+            m.setattr(D, "pixels_to_model", formula_pixels)
             m.setattr(D, "uv_to_model", lambda iuv: _uv_formula(torch.as_tensor(iuv)))
             ref = [PairDataset(manifest, tmp_path, TH, TW, seed=3, **kw).keyed_item(i, 11) for i in range(4)]
         for a, b in zip(ours, ref, strict=True):

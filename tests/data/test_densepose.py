@@ -226,14 +226,14 @@ def test_synthetic_backend_rejects_out_of_range_source_frame(tmp_path):
 
 
 def test_runtime_device_reaches_the_densepose_stage(tmp_path, monkeypatch):
-    from dreampose import stages
     from dreampose.config import Params
+    from dreampose.stages import densepose
 
     monkeypatch.setenv("DREAMPOSE_NO_MLFLOW", "1")
     ws = make_workspace(tmp_path, {"test": {"c": 2}})
     save_module(tmp_path / "m.pt")
     params = Params(densepose={"backend": "torchscript", "weights": "m.pt"}, runtime={"device": "cpu"})
-    summary = stages.densepose(params, ws)
+    summary = densepose.run(params, ws)
     assert summary["device"] == "cpu" and summary["frames_with_person"] == 2
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"runtime\.device: 'cuda' requested"):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -16,6 +17,8 @@ from dreampose.data.frames import (
     extract_frames,
     fit_geometry,
     frame_indices,
+    index_columns,
+    index_table,
     resize_center_crop,
 )
 from dreampose.video import write_video
@@ -122,6 +125,32 @@ def test_frame_files_are_the_reference_encode_byte_for_byte(workspace, size):
             ref = io.BytesIO()
             Image.fromarray(resize_center_crop(frame, *size)).save(ref, format="JPEG", quality=95, subsampling=0)
             assert (workspace / f"data/frames/{split}/{name}/{k:05d}.jpg").read_bytes() == ref.getvalue(), (name, k)
+
+
+def test_index_table_is_the_pandas_built_file_byte_for_byte(tmp_path):
+    """The index is built column by column without pandas; its file stays the one a DataFrame of the rows gave
+    (pandas metadata included), so DVC sees the same ``index.parquet`` and pandas reads it back the same."""
+    cfg = FramesConfig(height=32, width=24)
+    cols = index_columns("a", "train", "data/frames/train/a", [0, 3, 6], 12.0, cfg)
+    cols2 = index_columns("c", "test", "data/frames/test/c", [0, 1], 0.0, cfg)  # fps 0: timestamps 0
+    both = {k: cols[k] + cols2[k] for k in cols}
+    rows = [dict(zip(both, vals, strict=True)) for vals in zip(*both.values(), strict=True)]
+    assert rows[1] == {
+        "video": "a",
+        "split": "train",
+        "frame": 1,
+        "source_frame": 3,
+        "timestamp": 0.25,
+        "path": "data/frames/train/a/00001.jpg",
+        "width": 24,
+        "height": 32,
+    }
+    assert rows[4]["timestamp"] == 0.0
+    ref = pa.Table.from_pandas(pd.DataFrame(rows), schema=INDEX_SCHEMA, preserve_index=False)
+    pq.write_table(ref, tmp_path / "ref.parquet")
+    pq.write_table(index_table(both), tmp_path / "ours.parquet")
+    assert (tmp_path / "ours.parquet").read_bytes() == (tmp_path / "ref.parquet").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ours.parquet"), pd.read_parquet(tmp_path / "ref.parquet"))
 
 
 def test_stride_and_max_frames(workspace):

@@ -130,10 +130,15 @@ def test_subject_manifest_covers_every_usable_test_video_and_selection(tmp_path)
         select_eval_subjects(test.iloc[:0], 2)
 
 
-def test_inspect_prints_counts_and_writes_preview(tmp_path):
+def test_inspect_prints_counts_and_writes_preview(tmp_path, capsys):
+    from dreampose import cli
+
     ws = _prepared(tmp_path, {"train": {"a": 12}, "test": {"t0": 20}})
     _build(ws, CFG)
     info = inspect_manifests(ws / "data/manifests", ws, ws / "data/inspect/preview.png")
+    capsys.readouterr()
+    assert cli.main(["--root", str(ws), "inspect"]) == 0  # `dreampose inspect` prints the same, as JSON
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(info, default=str))
     assert info["train_rows"] == 10 and info["test_schema"]["pose_frames"] == "list<element: int32>"
     from PIL import Image
 

@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from flows import REPO, serve
-from flows.stack import descendants
+from flows import REPO
+from flows.prefect_server import api_url
+from flows.processes import BIN, descendants
 
 
 def free_port() -> int:
@@ -27,7 +28,7 @@ class Supervisor:
         self.state, self.ws, self.log, self.pool = state, ws, log, pool
         self.workers, self.zombie_after_s = workers, zombie_after_s
         self.prefect_port, self.mlflow_port = free_port(), free_port()
-        self.api = serve.api_url("127.0.0.1", self.prefect_port)
+        self.api = api_url("127.0.0.1", self.prefect_port)
         self.proc: subprocess.Popen | None = None
         self.env = {
             **os.environ,
@@ -67,7 +68,7 @@ class Supervisor:
 
     def deploy(self) -> None:
         deployed = subprocess.run(
-            [str(serve.BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
              "--name", "catalog-item", "--pool", self.pool],
             cwd=REPO, env=self.client_env(), capture_output=True, text=True, timeout=600,
         )  # fmt: skip

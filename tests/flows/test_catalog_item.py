@@ -28,7 +28,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _shared_store(store, monkeypatch, tmp_path_factory):
     """One MLflow store for the module (creating one costs seconds); tests check only their own items."""
-    from dreampose.mlflow_model import CACHE_ENV
+    from dreampose.catalog.mlflow_model import CACHE_ENV
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "base_cache"))
@@ -67,20 +67,6 @@ def test_bad_poses_and_item_ids(workspace, poses, item_id, match):
 def test_resolve_poses_directory(workspace):
     seq = catalog.resolve_poses("poses", workspace, _params(workspace))
     assert seq.iuv.shape == (6, 64, 48, 3) and seq.frame_ids == list(range(6)) and seq.truth is None
-
-
-def test_pure_scores():
-    import numpy as np
-
-    frames = np.zeros((3, 4, 4, 3), np.uint8)
-    frames[1] = 255
-    assert catalog.temporal_l1(frames) == pytest.approx(1.0)
-    assert catalog.temporal_l1(frames[:1]) == 0.0
-    iuv = np.zeros((3, 4, 4, 3), np.uint8)
-    iuv[:, 1:3, 1:3, 0] = 1
-    photo = np.full((4, 4, 3), 255, np.uint8)
-    # Frames 0 and 2 are black where the photo is white: distance sqrt(3); frame 1 matches.
-    assert catalog.appearance_drift(frames, iuv, photo, iuv[0]) == pytest.approx(2 * np.sqrt(3) / 3)
 
 
 def test_item_id_from_photo_name():
@@ -145,7 +131,7 @@ def test_catalog_item_flow_registers_pending_then_reuses(workspace, prefect_harn
     # items; the two rebuild the pipeline.
     import json
 
-    from dreampose.mlflow_model import fetch_base
+    from dreampose.catalog.mlflow_model import fetch_base
     from dreampose.models.subject import load_subject_pipeline
 
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/model", dst_path=str(tmp_path)))

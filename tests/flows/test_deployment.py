@@ -1,5 +1,6 @@
-"""The real deployment path: `prefect server start` on 127.0.0.1, a process worker, `prefect deploy` from
-prefect.yaml, a triggered catalog item, its review=pending version, then approval through the CLI."""
+"""The real deployment path: `prefect server start` on 127.0.0.1, the stack's process worker (`python -m
+flows.worker`, as `make serve` starts it), `prefect deploy` from prefect.yaml, a triggered catalog item, its
+review=pending version, then approval through the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import subprocess
 import pytest
 
 from dreampose import cli, registry, tracking
-from flows import REPO, serve
+from flows import REPO
+from flows.prefect_server import api_url, ensure_process_pool, server_env, start_server
+from flows.processes import BIN, running, start_worker, wait_answering
 
 MODEL = "catalog-test-model"
 POOL = "dreampose-test"
@@ -24,7 +27,7 @@ def _free_port() -> int:
 
 def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(serve.BIN / "prefect"), "--no-prompt", *args],
+        [str(BIN / "prefect"), "--no-prompt", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -37,22 +40,23 @@ def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subp
 def test_deployed_catalog_item_is_pending_then_approved(tmp_path, catalog_workspace):
     ws = catalog_workspace
     port = _free_port()
-    url = serve.api_url("127.0.0.1", port)
+    url = api_url("127.0.0.1", port)
     # The worker polls every second (default 10 s) so the test does not wait on its schedule.
     base = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    env = serve.server_env(url, base=base)
+    env = server_env(url, base=base)
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
-    with serve.running(procs, grace_s=10):
-        procs.append(serve.start_server("127.0.0.1", port, env, logs / "server.log"))
-        serve.wait_healthy(url, timeout_s=600, proc=procs[0])  # a hang guard: minutes on a loaded machine
-        serve.ensure_work_pool(POOL, env)
+    with running(procs, grace_s=10):
+        procs.append(start_server("127.0.0.1", port, env, logs / "server.log"))
+        # the timeout is a hang guard: minutes on a loaded machine
+        wait_answering(f"{url}/health", procs[0], timeout_s=600, name="Prefect server", codes={200})
+        ensure_process_pool(url, POOL)
         deployed = _prefect(
             ["deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", POOL], env
         )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        procs.append(serve.start_worker(POOL, env, logs / "worker.log"))
+        procs.append(start_worker(POOL, "worker-1", env, logs / "worker.log"))
         run = _prefect(
             [
                 "deployment", "run", "catalog-item/catalog-item",

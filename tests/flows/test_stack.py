@@ -19,8 +19,11 @@ import psutil
 import pytest
 import requests
 
-from flows import REPO, batch, serve
-from flows.stack import PG_DB_USER, PG_SUPERUSER, SECRET_NAMES, Stack, pg_connect
+from flows import REPO, batch
+from flows.credentials import SECRET_NAMES
+from flows.postgres import PG_DB_USER, PG_SUPERUSER, pg_connect
+from flows.processes import BIN
+from flows.stack import Stack
 from tests.flows.conftest import make_catalog_workspace, person_photo
 
 MODEL = "catalog-test-model"
@@ -111,7 +114,7 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
             stack.start()
             env = stack.client_env()
             deployed = subprocess.run(
-                [str(serve.BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
+                [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
                  "--name", "catalog-item", "--pool", POOL],
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
             )  # fmt: skip

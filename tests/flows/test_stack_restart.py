@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from flows import batch, recovery
-from flows.stack import descendants
+from flows.processes import descendants
 from tests.flows.conftest import make_catalog_workspace, person_photo
 from tests.flows.supervisor import Supervisor, alive, wait_for
 

@@ -1,4 +1,4 @@
-"""The stack's pieces without servers: batch input, secrets, the worker supervisor, the orphan watchdog."""
+"""The stack's pieces without servers: secrets, the worker supervisor, the orphan watchdog."""
 
 from __future__ import annotations
 
@@ -10,47 +10,12 @@ import time
 
 import pytest
 
-from flows import REPO, batch, recovery, serve
-from flows.stack import (
-    Stack,
-    automation_specs,
-    become_subreaper,
-    default_state,
-    descendants,
-    mlflow_jobs_enabled,
-    mlflow_web_workers,
-    reap_orphans,
-    secret,
-)
-from tests.flows.conftest import person_photo
-
-
-def test_read_batch_csv_and_folder(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    person_photo(photos / "shirt-a.png")
-    person_photo(photos / "shirt-b.png", (200, 40, 40))
-    (photos / "notes.txt").write_text("not a photo")
-    items = batch.read_batch(photos, poses="poses")
-    assert [i["item_id"] for i in items] == ["shirt-a", "shirt-b"]
-    assert all(i["poses"] == "poses" for i in items)
-    with pytest.raises(ValueError, match="needs --poses"):
-        batch.read_batch(photos)
-
-    csv_file = tmp_path / "items.csv"
-    csv_file.write_text("photo,poses,item_id\nphotos/shirt-a.png,syn_test_000,sku-1\nphotos/shirt-b.png,poses,\n")
-    items = batch.read_batch(csv_file)
-    assert [(i["item_id"], i["poses"]) for i in items] == [("sku-1", "syn_test_000"), ("shirt-b", "poses")]
-    assert items[0]["photo"] == str(photos / "shirt-a.png")  # relative to the CSV
-
-    csv_file.write_text("photo,poses,item_id\na.png,p,x\nb.png,p,x\n")
-    with pytest.raises(ValueError, match="unique"):
-        batch.read_batch(csv_file)
-    csv_file.write_text("photo\na.png\n")
-    with pytest.raises(ValueError, match="poses"):
-        batch.read_batch(csv_file)
-    with pytest.raises(FileNotFoundError):
-        batch.read_batch(tmp_path / "missing.csv")
+from flows import REPO, processes, recovery
+from flows.credentials import secret
+from flows.mlflow_server import mlflow_jobs_enabled, mlflow_web_workers
+from flows.prefect_server import automation_specs
+from flows.processes import become_subreaper, descendants, reap_orphans
+from flows.stack import Stack, default_state
 
 
 def test_secret_from_env_file_or_generated(tmp_path):
@@ -72,7 +37,7 @@ def test_supervisor_restarts_a_dead_worker_then_gives_up(tmp_path, monkeypatch):
     started = []
 
     def fake_start(name):
-        proc = serve.spawn([sys.executable, "-c", "raise SystemExit(9)"], os.environ)
+        proc = processes.spawn([sys.executable, "-c", "raise SystemExit(9)"], os.environ)
         proc.wait()
         stack.procs[name] = proc
         started.append(name)
@@ -80,7 +45,7 @@ def test_supervisor_restarts_a_dead_worker_then_gives_up(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stack, "start_worker", fake_start)
     fake_start("worker-1")
-    stack.procs["prefect"] = serve.spawn([sys.executable, "-c", "import time; time.sleep(30)"], os.environ)
+    stack.procs["prefect"] = processes.spawn([sys.executable, "-c", "import time; time.sleep(30)"], os.environ)
     msgs: list[str] = []
     try:
         assert stack.supervise_once(now=0, report=msgs.append) == []
@@ -99,7 +64,7 @@ def test_supervisor_restarts_a_dead_worker_then_gives_up(tmp_path, monkeypatch):
 def test_flow_run_process_ends_when_its_worker_dies(tmp_path):
     # A "worker" starts a flow-run-like child running the watchdog, then dies by SIGKILL.
     child = (
-        f"import signal, sys, time; sys.path.insert(0, {str(serve.REPO)!r})\n"
+        f"import signal, sys, time; sys.path.insert(0, {str(REPO)!r})\n"
         "from flows.catalog_item import end_with_parent\n"
         "def bye(*a):\n    print('terminated', flush=True); sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, bye); end_with_parent(poll_s=0.05)\n"
@@ -173,10 +138,10 @@ def test_stop_reaps_orphaned_grandchildren(tmp_path):
         "for _ in range(3): subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1)'])\n"
         "time.sleep(60)\n"
     )
-    proc = serve.spawn([sys.executable, "-c", script], os.environ)
+    proc = processes.spawn([sys.executable, "-c", script], os.environ)
     time.sleep(0.5)
     grandchildren = descendants(proc.pid)
-    serve.stop(proc, grace_s=2)
+    processes.stop(proc, grace_s=2)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 10 and any(os.path.exists(f"/proc/{p}") for p in grandchildren):
         reap_orphans({proc.pid})

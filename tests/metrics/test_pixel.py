@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dreampose.metrics.pixel import gaussian_kernel1d, l1, psnr, ssim
+from dreampose.metrics.pixel import gaussian_kernel1d, l1, psnr, reconstruction_scores, ssim
 
 
 def _pair(shape=(40, 32, 3), seed=0):
@@ -63,3 +63,12 @@ def test_uint8_inputs_do_not_wrap():
 def test_shape_mismatch_named():
     with pytest.raises(ValueError, match=r"prediction shape \(8, 8, 3\) != target shape \(8, 9, 3\)"):
         l1(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+
+
+def test_reconstruction_scores_are_mean_l1_and_ssim_where_the_window_fits():
+    a, b = _pair((3, 16, 12, 3))
+    scores = reconstruction_scores(b, a)
+    assert scores == {"recon_l1": float(l1(b, a).mean()), "recon_ssim": float(ssim(b, a).mean())}
+    assert reconstruction_scores(a, a) == {"recon_l1": 0.0, "recon_ssim": pytest.approx(1.0)}
+    small_a, small_b = _pair((2, 10, 16, 3))  # 10 px high: no 11x11 SSIM window fits
+    assert set(reconstruction_scores(small_b, small_a)) == {"recon_l1"}

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from dreampose.config import ModelConfig, PretrainedModelConfig, TinyModelConfig
+from dreampose.metrics.pixel import reconstruction_scores
 from dreampose.models.builders import (
     build_base_model,
     build_tiny_components,
@@ -200,9 +201,11 @@ def _write_frames(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
 def test_vae_pretraining_improves_reconstruction(tmp_path):
     frames = _write_frames(tmp_path)
     vae0 = build_tiny_components(TEST_CFG, 32, 32)["vae"]
-    before = pretrain_tiny_vae(vae0, frames / "index.parquet", tmp_path, steps=0)
+    before = pretrain_tiny_vae(vae0, frames / "index.parquet", tmp_path, steps=0, score=reconstruction_scores)
     vae = build_tiny_components(TEST_CFG, 32, 32)["vae"]
-    after = pretrain_tiny_vae(vae, frames / "index.parquet", tmp_path, steps=40, batch_size=4, lr=3e-3)
+    after = pretrain_tiny_vae(
+        vae, frames / "index.parquet", tmp_path, steps=40, batch_size=4, lr=3e-3, score=reconstruction_scores
+    )
     assert after["recon_l1"] < 0.7 * before["recon_l1"]
     assert after["recon_ssim"] > before["recon_ssim"]
     assert vae.config.scaling_factor == pytest.approx(1 / after["latent_std"])
@@ -229,12 +232,17 @@ def test_build_base_model_writes_a_loadable_pipeline_atomically(tmp_path):
     frames = _write_frames(tmp_path)
     cfg = ModelConfig(tiny=TEST_CFG.model_copy(update={"vae_pretrain_steps": 2, "vae_batch_size": 2}))
     out = tmp_path / "models/pretrained"
-    summary = build_base_model(cfg, frames, out, seed=0, height=32, width=32, root=tmp_path)
+    summary = build_base_model(
+        cfg, frames, out, seed=0, height=32, width=32, root=tmp_path, score=reconstruction_scores
+    )
     assert summary["unet_in_channels"] == 14 and summary["pose_channels"] == 10
-    assert json.loads((out / "build.json").read_text())["vae_pretrain_steps"] == 2
+    build = json.loads((out / "build.json").read_text())
+    assert build["vae_pretrain_steps"] == 2
+    assert build["recon_l1"] == summary["recon_l1"] and "recon_ssim" in build  # the caller's score, recorded
     # Wall-clock time goes to MLflow (the returned summary), not into the hashed output: equal builds, equal bytes.
     assert summary["seconds"] > 0 and summary["vae_pretrain_seconds"] > 0
-    build_base_model(cfg, frames, tmp_path / "again", seed=0, height=32, width=32, root=tmp_path)
+    build_base_model(cfg, frames, tmp_path / "again", seed=0, height=32, width=32, root=tmp_path,
+                     score=reconstruction_scores)  # fmt: skip
     assert (tmp_path / "again" / "build.json").read_bytes() == (out / "build.json").read_bytes()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["pretrained"]  # no temp dirs left
     pipe = DreamPosePipeline.from_pretrained(out)
@@ -258,5 +266,5 @@ def test_base_model_stage_from_the_cli(tmp_path, monkeypatch, repo):
     params = params.replace("vae_pretrain_steps: 1200", "vae_pretrain_steps: 1")
     params = params.replace("frames:\n  height: 64\n  width: 48", "frames:\n  height: 32\n  width: 32")
     (tmp_path / "params.yaml").write_text(params)
-    assert main(["--root", str(tmp_path), "base-model"]) == 0
+    assert main(["--root", str(tmp_path), "base_model"]) == 0
     assert (tmp_path / "models/pretrained/model_index.json").is_file()

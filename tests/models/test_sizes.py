@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dreampose import layout, stages
+from dreampose import layout
 from dreampose.config import ModelConfig, PretrainedModelConfig, parse_params
 from dreampose.models.builders import build_base_model, model_size_multiple
 from dreampose.models.sizes import check_frame_size, nearest_multiples, saved_size_multiple, size_multiple
+from dreampose.stages import finetune_base, finetune_subject, render
 from tests.models.conftest import TEST_CFG
 
 
@@ -97,9 +98,9 @@ def test_stages_check_the_saved_model_before_loading(pipe, tmp_path, repo, monke
     params = parse_params(raw)
     # No manifests exist: without the check these fail later, on a missing file, or much later, in render.
     for run in (
-        lambda: stages.finetune_base(params, tmp_path),
-        lambda: stages.finetune_subject(params, tmp_path, "s0"),
-        lambda: stages.render(params, tmp_path, "s0"),
+        lambda: finetune_base.run(params, tmp_path),
+        lambda: finetune_subject.run(params, tmp_path, "s0"),
+        lambda: render.run(params, tmp_path, "s0"),
     ):
         with pytest.raises(ValueError, match=r"frames\.width = 40: use 32 or 48.*|multiples of 16"):
             run()

@@ -144,7 +144,7 @@ def test_the_registered_model_loads_a_subject_stand_alone(stored, tmp_path):
     import mlflow
 
     from dreampose.io import write_png
-    from dreampose.mlflow_model import save_subject_model
+    from dreampose.catalog.mlflow_model import save_subject_model
 
     ws = tmp_path / "ws"
     shutil.copytree(stored / "models", ws / "models")
@@ -165,7 +165,7 @@ def test_the_registered_model_loads_a_subject_stand_alone(stored, tmp_path):
 def test_the_base_is_logged_once_per_content_and_fetched_checked(stored, tmp_path, monkeypatch):
     import mlflow
 
-    from dreampose.mlflow_model import CACHE_ENV, fetch_base, log_base
+    from dreampose.catalog.mlflow_model import CACHE_ENV, fetch_base, log_base
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))

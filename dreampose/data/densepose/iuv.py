@@ -146,19 +146,30 @@ def iuv_bbox(iuv: np.ndarray) -> tuple[float, float, float, float] | None:
 def uv_to_model(iuv: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 IUV ``(..., H, W, 3)`` -> float32 ``(..., 2, H, W)``: background 0, body ``UV_LOW + (1 - UV_LOW) * uv``.
 
-    THE normalization of pose input, for training and inference alike.
+    THE normalization of pose input, for training and inference alike. The values come from one 256-entry
+    table (:func:`_uv_table`, the formula evaluated on the CPU) on every device, so a window converted on a GPU
+    (training batches are shipped as uint8 and converted there) equals the one converted on the CPU bit for bit.
     """
     t = torch.as_tensor(iuv)
     if t.dtype != torch.uint8 or t.ndim < 3 or t.shape[-1] != 3:
         raise ValueError(f"IUV must be uint8 (..., H, W, 3), got {t.dtype} {tuple(t.shape)}")
     if t.device.type == "cpu":
-        # The same values through a 256-entry table: one gather instead of six float passes (a paper-size
-        # training item's window is 13 MB of float32, and this was the largest cost of a DataLoader item).
+        # One gather instead of six float passes (a paper-size training item's window is 13 MB of float32).
         a = np.moveaxis(t.numpy(), -1, -3)
         uv = np.take(_uv_table(), a[..., 1:3, :, :])
         np.multiply(uv, a[..., :1, :, :] > 0, out=uv)
         return torch.from_numpy(uv)
-    return _uv_formula(t)
+    return _uv_gather(t)
+
+
+def _uv_gather(t: torch.Tensor) -> torch.Tensor:
+    """:func:`uv_to_model` through torch ops on ``t``'s device: the table's values gathered there (a GPU's own
+    float division may round differently from the CPU's; a gather cannot)."""
+    table = torch.from_numpy(_uv_table()).to(t.device)
+    chw = t.movedim(-1, -3)
+    uv = chw[..., 1:3, :, :]
+    out = table.index_select(0, uv.reshape(-1).int()).view(uv.shape)
+    return out * (chw[..., :1, :, :] > 0)
 
 
 def _uv_formula(t: torch.Tensor) -> torch.Tensor:
