@@ -161,6 +161,24 @@ class TinyModelConfig(_Strict):
     vae_pretrain_steps: int = Field(600, ge=0)
     vae_batch_size: int = Field(8, ge=1)
     vae_lr: float = Field(1e-3, gt=0)
+    vae_norm_groups: int | None = Field(
+        None,
+        ge=1,
+        description="GroupNorm groups of the VAE (must divide every vae_channels entry); null = the UNet's (the gcd "
+        "of all channels and 8)",
+    )
+    vae_grad_weight: float = Field(
+        0.0, ge=0.0, description="weight of the edge term (L1 of neighbour differences) in the VAE pre-training loss"
+    )
+    vae_latent_channels: int = Field(
+        4, ge=1, description="VAE latent channels; the UNet's input/output and the adapter's VAE tokens follow"
+    )
+    vae_logvar_init: float = Field(
+        0.0,
+        le=0.0,
+        description="initial bias of the VAE posterior's log-variance: below 0 the latent starts nearly noise-free "
+        "(std exp(init / 2)) instead of at std 1, which drowns the latent's detail early in pre-training",
+    )
 
 
 class ModelConfig(_Strict):

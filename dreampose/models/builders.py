@@ -55,6 +55,20 @@ def sd_v1_scheduler(prediction_type: str) -> DDIMScheduler:
     )
 
 
+def init_posterior_logvar(vae: AutoencoderKL, logvar: float) -> None:
+    """Shift the bias of the log-variance half of ``vae.quant_conv`` (the posterior's moments) by ``logvar``.
+
+    A fresh VAE's posterior has std ~1 while its means are ~0.1: the sampled latent is noise until training has
+    shrunk the variance. At ``logvar`` < 0 the latent starts at std ``exp(logvar / 2)``."""
+    if logvar == 0:
+        return
+    conv = vae.quant_conv
+    if conv is None or conv.bias is None:
+        raise ValueError("the VAE has no quant_conv bias to initialise the posterior's log-variance with")
+    with torch.no_grad():
+        conv.bias[vae.config.latent_channels :] += logvar
+
+
 def build_tiny_components(
     cfg: TinyModelConfig,
     height: int,
@@ -66,7 +80,8 @@ def build_tiny_components(
 ) -> dict[str, Any]:
     """Small seeded VAE / UNet / CLIP vision model / adapter / DDIM scheduler for ``height x width`` frames.
 
-    The VAE downsamples by ``2 ** (len(vae_channels) - 1)``; the UNet takes ``4 + pose_channels`` inputs.
+    The VAE downsamples by ``2 ** (len(vae_channels) - 1)`` into ``vae_latent_channels`` channels; the UNet takes
+    ``vae_latent_channels + pose_channels`` inputs. The posterior's log-variance starts at ``vae_logvar_init``.
     ``image_tokens`` (``clip_vae`` | ``clip``) is the adapter's; the weights do not depend on it.
     Returns the keyword arguments of ``DreamPosePipeline``.
     """
@@ -78,6 +93,12 @@ def build_tiny_components(
     clip_size = (min(height, width) // cfg.clip_patch) * cfg.clip_patch
     if clip_size < cfg.clip_patch:
         raise ValueError(f"frames {height}x{width} are smaller than one CLIP patch ({cfg.clip_patch})")
+    latent = cfg.vae_latent_channels
+    vae_groups = cfg.vae_norm_groups or groups
+    if any(c % vae_groups for c in cfg.vae_channels):
+        raise ValueError(
+            f"model.tiny.vae_norm_groups {vae_groups} must divide every vae_channels entry {cfg.vae_channels}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(
@@ -87,16 +108,17 @@ def build_tiny_components(
             up_block_types=("UpDecoderBlock2D",) * n_vae,
             block_out_channels=tuple(cfg.vae_channels),
             layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=groups,
+            latent_channels=latent,
+            norm_num_groups=vae_groups,
             sample_size=max(height, width),
         )
+        init_posterior_logvar(vae, cfg.vae_logvar_init)
         n_unet = len(cfg.unet_channels)
         heads = max(1, cfg.unet_channels[0] // 16)
         unet = UNet2DConditionModel(
             sample_size=(height // factor, width // factor),
-            in_channels=4,
-            out_channels=4,
+            in_channels=latent,
+            out_channels=latent,
             down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
             block_out_channels=tuple(cfg.unet_channels),
@@ -120,7 +142,7 @@ def build_tiny_components(
         adapter = ImagePoseAdapter(
             clip_dim=cfg.clip_hidden,
             cross_attention_dim=cfg.cross_attention_dim,
-            latent_channels=4,
+            latent_channels=latent,
             patch_size=ADAPTER_PATCH,
             image_tokens=image_tokens,
         )
@@ -226,6 +248,14 @@ def _ssim_torch(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tens
     return (num / den).mean()
 
 
+def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the horizontal and vertical neighbour differences of ``x`` and ``y`` (B, C, H, W):
+    an edge term, 0 for equal images and for images that differ by a constant, large for a blurred pattern."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
 def load_frames(frames_index_path: Path, root: Path, split: str | None = None) -> torch.Tensor:
     """All frames listed in a frames index (``path`` relative to ``root``) as ``(N, 3, H, W)`` in [-1, 1]."""
     import pandas as pd
@@ -284,9 +314,11 @@ def pretrain_tiny_vae(
     seed: int = 0,
     kl_weight: float = 1e-6,
     ssim_weight: float = 0.2,
+    grad_weight: float = 0.0,
     score: ReconstructionScore | None = None,
 ) -> dict[str, float]:
-    """Train ``vae`` to reconstruct the train-split frames (L1 + ``ssim_weight`` (1 - SSIM) + a tiny KL).
+    """Train ``vae`` to reconstruct the train-split frames (L1 + ``ssim_weight`` (1 - SSIM) + ``grad_weight``
+    ``gradient_l1`` + a tiny KL).
 
     Afterwards ``scaling_factor`` is set to 1 / std of the latents (as Stable Diffusion's 0.18215 was
     chosen), so the diffusion model sees unit-variance latents. Returns ``score`` of the reconstructions of the
@@ -314,6 +346,8 @@ def pretrain_tiny_vae(
         loss = F.l1_loss(recon, x) + kl_weight * dist.kl().mean()
         if ssim_weight:
             loss = loss + ssim_weight * (1 - _ssim_torch((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2))
+        if grad_weight:
+            loss = loss + grad_weight * gradient_l1(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -393,6 +427,7 @@ def build_base_model(
             batch_size=cfg.tiny.vae_batch_size,
             lr=cfg.tiny.vae_lr,
             seed=seed,
+            grad_weight=cfg.tiny.vae_grad_weight,
             score=score,
         )
         summary.update(metrics)

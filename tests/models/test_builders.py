@@ -22,6 +22,7 @@ from dreampose.metrics.pixel import reconstruction_scores
 from dreampose.models.builders import (
     build_base_model,
     build_tiny_components,
+    gradient_l1,
     load_pretrained_components,
     pretrain_tiny_vae,
 )
@@ -61,6 +62,42 @@ def test_tiny_components_are_seeded():
     assert not all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ValueError, match="multiples of the tiny VAE's factor 4"):
         build_tiny_components(TEST_CFG, 30, 32)
+
+
+def test_vae_latent_channels_reach_the_unet_and_the_adapter():
+    cfg = TEST_CFG.model_copy(update={"vae_latent_channels": 8})
+    pipe = DreamPosePipeline(**build_tiny_components(cfg, 32, 32, "v_prediction", seed=0))
+    assert pipe.latent_channels == 8 and pipe.pose_channels == 10
+    assert pipe.unet.config.in_channels == 18 and pipe.unet.config.out_channels == 8
+    assert pipe.adapter.config.latent_channels == 8
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    poses = torch.rand(2, 10, 32, 32, generator=torch.Generator().manual_seed(3))
+    frames = pipe(image, poses, num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (2, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_vae_norm_groups_are_the_vaes_own():
+    comps = build_tiny_components(TEST_CFG.model_copy(update={"vae_norm_groups": 1}), 32, 32, seed=0)
+    vae_norms = [m.num_groups for m in comps["vae"].modules() if isinstance(m, torch.nn.GroupNorm)]
+    unet_norms = {m.num_groups for m in comps["unet"].modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert vae_norms and set(vae_norms) == {1}
+    assert unet_norms == {8}  # the UNet keeps the shared rule
+    with pytest.raises(ValueError, match="vae_norm_groups 3 must divide"):
+        build_tiny_components(TEST_CFG.model_copy(update={"vae_norm_groups": 3}), 32, 32)
+
+
+def test_vae_logvar_init_starts_the_posterior_nearly_noise_free():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        default = build_tiny_components(TEST_CFG, 32, 32, seed=0)["vae"].encode(x).latent_dist
+        cfg = TEST_CFG.model_copy(update={"vae_logvar_init": -6.0})
+        low = build_tiny_components(cfg, 32, 32, seed=0)["vae"].encode(x).latent_dist
+    assert default.std.mean() > 0.5  # a fresh VAE samples its latent at std ~1
+    assert torch.allclose(low.std, default.std * np.exp(-3.0), rtol=1e-4)  # log-variance shifted by -6
+    assert torch.equal(low.mean, default.mean)  # the means are untouched
+    with pytest.raises(ValueError, match="less than or equal to 0"):
+        TinyModelConfig(vae_logvar_init=1.0)
 
 
 def _write_sd_layout(root: Path) -> tuple[Path, Path]:
@@ -174,6 +211,23 @@ def test_vae_pretraining_improves_reconstruction(tmp_path):
     assert vae.config.scaling_factor == pytest.approx(1 / after["latent_std"])
 
 
+def test_gradient_l1_sees_a_lost_pattern_not_a_colour_shift():
+    checks = ((torch.arange(6)[:, None] + torch.arange(4)[None, :]) % 2).float().expand(1, 3, 6, 4)
+    assert float(gradient_l1(checks, checks + 0.3)) == pytest.approx(0.0, abs=1e-6)  # same edges, other colour
+    assert float(gradient_l1(checks, torch.full_like(checks, 0.5))) == pytest.approx(2.0)  # blurred: every edge lost
+    assert float(gradient_l1(checks, 0.5 + 0.5 * checks)) == pytest.approx(1.0)  # half the contrast: half the term
+
+
+def test_vae_pretraining_takes_the_edge_term(tmp_path):
+    frames = _write_frames(tmp_path)
+    runs = []
+    for w in (0.0, 1.0):
+        vae = build_tiny_components(TEST_CFG, 32, 32)["vae"]
+        pretrain_tiny_vae(vae, frames / "index.parquet", tmp_path, steps=2, batch_size=2, grad_weight=w)
+        runs.append(vae.decoder.conv_out.weight.detach().clone())
+    assert not torch.equal(*runs)  # the term reaches the gradients
+
+
 def test_build_base_model_writes_a_loadable_pipeline_atomically(tmp_path):
     frames = _write_frames(tmp_path)
     cfg = ModelConfig(tiny=TEST_CFG.model_copy(update={"vae_pretrain_steps": 2, "vae_batch_size": 2}))
@@ -209,7 +263,7 @@ def test_base_model_stage_from_the_cli(tmp_path, monkeypatch, repo):
     monkeypatch.setenv("DREAMPOSE_NO_MLFLOW", "1")
     _write_frames(tmp_path, n_train=4, n_test=2)
     params = (repo / "params.yaml").read_text()
-    params = params.replace("vae_pretrain_steps: 800", "vae_pretrain_steps: 1")
+    params = params.replace("vae_pretrain_steps: 1200", "vae_pretrain_steps: 1")
     params = params.replace("frames:\n  height: 64\n  width: 48", "frames:\n  height: 32\n  width: 32")
     (tmp_path / "params.yaml").write_text(params)
     assert main(["--root", str(tmp_path), "base_model"]) == 0
