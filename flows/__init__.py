@@ -15,3 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect waits 20 s for its ephemeral server by default; on a busy 2-core machine its start (migrations, imports)
+# takes longer and `make demo` died before its first stage. A hang guard, not a wait.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

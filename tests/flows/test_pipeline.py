@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import mlflow
 import pytest
 from PIL import Image
@@ -143,3 +147,19 @@ def test_pipeline_fills_empty_eval_subjects_before_the_foreach_stages(tmp_path, 
     assert load_params(repo / "params.yaml").eval.subjects == ("a", "b")
     assert (repo / "params.yaml").read_text().startswith("# paper-like: no hand-written list\n")
     assert (repo / "parent_a.txt").is_file() and (repo / "parent_b.txt").is_file()
+
+
+def test_flows_give_the_ephemeral_server_time_to_start_on_a_busy_machine():
+    """Prefect's default 20 s wait for its ephemeral server killed ``make demo`` before its first stage while the
+    test suite ran beside it; the flows package raises it, and a user's own value wins."""
+    code = (
+        "import flows\n"
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
+        "print(s.value())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    assert int(out.stdout.strip().splitlines()[-1]) >= 300
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "45"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "45"
