@@ -140,13 +140,12 @@ _LAST_DONE = threading.Event()
 
 
 def _square(x: int) -> int:
-    """Job 0 finishes only after job 3 (in-process workers share this event): completion order is not job order."""
+    """Job 0 finishes only after the client has seen job 3 done (the test's ``on_done`` sets the event; in-process
+    workers share it): completion order is not job order. Job 3 setting it itself raced: job 0 could report first."""
     if x == 0:
         assert _LAST_DONE.wait(60)
     if x < 0:
         raise KeyError(f"job {x}")
-    if x == 3:
-        _LAST_DONE.set()
     return x * x
 
 
@@ -161,8 +160,14 @@ def test_map_ordered_returns_in_job_order_and_raises_the_first_failure():
         Client(lc) as c,
     ):
         done: list[int] = []
+
+        def record(fut) -> None:
+            done.append(fut.result())
+            if done[-1] == 9:
+                _LAST_DONE.set()
+
         jobs = [(x,) for x in range(4)]
-        assert map_ordered(c, _square, jobs, on_done=lambda fut: done.append(fut.result())) == [0, 1, 4, 9]
+        assert map_ordered(c, _square, jobs, on_done=record) == [0, 1, 4, 9]
         assert sorted(done) == [0, 1, 4, 9] and done.index(9) < done.index(0)
         with pytest.raises(KeyError, match="job -1"):
             map_ordered(c, _square, [(2,), (-1,), (3,)])
