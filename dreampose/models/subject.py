@@ -4,8 +4,9 @@ A subject finetune trains the UNet (or LoRA layers on it) and the image-to-token
 the CLIP image encoder, the VAE encoder and the scheduler stay the base model's. A subject directory therefore
 holds only those weights, in ``train_subject.save_dtype``, plus ``subject.json`` naming the base model:
 
-- ``subject.json``: format, the base model (path relative to this directory, absolute path, and the SHA-256 of
-  its files, so a different base is an error rather than a silently wrong model), dtype, how the UNet is stored
+- ``subject.json``: format, the base model (path relative to this directory and the SHA-256 of its files, so a
+  different base is an error rather than a silently wrong model; no absolute path, so the file's bytes, and the
+  hash DVC records for the directory, are the same in every checkout), dtype, how the UNet is stored
   (``full`` weights or a ``lora`` delta with its rank / alpha / target modules) and each file's bytes
 - ``unet.safetensors`` (full) or ``unet_lora.safetensors`` (LoRA A/B matrices, peft key names)
 - ``adapter.safetensors``; ``vae_decoder.safetensors`` (decoder + ``post_quant_conv``; only when phase 2 ran);
@@ -125,7 +126,6 @@ def save_subject(
         "format": FORMAT,
         "base": {
             "path": os.path.relpath(base_dir.resolve(), final.resolve()),
-            "abs_path": str(base_dir.resolve()),
             "sha256": base_sha256(base_dir),
         },
         "dtype": dtype,
@@ -148,17 +148,18 @@ def read_subject(subject_dir: Path) -> dict[str, Any]:
 
 
 def resolve_base(subject_dir: Path, base_dir: Path | None = None, *, check: bool = True) -> Path:
-    """The base directory of a subject: ``base_dir`` when given, else the recorded relative then absolute path.
+    """The base directory of a subject: ``base_dir`` when given, else the recorded relative path (then the absolute
+    path that subjects saved before it was dropped recorded).
 
     With ``check``, its SHA-256 must equal the recorded one (``ValueError`` naming both otherwise)."""
     subject_dir = Path(subject_dir)
     meta = read_subject(subject_dir)["base"]
     if base_dir is None:
-        candidates = [subject_dir / meta["path"], Path(meta["abs_path"])]
+        candidates = [subject_dir / meta["path"]] + ([Path(meta["abs_path"])] if meta.get("abs_path") else [])
         found = next((c for c in candidates if (c / "model_index.json").is_file()), None)
         if found is None:
             raise FileNotFoundError(
-                f"{subject_dir}: its base model is at neither {candidates[0]} nor {candidates[1]}; pass base_dir"
+                f"{subject_dir}: its base model is not at {' or '.join(map(str, candidates))}; pass base_dir"
             )
         base_dir = found
     base_dir = Path(base_dir)

@@ -116,15 +116,36 @@ def test_a_changed_or_missing_base_is_a_clear_error(stored, tmp_path):
 def test_a_subject_dir_finds_its_base_by_the_relative_path(stored, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(stored / "models", ws / "models")
-    meta = json.loads((ws / "models/subjects/fp16" / SUBJECT_FILE).read_text())
-    meta["base"]["abs_path"] = str(tmp_path / "gone")
-    (ws / "models/subjects/fp16" / SUBJECT_FILE).write_text(json.dumps(meta))
+    assert load_subject_pipeline(ws / "models/subjects/fp16") is not None  # the copy's own base, not the original
     (ws / "models" / "base" / "unet" / "config.json").write_text("{}")  # the workspace's base changed
     with pytest.raises(ValueError, match="SHA-256"):
         load_subject_pipeline(ws / "models/subjects/fp16")
     shutil.rmtree(ws / "models" / "base")
     with pytest.raises(FileNotFoundError, match="pass base_dir"):
         load_subject_pipeline(ws / "models/subjects/fp16")
+
+
+def test_subject_json_is_the_same_in_every_checkout(tmp_path):
+    """No absolute path in the DVC-hashed output: two checkouts at different paths write the same bytes (a fresh
+    clone's `make demo` left every subject's hash in dvc.lock changed when the checkout's path was recorded)."""
+    base, subject = _subject_like()
+    for ws in ("a", "deeper/b"):
+        base.save_pretrained(tmp_path / ws / "models" / "base", safe_serialization=True)
+        save_subject(subject, tmp_path / ws / "models/subjects/s", tmp_path / ws / "models" / "base", dtype="fp32")
+    a, b = ((tmp_path / ws / "models/subjects/s" / SUBJECT_FILE).read_bytes() for ws in ("a", "deeper/b"))
+    assert a == b and str(tmp_path).encode() not in a
+
+
+def test_an_older_subject_json_still_finds_its_base_by_its_absolute_path(stored, tmp_path):
+    shutil.copytree(stored / "models" / "subjects" / "fp32", tmp_path / "moved")  # relative path now broken
+    meta = json.loads((tmp_path / "moved" / SUBJECT_FILE).read_text())
+    meta["base"]["abs_path"] = str(stored / "models" / "base")  # as subjects saved before it was dropped
+    (tmp_path / "moved" / SUBJECT_FILE).write_text(json.dumps(meta))
+    assert load_subject_pipeline(tmp_path / "moved") is not None
+    del meta["base"]["abs_path"]
+    (tmp_path / "moved" / SUBJECT_FILE).write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="pass base_dir"):
+        load_subject_pipeline(tmp_path / "moved")
 
 
 def test_a_trained_image_encoder_is_stored_and_loaded(stored, tmp_path):

@@ -169,6 +169,12 @@ def test_paper_preset_rehearsal(tmp_path, repo, prefect_harness, rehearsal_repor
     assert all("random weights" in n for n in scores["backbone_notes"].values())
     assert out["catalog"] is not None and Path(out["catalog"]["video"]).is_file()
 
+    # No DVC output holds the checkout's absolute path: a clone elsewhere records the same hashes in dvc.lock.
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    outs = {o["path"] for st in lock["stages"].values() for o in st.get("outs", [])}
+    files = [f for o in outs for f in ([ws / o] if (ws / o).is_file() else (ws / o).rglob("*")) if f.is_file()]
+    assert len(files) > 20 and not [f for f in files if str(ws).encode() in f.read_bytes()]
+
     kinds = {
         "download": f"ubc: {report['counts']} of {report['total']} listed (lists: {len(lists['train'])} train, "
         f"{len(lists['test'])} test)",
