@@ -84,6 +84,8 @@ def _edit(ws: Path, module: str) -> str:
         ("dreampose/entry.py", set()),  # a stage's argument parsing
         ("dreampose/cli.py", set()),  # the user-facing commands
         ("dreampose/models/adapter.py", {"base_model", "finetune_base", "finetune_subject", "render", "score"}),
+        # how a subject is stored: not the base model's (VAE pre-training) concern
+        ("dreampose/models/subject.py", {"finetune_base", "finetune_subject", "render", "score"}),
         ("dreampose/evaluate/scoring.py", {"score"}),
         ("dreampose/render.py", {"render", "score"}),  # score renders its baselines with it
     ],

@@ -62,13 +62,11 @@ def saved_size_multiple(model_dir: Path) -> int:
 
 
 def check_saved_model_frame_size(model_dir: Path, height: int, width: int) -> None:
-    """Check ``frames.height`` / ``frames.width`` against a saved pipeline; a directory without one is left to
-    the loader (which has its own error for that)."""
-    from dreampose.models.subject import is_subject_dir, resolve_base
-
+    """Check ``frames.height`` / ``frames.width`` against a saved pipeline folder; a directory without one is left
+    to the loader (which has its own error for that). A subject directory is checked through its base:
+    ``models.subject.check_subject_frame_size`` (kept there, so the base stages' code never reaches the subject
+    format)."""
     model_dir = Path(model_dir)
-    if is_subject_dir(model_dir):  # a subject delta renders at its base model's sizes
-        model_dir = resolve_base(model_dir, check=False)
     if not (model_dir / "model_index.json").is_file():
         return
     check_frame_size(height, width, saved_size_multiple(model_dir), f"the model at {model_dir}")

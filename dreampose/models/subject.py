@@ -147,6 +147,17 @@ def read_subject(subject_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def check_subject_frame_size(model_dir: Path, height: int, width: int) -> None:
+    """``models.sizes.check_saved_model_frame_size`` for any model directory a render loads: a subject delta is
+    checked at its base model's sizes."""
+    from dreampose.models.sizes import check_saved_model_frame_size
+
+    model_dir = Path(model_dir)
+    if is_subject_dir(model_dir):
+        model_dir = resolve_base(model_dir, check=False)
+    check_saved_model_frame_size(model_dir, height, width)
+
+
 def resolve_base(subject_dir: Path, base_dir: Path | None = None, *, check: bool = True) -> Path:
     """The base directory of a subject: ``base_dir`` when given, else the recorded relative path (then the absolute
     path that subjects saved before it was dropped recorded).

@@ -21,10 +21,10 @@ from dreampose.runtime import resolve_runtime
 def run(params: Params, root: Path, subject: str) -> dict[str, Any]:
     """``renders/<subject>``: the subject model animated along its test pose windows."""
     ws = Workspace(root)
-    from dreampose.models.sizes import check_saved_model_frame_size
+    from dreampose.models.subject import check_subject_frame_size
     from dreampose.render import render_subject
 
-    check_saved_model_frame_size(ws.subject_model(subject), params.frames.height, params.frames.width)
+    check_subject_frame_size(ws.subject_model(subject), params.frames.height, params.frames.width)
     out = ws.render_dir(subject)
     rt = resolve_runtime(params.runtime)
     inputs = {"model": ws.subject_model(subject), "test_manifest": ws.test_manifest}

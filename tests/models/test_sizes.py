@@ -12,6 +12,7 @@ from dreampose import layout
 from dreampose.config import ModelConfig, PretrainedModelConfig, parse_params
 from dreampose.models.builders import build_base_model, model_size_multiple
 from dreampose.models.sizes import check_frame_size, nearest_multiples, saved_size_multiple, size_multiple
+from dreampose.models.subject import save_subject
 from dreampose.stages import finetune_base, finetune_subject, render
 from tests.models.conftest import TEST_CFG
 
@@ -91,6 +92,7 @@ def test_stages_check_the_saved_model_before_loading(pipe, tmp_path, repo, monke
     pipe.save_pretrained(tmp_path / layout.PRETRAINED)
     pipe.save_pretrained(tmp_path / layout.BASE)
     pipe.save_pretrained(tmp_path / layout.SUBJECTS / "s0")
+    save_subject(pipe, tmp_path / layout.SUBJECTS / "delta", tmp_path / layout.BASE, dtype="fp32")
     import yaml
 
     raw = yaml.safe_load((repo / "params.yaml").read_text())
@@ -101,6 +103,7 @@ def test_stages_check_the_saved_model_before_loading(pipe, tmp_path, repo, monke
         lambda: finetune_base.run(params, tmp_path),
         lambda: finetune_subject.run(params, tmp_path, "s0"),
         lambda: render.run(params, tmp_path, "s0"),
+        lambda: render.run(params, tmp_path, "delta"),  # a subject stored as its delta: checked at its base
     ):
         with pytest.raises(ValueError, match=r"frames\.width = 40: use 32 or 48.*|multiples of 16"):
             run()
