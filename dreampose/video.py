@@ -119,8 +119,35 @@ def write_video(
     return path
 
 
+def _decord():
+    """decord, imported with its native library loaded ``RTLD_LOCAL``.
+
+    decord loads ``libdecord.so`` with ``RTLD_GLOBAL``, which puts its bundled FFmpeg 4 and libvpx 6 into the
+    process's global symbol scope. PyAV bundles FFmpeg 7 and libvpx 12 and resolves their symbols lazily, at first
+    call: after decord, PyAV's VP9 encoder binds to decord's libvpx and fails to open (``avcodec_open2`` returns
+    EINVAL), so a process that read a video and then wrote a review page lost the page. decord needs no global
+    symbols (it calls its library through its own handle), so the import loads it local. ``ctypes.CDLL`` is
+    replaced only for the duration of the first import."""
+    import sys
+
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    real = ctypes.CDLL
+
+    class _LocalCDLL(real):  # type: ignore[misc, valid-type]
+        def __init__(self, name, mode=ctypes.DEFAULT_MODE, *args, **kwargs):
+            super().__init__(name, mode & ~ctypes.RTLD_GLOBAL, *args, **kwargs)
+
+    ctypes.CDLL = _LocalCDLL
+    try:
+        import decord
+    finally:
+        ctypes.CDLL = real
+    return decord
+
+
 def _open_reader(path: Path):
-    import decord
+    decord = _decord()
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file")

@@ -98,3 +98,22 @@ def test_truncated_mp4_is_unreadable(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable video"):
         read_video(path)
+
+
+def test_reading_a_video_leaves_the_vp9_encoder_working(tmp_path):
+    """decord's own import puts its FFmpeg 4 / libvpx 6 in the global symbol scope, after which PyAV's VP9 encoder
+    (the review page's webm) fails to open. Reading through dreampose.video first must leave it working; a fresh
+    interpreter, since the order of imports is the point."""
+    import subprocess
+    import sys
+
+    path = write_video(_clip(4, 32, 24), tmp_path / "a.mp4", fps=8)
+    code = (  # read first: decord loads before PyAV does
+        "from dreampose.video import read_video\n"
+        f"x, _ = read_video({str(path)!r})\n"
+        "from dreampose.catalog.review_page import encode_video\n"
+        "import sys; sys.stdout.buffer.write(encode_video(x, 8, 'webm')[:4])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()[-1500:]
+    assert res.stdout == b"\x1a\x45\xdf\xa3"  # the EBML magic of a webm file
