@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,10 @@ def write_video(
     return path
 
 
+_DECORD_LOCK = threading.Lock()
+_decord_module: Any = None
+
+
 def _decord():
     """decord, imported with its native library loaded ``RTLD_LOCAL``.
 
@@ -127,23 +132,24 @@ def _decord():
     call: after decord, PyAV's VP9 encoder binds to decord's libvpx and fails to open (``avcodec_open2`` returns
     EINVAL), so a process that read a video and then wrote a review page lost the page. decord needs no global
     symbols (it calls its library through its own handle), so the import loads it local. ``ctypes.CDLL`` is
-    replaced only for the duration of the first import."""
-    import sys
+    replaced only during the first import, under a lock: threads that probe videos at once (the download stage)
+    wait for the whole import instead of seeing a half-initialised module."""
+    global _decord_module
+    with _DECORD_LOCK:
+        if _decord_module is None:
+            real = ctypes.CDLL
 
-    if "decord" in sys.modules:
-        return sys.modules["decord"]
-    real = ctypes.CDLL
+            class _LocalCDLL(real):  # type: ignore[misc, valid-type]
+                def __init__(self, name, mode=ctypes.DEFAULT_MODE, *args, **kwargs):
+                    super().__init__(name, mode & ~ctypes.RTLD_GLOBAL, *args, **kwargs)
 
-    class _LocalCDLL(real):  # type: ignore[misc, valid-type]
-        def __init__(self, name, mode=ctypes.DEFAULT_MODE, *args, **kwargs):
-            super().__init__(name, mode & ~ctypes.RTLD_GLOBAL, *args, **kwargs)
-
-    ctypes.CDLL = _LocalCDLL
-    try:
-        import decord
-    finally:
-        ctypes.CDLL = real
-    return decord
+            ctypes.CDLL = _LocalCDLL
+            try:
+                import decord
+            finally:
+                ctypes.CDLL = real
+            _decord_module = decord
+        return _decord_module
 
 
 def _open_reader(path: Path):

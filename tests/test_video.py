@@ -117,3 +117,21 @@ def test_reading_a_video_leaves_the_vp9_encoder_working(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()[-1500:]
     assert res.stdout == b"\x1a\x45\xdf\xa3"  # the EBML magic of a webm file
+
+
+def test_threads_probing_at_first_import_all_see_the_whole_module(tmp_path):
+    """The download stage probes videos from several threads, the first time decord is imported: no thread may see
+    a half-imported module (a video would be reported corrupt). A fresh interpreter, so the import is the first."""
+    import subprocess
+    import sys
+
+    path = write_video(_clip(4, 32, 24), tmp_path / "a.mp4", fps=8)
+    code = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from dreampose.video import probe_video\n"
+        f"with ThreadPoolExecutor(8) as pool: infos = list(pool.map(probe_video, [{str(path)!r}] * 8))\n"
+        "print(sorted({i.num_frames for i in infos}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert res.stdout.strip() == "[4]"
