@@ -338,3 +338,44 @@ def test_eye_metrics_are_measured_at_most_at_the_table1_size():
     assert eye_view(s, truth, None)[0] is e and eye_view(s, truth, None)[2] is None  # resized once, kept
     small = SubjectData("b", [0], truth[:1, :64, :48], masks[:1, :64, :48], truth[0, :64, :48])
     assert eye_view(small, small.truth, None)[0] is small
+
+
+def test_the_truth_goes_through_each_network_once_for_all_methods(tmp_path):
+    """Scoring several methods against the same subjects runs Inception and the re-ID net on the ground truth once
+    per subject (the truth's features are cached), and every score equals the uncached one."""
+    from dreampose.evaluate.scoring import MethodScores, score_frames, summarize
+    from dreampose.evaluate.subjects import load_renders, load_subject
+    from dreampose.render import read_test_manifest
+
+    manifest = make_workspace(tmp_path)
+    _fake_renders(tmp_path, manifest, noise=4)
+    df = read_test_manifest(manifest)
+    data = [load_subject(df, s, manifest, tmp_path) for s in SUBJECTS]
+    ours = {s.subject: load_renders(tmp_path / "renders" / s.subject, s.frames, s.truth) for s in data}
+    methods = {"ours": ours, "darker": {k: (v * 0.8).astype(v.dtype) for k, v in ours.items()}}
+    seen: list[int] = []
+
+    class _Counting(_Conv):
+        def forward(self, x):
+            seen.append(len(x))
+            return super().forward(x)
+
+    net = _Counting(2)
+    backbones = Backbones(inception=net, reid=net, reasons={"lpips": "x", "vgg": "x", "i3d": "x"})
+
+    def run(cache):
+        seen.clear()
+        out = {}
+        for name, renders in methods.items():
+            m = MethodScores()
+            for s in data:
+                score_frames(m, s, renders[s.subject], backbones, 2, None, cache)
+            out[name] = ({k: v.to_json() for k, v in summarize(m, backbones, 2).items()}, m.per_frame)
+        return out, sum(seen)
+
+    uncached, frames_uncached = run(None)
+    cached, frames_cached = run({})
+    assert json.dumps(cached, sort_keys=True) == json.dumps(uncached, sort_keys=True)  # NaN-safe equality
+    n_truth = sum(len(s.truth) for s in data)
+    assert frames_uncached == 2 * len(methods) * 2 * n_truth  # two networks, each on the render and the truth
+    assert frames_cached == 2 * (len(methods) + 1) * n_truth  # the truth once per network

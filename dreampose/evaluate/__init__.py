@@ -123,11 +123,12 @@ def score_renders(
         generated_fvd.update(more_fvd)
 
     methods: dict[str, MethodScores] = {}
+    truth_cache: dict = {}  # the truth's network features, computed for the first method only
     for name, per_subject in generated.items():
         m = methods[name] = MethodScores()
         for s in data:
             clip = generated_fvd[name].get(s.subject)
-            score_frames(m, s, per_subject[s.subject], backbones, cfg.fvd_clip_len, clip)
+            score_frames(m, s, per_subject[s.subject], backbones, cfg.fvd_clip_len, clip, truth_cache)
     summaries = {name: summarize(m, backbones, cfg.fvd_clip_len, fvd_reason) for name, m in methods.items()}
     ours = summaries.pop("ours")
 

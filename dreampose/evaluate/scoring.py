@@ -59,6 +59,16 @@ def _batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> np.ndar
     return np.concatenate(outs)
 
 
+def _truth_features(cache: dict | None, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, once per ``key`` when a cache is given: the ground truth's features are the same for every
+    method scored against it."""
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 def clips(frames: np.ndarray, clip_len: int) -> np.ndarray:
     """Non-overlapping clips of consecutive frames ``(K, 3, clip_len, H, W)`` in [0, 1]; leftovers dropped."""
     k = len(frames) // clip_len
@@ -73,9 +83,12 @@ def score_frames(
     backbones: Backbones,
     clip_len: int,
     fvd_generated: np.ndarray | None = None,
+    truth_cache: dict | None = None,
 ) -> None:
     """Add one subject's per-frame metrics and features to ``method``; FVD features come from the consecutive
-    clip ``fvd_generated`` against ``s.fvd_truth`` (none when either is missing)."""
+    clip ``fvd_generated`` against ``s.fvd_truth`` (none when either is missing). ``truth_cache`` (one dict for
+    all methods scored against the same subjects) keeps the ground truth's Inception, I3D and re-ID features
+    after the first method instead of running those networks on the same frames again for every method."""
     n = len(s.frames)
     vals: dict[str, np.ndarray] = {
         "l1": l1(generated, s.truth),
@@ -101,17 +114,26 @@ def score_frames(
         vals[name] = _batched(net, gen_t, real_t).reshape(n) if net is not None else np.full(n, np.nan)
     if backbones.inception is not None:
         method.inception["gen"].append(_batched(backbones.inception, gen_t))
-        method.inception["real"].append(_batched(backbones.inception, real_t))
+        method.inception["real"].append(
+            _truth_features(truth_cache, ("inception", s.subject), lambda: _batched(backbones.inception, real_t))
+        )
     has_clip = fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= clip_len
     if backbones.i3d is not None and has_clip:
         method.i3d["gen"].append(_batched(backbones.i3d, torch.from_numpy(clips(fvd_generated, clip_len))))
-        method.i3d["real"].append(_batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))))
+        method.i3d["real"].append(
+            _truth_features(
+                truth_cache,
+                ("i3d", s.subject, clip_len),
+                lambda: _batched(backbones.i3d, torch.from_numpy(clips(s.fvd_truth, clip_len))),
+            )
+        )
     if fvd_generated is not None and s.fvd_truth is not None and len(s.fvd_truth) >= 2:
         method.temporal.append(float(temporal_error(fvd_generated, s.fvd_truth).mean()))
         excess, deficit = flicker(e_clip, e.fvd_truth)
         method.flicker.append((float(excess.mean()), float(deficit.mean())))
     if backbones.reid is not None:
-        e_gen, e_real = _batched(backbones.reid, gen_t), _batched(backbones.reid, real_t)
+        e_gen = _batched(backbones.reid, gen_t)
+        e_real = _truth_features(truth_cache, ("reid", s.subject), lambda: _batched(backbones.reid, real_t))
         vals["aed"] = np.linalg.norm(e_gen - e_real, axis=1)
         method.aed.append(vals["aed"])
     for i, f in enumerate(s.frames):
