@@ -37,7 +37,6 @@ SLOW_FIRST = (
     "tests/rehearsal/test_rehearsal.py",
     "tests/flows/test_stack_restart.py",
     "tests/flows/test_stack.py",
-    "tests/flows/test_deployment.py",
     "tests/training/test_loop.py",
     "tests/models/test_pipeline_conformance.py",
     "tests/flows/test_catalog_item.py",

@@ -1,12 +1,15 @@
-"""The local stack for real, run as an operator runs it (``python -m flows.serve``): one SIGKILL of a flow-run
-process is one retry; a run the heartbeat automation marks Crashed is retried; SIGTERM to the supervisor
-mid-item settles the item (no RUNNING MLflow run, no partial directory) and the next start completes it,
-registered exactly once."""
+"""The local stack for real, run as an operator runs it (``python -m flows.serve``, ``prefect deploy`` from
+prefect.yaml, an item triggered with ``prefect deployment run``): one SIGKILL of a flow-run process is one retry;
+a run the heartbeat automation marks Crashed is retried; SIGTERM to the supervisor mid-item settles the item (no
+RUNNING MLflow run, no partial directory) and the next start completes it, registered exactly once; a served item
+is review=pending until approved through the CLI."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,8 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows import batch, recovery
-from flows.processes import descendants
+from dreampose import cli, registry, tracking
+from flows import REPO, batch, recovery
+from flows.processes import BIN, descendants
 from tests.flows.conftest import make_catalog_workspace, person_photo
 from tests.flows.supervisor import Supervisor, alive, wait_for
 
@@ -34,6 +38,19 @@ def _mlflow(ws: Path):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns.db'}", registry_uri=f"sqlite:///{ws / 'mlruns.db'}")
+
+
+def _deployment_run(sup: Supervisor, params: dict[str, str]) -> str:
+    """``prefect deployment run`` as the README shows it; the flow run's id."""
+    run = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "catalog-item/catalog-item",
+         *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
+        cwd=REPO, env=sup.client_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout)
+    assert found, run.stdout[-2000:]
+    return found.group(1)
 
 
 def _fake_zombie(api: str, dep_id: str, params: dict) -> str:
@@ -56,7 +73,7 @@ def _fake_zombie(api: str, dep_id: str, params: dict) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # two stack starts and four items: 7.5 min on a quiet 2-core machine, more when loaded
-def test_stack_kill_heartbeat_and_restart(tmp_path):
+def test_stack_kill_heartbeat_and_restart(tmp_path, monkeypatch):
     ws = make_catalog_workspace(tmp_path / "ws")
     items = {
         name: {"photo": person_photo(tmp_path / f"{name}.png", colour), "poses": "poses", "item_id": name}
@@ -71,7 +88,7 @@ def test_stack_kill_heartbeat_and_restart(tmp_path):
         dep_id = requests.get(f"{sup.api}/deployments/name/catalog-item/catalog-item", timeout=60).json()["id"]
 
         # 1. One SIGKILL of the flow-run process while it works on the item: exactly one retry.
-        ids["killed"] = batch.submit([items["killed"]], sup.api, str(ws))[0]
+        ids["killed"] = _deployment_run(sup, {**items["killed"], "root": str(ws)})
         wait_for(lambda: _run_dirs(ws, "killed") and sup.flow_run_pids(), 300, "the item to start")
         for pid in sup.flow_run_pids():
             os.kill(pid, signal.SIGKILL)
@@ -121,4 +138,13 @@ def test_stack_kill_heartbeat_and_restart(tmp_path):
         versions = client.search_model_versions(f"name = '{MODEL}' and tags.catalog_item = '{name}'")
         assert len(versions) == 1, (name, [v.version for v in versions])
         assert [d.name for d in _run_dirs(ws, name)] == [versions[0].run_id]
+
+    # 5. Each served item waits for a person: approved through the CLI, it leaves the pending list.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sup.env["MLFLOW_TRACKING_URI"])  # the store the stack wrote to
+    tracking.configure(EXPERIMENT, ws)
+    assert sorted(v.tags["catalog_item"] for v in registry.list_pending(MODEL)) == sorted(items)
+    version = registry.search_versions(MODEL, catalog_item="killed")[0].version
+    assert cli.main(["--root", str(ws), "review", "approve", MODEL, version]) == 0
+    assert registry.approved_version(MODEL, "killed").version == version
+    assert sorted(v.tags["catalog_item"] for v in registry.list_pending(MODEL)) == ["stopped", "zombie"]
     print(f"stop took {stop_s:.1f} s")
