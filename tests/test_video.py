@@ -100,13 +100,20 @@ def test_truncated_mp4_is_unreadable(tmp_path):
         read_video(path)
 
 
+def _fresh_python(code: str) -> bytes:
+    """``code`` run in a new interpreter (the import order is the point of the tests below); its stdout."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")[-1500:]
+    return res.stdout
+
+
 def test_reading_a_video_leaves_the_vp9_encoder_working(tmp_path):
     """decord's own import puts its FFmpeg 4 / libvpx 6 in the global symbol scope, after which PyAV's VP9 encoder
     (the review page's webm) fails to open. Reading through dreampose.video first must leave it working; a fresh
     interpreter, since the order of imports is the point."""
-    import subprocess
-    import sys
-
     path = write_video(_clip(4, 32, 24), tmp_path / "a.mp4", fps=8)
     code = (  # read first: decord loads before PyAV does
         "from dreampose.video import read_video\n"
@@ -114,17 +121,12 @@ def test_reading_a_video_leaves_the_vp9_encoder_working(tmp_path):
         "from dreampose.catalog.review_page import encode_video\n"
         "import sys; sys.stdout.buffer.write(encode_video(x, 8, 'webm')[:4])\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
-    assert res.returncode == 0, res.stderr.decode()[-1500:]
-    assert res.stdout == b"\x1a\x45\xdf\xa3"  # the EBML magic of a webm file
+    assert _fresh_python(code) == b"\x1a\x45\xdf\xa3"  # the EBML magic of a webm file
 
 
 def test_threads_probing_at_first_import_all_see_the_whole_module(tmp_path):
     """The download stage probes videos from several threads, the first time decord is imported: no thread may see
     a half-imported module (a video would be reported corrupt). A fresh interpreter, so the import is the first."""
-    import subprocess
-    import sys
-
     path = write_video(_clip(4, 32, 24), tmp_path / "a.mp4", fps=8)
     code = (
         "from concurrent.futures import ThreadPoolExecutor\n"
@@ -132,6 +134,4 @@ def test_threads_probing_at_first_import_all_see_the_whole_module(tmp_path):
         f"with ThreadPoolExecutor(8) as pool: infos = list(pool.map(probe_video, [{str(path)!r}] * 8))\n"
         "print(sorted({i.num_frames for i in infos}))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-1500:]
-    assert res.stdout.strip() == "[4]"
+    assert _fresh_python(code).strip() == b"[4]"

@@ -66,13 +66,19 @@ class Supervisor:
         """Flow-run processes: what the workers started."""
         return [c for w in self.worker_pids() for c in descendants(w) if b"resource_tracker" not in cmdline(c)]
 
-    def deploy(self) -> None:
-        deployed = subprocess.run(
-            [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
-             "--name", "catalog-item", "--pool", self.pool],
-            cwd=REPO, env=self.client_env(), capture_output=True, text=True, timeout=600,
+    def prefect(self, *args: str, timeout_s: float = 600) -> str:
+        """The ``prefect`` CLI against this stack, from the repository root; its stdout (it must succeed)."""
+        done = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", *args],
+            cwd=REPO, env=self.client_env(), capture_output=True, text=True, timeout=timeout_s,
         )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    def deploy(self) -> None:
+        self.prefect(
+            "deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", self.pool
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,8 +18,8 @@ import pytest
 import requests
 
 from dreampose import cli, registry, tracking
-from flows import REPO, batch, recovery
-from flows.processes import BIN, descendants
+from flows import batch, recovery
+from flows.processes import descendants
 from tests.flows.conftest import make_catalog_workspace, person_photo
 from tests.flows.supervisor import Supervisor, alive, wait_for
 
@@ -42,14 +41,10 @@ def _mlflow(ws: Path):
 
 def _deployment_run(sup: Supervisor, params: dict[str, str]) -> str:
     """``prefect deployment run`` as the README shows it; the flow run's id."""
-    run = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "catalog-item/catalog-item",
-         *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
-        cwd=REPO, env=sup.client_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    found = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout)
-    assert found, run.stdout[-2000:]
+    params_args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    out = sup.prefect("deployment", "run", "catalog-item/catalog-item", *params_args, timeout_s=300)
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+    assert found, out[-2000:]
     return found.group(1)
 
 
