@@ -192,3 +192,31 @@ def test_two_items_at_once_keep_separate_outputs(workspace):
         iuv = catalog.resolve_poses("poses", workspace, params).iuv
         frame0 = model.predict(iuv, params={"frame_ids": [0]})
         _assert_same_up_to_batching(frame0, _registered_frames(dirs[item], [0]))
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_an_item_process_imports_its_modules_with_the_collector_paused_then_frozen(monkeypatch, enabled_before):
+    import gc
+    import importlib
+
+    import flows.catalog_item as flow_module
+
+    seen: list[tuple[str, bool]] = []
+    real_import = importlib.import_module
+
+    def import_module(name, package=None):
+        if name in flow_module.ITEM_MODULES:
+            seen.append((name, gc.isenabled()))
+        return real_import(name, package)
+
+    monkeypatch.setattr(flow_module.importlib, "import_module", import_module)
+    made_before = [[i] for i in range(1000)]  # lists are tracked by the collector
+    frozen_before = gc.get_freeze_count()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        flow_module.import_item_modules()
+        assert gc.isenabled() is enabled_before  # the collector is left as it was
+    finally:
+        gc.enable()
+    assert seen == [(name, False) for name in flow_module.ITEM_MODULES]  # every import with the collector paused
+    assert gc.get_freeze_count() >= frozen_before + len(made_before)  # what was alive is frozen
