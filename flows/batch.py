@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import requests
+from flows.prefect_server import api_call
 
 DEPLOYMENT = "catalog-item/catalog-item"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -63,20 +63,6 @@ def read_batch(source: Path, poses: str | None = None) -> list[dict[str, str]]:
     return items
 
 
-def _call(method: str, url: str, attempts: int = 6, **kw) -> requests.Response:
-    """One API call, retried on 503 (the server's database busy) and dropped connections."""
-    for i in range(attempts):
-        try:
-            res = requests.request(method, url, timeout=60, **kw)
-            if res.status_code != 503 or i == attempts - 1:
-                return res
-        except requests.ConnectionError:
-            if i == attempts - 1:
-                raise
-        time.sleep(0.5 * 2**i)
-    raise AssertionError("unreachable")
-
-
 def _auth() -> tuple[str, str] | None:
     auth = os.environ.get("PREFECT_API_AUTH_STRING")
     if not auth:
@@ -88,7 +74,7 @@ def _auth() -> tuple[str, str] | None:
 def submit(items: list[dict[str, str]], api: str, root: str, deployment: str = DEPLOYMENT, auth=None) -> list[str]:
     """One flow run of ``deployment`` per item; returns the flow run ids in item order."""
     flow, _, name = deployment.partition("/")
-    res = _call("GET", f"{api}/deployments/name/{flow}/{name}", auth=auth)
+    res = api_call("GET", f"{api}/deployments/name/{flow}/{name}", auth=auth)
     if res.status_code == 404:
         raise ValueError(f"no deployment {deployment!r} at {api} (run `prefect deploy --all` first)")
     res.raise_for_status()
@@ -96,7 +82,7 @@ def submit(items: list[dict[str, str]], api: str, root: str, deployment: str = D
     ids = []
     for item in items:
         params = {**item, "root": root}
-        r = _call(
+        r = api_call(
             "POST",
             f"{api}/deployments/{dep_id}/create_flow_run",
             json={"parameters": params, "name": f"item-{item['item_id']}"},
@@ -109,7 +95,9 @@ def submit(items: list[dict[str, str]], api: str, root: str, deployment: str = D
 
 def states(api: str, run_ids: list[str], auth=None) -> dict[str, str]:
     """``{flow_run_id: state type}`` for the given runs."""
-    r = _call("POST", f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": run_ids}}, "limit": 200}, auth=auth)
+    r = api_call(
+        "POST", f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": run_ids}}, "limit": 200}, auth=auth
+    )
     r.raise_for_status()
     return {fr["id"]: (fr.get("state_type") or fr["state"]["type"]) for fr in r.json()}
 

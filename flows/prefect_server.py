@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,21 @@ WORK_POOL = "dreampose-local"
 PREFECT_USER = "dreampose"  # the production profile's basic-auth user
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat interval
 LEGACY_AUTOMATIONS = ("dreampose: retry crashed",)  # replaced by the supervisor's retry (flows.recovery)
+
+
+def api_call(method: str, url: str, attempts: int = 6, timeout: float = 60, **kw) -> requests.Response:
+    """One API call, retried on 503 (the server's sqlite database busy, as on a loaded machine) and dropped
+    connections, as Prefect's own client does; the last answer is returned."""
+    for i in range(attempts):
+        try:
+            res = requests.request(method, url, timeout=timeout, **kw)
+            if res.status_code != 503 or i == attempts - 1:
+                return res
+        except requests.ConnectionError:
+            if i == attempts - 1:
+                raise
+        time.sleep(0.5 * 2**i)
+    raise AssertionError("unreachable")
 
 
 def api_url(host: str, port: int) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 
 import requests
 
+from flows.prefect_server import api_call
+
 STOP_MESSAGE = "Stack stopped while this run was in flight; it is retried at the next start"
 ATTEMPT_TAG = "catalog.attempt_key"  # dreampose.catalog.attempts.ATTEMPT_TAG (not imported: no torch here)
 ITEM_FLOW = "catalog-item"
@@ -39,7 +41,7 @@ LIVE = ("RUNNING", "PENDING", "CANCELLING")
 
 
 def _post(url: str, body: dict, auth=None, timeout: float = 30) -> requests.Response:
-    res = requests.post(url, json=body, auth=auth, timeout=timeout)
+    res = api_call("POST", url, json=body, auth=auth, timeout=timeout)
     res.raise_for_status()
     return res
 
@@ -68,7 +70,7 @@ def set_state(api: str, run_id: str, type_: str, name: str, message: str, auth=N
 
 
 def state_history(api: str, run_id: str, auth=None) -> list[dict]:
-    res = requests.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, auth=auth, timeout=30)
+    res = api_call("GET", f"{api}/flow_run_states/", params={"flow_run_id": run_id}, auth=auth, timeout=30)
     res.raise_for_status()
     return sorted(res.json(), key=lambda s: s["timestamp"])
 
@@ -186,7 +188,7 @@ def settle_tracking(
         key, item, run_id = tags.get(ATTEMPT_TAG), tags.get("catalog_item"), run["info"]["run_id"]
         if only is not None and key not in only:
             continue
-        res = requests.get(f"{api}/flow_runs/{key}", auth=prefect_auth, timeout=30)
+        res = api_call("GET", f"{api}/flow_runs/{key}", auth=prefect_auth, timeout=30)
         if res.status_code == 404:
             continue  # not a flow run of this server (e.g. `make demo`'s item on its own Prefect): not ours
         res.raise_for_status()

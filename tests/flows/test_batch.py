@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flows import batch
+from flows.prefect_server import api_call
 from tests.flows.conftest import person_photo
 
 
@@ -42,16 +43,16 @@ def test_read_batch_csv_and_folder(tmp_path):
 
 def _deployment(api: str, flow: str = "catalog-item", name: str = "catalog-item") -> str:
     """A deployment on the server (no work pool: its runs stay scheduled until a test sets their state)."""
-    # batch._call: the test's own calls ride out a busy server's 503s (its sqlite locked on a loaded machine) as
+    # api_call: the test's own calls ride out a busy server's 503s (its sqlite locked on a loaded machine) as
     # the command's calls do
-    flow_id = batch._call("POST", f"{api}/flows/", json={"name": flow}).json()["id"]
-    res = batch._call("POST", f"{api}/deployments/", json={"name": name, "flow_id": flow_id})
+    flow_id = api_call("POST", f"{api}/flows/", json={"name": flow}).json()["id"]
+    res = api_call("POST", f"{api}/deployments/", json={"name": name, "flow_id": flow_id})
     res.raise_for_status()
     return res.json()["id"]
 
 
 def _set_state(api: str, run_id: str, state: str) -> None:
-    res = batch._call("POST", f"{api}/flow_runs/{run_id}/set_state", json={"state": {"type": state}, "force": True})
+    res = api_call("POST", f"{api}/flow_runs/{run_id}/set_state", json={"state": {"type": state}, "force": True})
     res.raise_for_status()
 
 
@@ -71,7 +72,7 @@ def test_submit_and_wait_on_a_prefect_server(tmp_path, prefect_harness, capsys):
     ids = batch.submit(items, api, str(tmp_path), deployment="batch-test/items")
     assert len(set(ids)) == 2
     for item, run_id in zip(items, ids, strict=True):  # one run per item, in item order, with the item's parameters
-        run = batch._call("GET", f"{api}/flow_runs/{run_id}").json()
+        run = api_call("GET", f"{api}/flow_runs/{run_id}").json()
         assert run["deployment_id"] == dep_id and run["name"] == f"item-{item['item_id']}"
         assert run["parameters"] == {**item, "root": str(tmp_path)}
     assert batch.states(api, ids) == {i: "SCHEDULED" for i in ids}
@@ -124,10 +125,10 @@ def test_a_busy_server_is_retried_then_answered():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/deployments/name/a/b"
-        assert batch._call("GET", url, attempts=3).json() == {"id": "dep"}
+        assert api_call("GET", url, attempts=3).json() == {"id": "dep"}
         assert _Busy.seen == 3
         _Busy.seen = 0
-        assert batch._call("GET", url, attempts=2).status_code == 503  # out of attempts: the last answer
+        assert api_call("GET", url, attempts=2).status_code == 503  # out of attempts: the last answer
     finally:
         server.shutdown()
         server.server_close()

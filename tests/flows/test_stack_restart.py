@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import requests
 
 from dreampose import cli, registry, tracking
 from flows import batch, recovery
+from flows.prefect_server import api_call
 from flows.processes import descendants
 from tests.flows.conftest import make_catalog_workspace, person_photo
 from tests.flows.supervisor import Supervisor, alive, wait_for
@@ -50,7 +50,7 @@ def _deployment_run(sup: Supervisor, params: dict[str, str]) -> str:
 
 def _fake_zombie(api: str, dep_id: str, params: dict) -> str:
     """A flow run left Running by a process that is gone: one heartbeat, then silence."""
-    r = requests.post(f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": params}, timeout=60)
+    r = api_call("POST", f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": params})
     r.raise_for_status()
     run_id = r.json()["id"]
     recovery.set_state(api, run_id, "RUNNING", "Running", "a process that will die")
@@ -62,12 +62,12 @@ def _fake_zombie(api: str, dep_id: str, params: dict) -> str:
         "related": [],
         "payload": {},
     }
-    requests.post(f"{api}/events", json=[event], timeout=60).raise_for_status()
+    api_call("POST", f"{api}/events", json=[event]).raise_for_status()
     return run_id
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # two stack starts and four items: 7.5 min on a quiet 2-core machine, more when loaded
+@pytest.mark.timeout(1500)  # two stack starts and three items: ~3 min in a quiet `make test` here, more when loaded
 def test_stack_kill_heartbeat_and_restart(tmp_path, monkeypatch):
     ws = make_catalog_workspace(tmp_path / "ws")
     items = {
@@ -80,7 +80,7 @@ def test_stack_kill_heartbeat_and_restart(tmp_path, monkeypatch):
         sup.start()
         assert (tmp_path / "state" / "prefect" / "prefect.db").is_file()  # the profile's own Prefect database
         sup.deploy()
-        dep_id = requests.get(f"{sup.api}/deployments/name/catalog-item/catalog-item", timeout=60).json()["id"]
+        dep_id = api_call("GET", f"{sup.api}/deployments/name/catalog-item/catalog-item").json()["id"]
 
         # 1. One SIGKILL of the flow-run process while it works on the item: exactly one retry.
         ids["killed"] = _deployment_run(sup, {**items["killed"], "root": str(ws)})
