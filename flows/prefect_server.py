@@ -92,14 +92,14 @@ def automation_specs(zombie_after_s: float = 3 * HEARTBEAT_S) -> list[dict]:
 
 def ensure_process_pool(api: str, pool: str, auth: tuple[str, str] | None = None) -> None:
     """Create the ``process`` work pool unless it exists (the REST call: no CLI start-up)."""
-    res = requests.post(f"{api}/work_pools/", json={"name": pool, "type": "process"}, auth=auth, timeout=30)
+    res = api_call("POST", f"{api}/work_pools/", json={"name": pool, "type": "process"}, auth=auth, timeout=30)
     if res.status_code not in (200, 201, 409):
         res.raise_for_status()
 
 
 def set_pool_concurrency(api: str, pool: str, limit: int | None, auth: tuple[str, str] | None = None) -> None:
     """How many flow runs of ``pool`` may run at once across all its workers (``None``: no limit)."""
-    res = requests.patch(f"{api}/work_pools/{pool}", json={"concurrency_limit": limit}, auth=auth, timeout=30)
+    res = api_call("PATCH", f"{api}/work_pools/{pool}", json={"concurrency_limit": limit}, auth=auth, timeout=30)
     res.raise_for_status()
 
 
@@ -108,14 +108,14 @@ def ensure_automations(
 ) -> list[str]:
     """Create the stack's automations unless automations of the same names exist, and delete the retry automation
     of earlier versions (it raced the worker's crash report); returns their names."""
-    have = requests.post(f"{api}/automations/filter", json={}, auth=auth, timeout=10)
+    have = api_call("POST", f"{api}/automations/filter", json={}, auth=auth, timeout=10)
     have.raise_for_status()
     names = {a["name"] for a in have.json()}
     for a in have.json():
         if a["name"].startswith(LEGACY_AUTOMATIONS):
-            requests.delete(f"{api}/automations/{a['id']}", auth=auth, timeout=10).raise_for_status()
+            api_call("DELETE", f"{api}/automations/{a['id']}", auth=auth, timeout=10).raise_for_status()
     specs = automation_specs(zombie_after_s)
     for spec in specs:
         if spec["name"] not in names:
-            requests.post(f"{api}/automations/", json=spec, auth=auth, timeout=10).raise_for_status()
+            api_call("POST", f"{api}/automations/", json=spec, auth=auth, timeout=10).raise_for_status()
     return [s["name"] for s in specs]
