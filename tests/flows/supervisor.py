@@ -21,6 +21,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prefect_cli(env: dict[str, str], *args: str, timeout_s: float = 600) -> str:
+    """The ``prefect`` CLI with ``env`` (a stack's client environment), from the repository root; its stdout (it
+    must succeed)."""
+    done = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def deploy_catalog_item(env: dict[str, str], pool: str, timeout_s: float = 600) -> None:
+    """``prefect deploy`` of the catalog-item deployment from prefect.yaml into ``pool``."""
+    prefect_cli(
+        env, "deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", pool,
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
 class Supervisor:
     """``python -m flows.serve`` in a subprocess, as ``make serve`` runs it."""
 
@@ -67,18 +86,11 @@ class Supervisor:
         return [c for w in self.worker_pids() for c in descendants(w) if b"resource_tracker" not in cmdline(c)]
 
     def prefect(self, *args: str, timeout_s: float = 600) -> str:
-        """The ``prefect`` CLI against this stack, from the repository root; its stdout (it must succeed)."""
-        done = subprocess.run(
-            [str(BIN / "prefect"), "--no-prompt", *args],
-            cwd=REPO, env=self.client_env(), capture_output=True, text=True, timeout=timeout_s,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        return done.stdout
+        """The ``prefect`` CLI against this stack (``prefect_cli``)."""
+        return prefect_cli(self.client_env(), *args, timeout_s=timeout_s)
 
     def deploy(self) -> None:
-        self.prefect(
-            "deploy", "--prefect-file", str(REPO / "prefect.yaml"), "--name", "catalog-item", "--pool", self.pool
-        )
+        deploy_catalog_item(self.client_env(), self.pool)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -9,8 +9,6 @@ import csv
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,23 +17,17 @@ import psutil
 import pytest
 import requests
 
-from flows import REPO, batch
+from flows import batch
 from flows.credentials import SECRET_NAMES
 from flows.postgres import PG_DB_USER, PG_SUPERUSER, pg_connect
-from flows.processes import BIN
 from flows.stack import Stack
 from tests.flows.conftest import make_catalog_workspace, person_photo
+from tests.flows.supervisor import deploy_catalog_item, free_port
 
 MODEL = "catalog-test-model"
 EXPERIMENT = "catalog-test"
 POOL = "dreampose-stack-test"
 ITEMS = 3  # one more than the two workers: an item queues while another is retried
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listen_addresses(port: int) -> set[str]:
@@ -100,9 +92,9 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
     stack = Stack(
         state=state,
         profile="prod",
-        prefect_port=_free_port(),
-        mlflow_port=_free_port(),
-        pg_port=_free_port(),
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        pg_port=free_port(),
         pool=POOL,
         workers=2,
         extra_env={"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "1"},
@@ -113,12 +105,7 @@ def test_prod_stack_batch_survives_a_killed_worker(tmp_path, monkeypatch):
         with stack:
             stack.start()
             env = stack.client_env()
-            deployed = subprocess.run(
-                [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
-                 "--name", "catalog-item", "--pool", POOL],
-                cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
-            assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+            deploy_catalog_item(env, POOL, timeout_s=300)
             _check_security(stack, env)
             ids = batch.submit(items, stack.api, str(ws), auth=stack.prefect_auth)
             assert len(set(ids)) == ITEMS
