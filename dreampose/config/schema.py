@@ -173,6 +173,12 @@ class TinyModelConfig(_Strict):
     vae_latent_channels: int = Field(
         4, ge=1, description="VAE latent channels; the UNet's input/output and the adapter's VAE tokens follow"
     )
+    vae_latent_patch: int = Field(
+        1,
+        ge=1,
+        description="fold every p x p block of the VAE's latent into channels (space-to-depth): the UNet sees "
+        "vae_latent_channels * p * p channels on a grid p times coarser than the VAE's own (models/vae.py)",
+    )
     vae_logvar_init: float = Field(
         0.0,
         le=0.0,

@@ -30,6 +30,7 @@ from dreampose.models.adapter import ImagePoseAdapter
 from dreampose.models.pipeline import DreamPosePipeline
 from dreampose.models.sizes import check_frame_size, size_multiple
 from dreampose.models.unet import expand_conv_in
+from dreampose.models.vae import PatchedAutoencoderKL
 
 log = logging.getLogger("dreampose.models")
 
@@ -80,20 +81,22 @@ def build_tiny_components(
 ) -> dict[str, Any]:
     """Small seeded VAE / UNet / CLIP vision model / adapter / DDIM scheduler for ``height x width`` frames.
 
-    The VAE downsamples by ``2 ** (len(vae_channels) - 1)`` into ``vae_latent_channels`` channels; the UNet takes
-    ``vae_latent_channels + pose_channels`` inputs. The posterior's log-variance starts at ``vae_logvar_init``.
+    The VAE downsamples by ``2 ** (len(vae_channels) - 1)`` into ``vae_latent_channels`` channels, folded
+    ``vae_latent_patch`` x ``vae_latent_patch`` into channels (``models.vae``) where that is above 1; the UNet takes
+    the folded latent's channels + ``pose_channels`` inputs. The posterior's log-variance starts at ``vae_logvar_init``.
     ``image_tokens`` (``clip_vae`` | ``clip``) is the adapter's; the weights do not depend on it.
     Returns the keyword arguments of ``DreamPosePipeline``.
     """
     n_vae = len(cfg.vae_channels)
-    factor = 2 ** (n_vae - 1)
+    fold = cfg.vae_latent_patch
+    factor = 2 ** (n_vae - 1) * fold
     if height % factor or width % factor:
         raise ValueError(f"frames {height}x{width} must be multiples of the tiny VAE's factor {factor}")
     groups = int(np.gcd.reduce([*cfg.vae_channels, *cfg.unet_channels, 8]))
     clip_size = (min(height, width) // cfg.clip_patch) * cfg.clip_patch
     if clip_size < cfg.clip_patch:
         raise ValueError(f"frames {height}x{width} are smaller than one CLIP patch ({cfg.clip_patch})")
-    latent = cfg.vae_latent_channels
+    latent = cfg.vae_latent_channels * fold**2  # what the UNet and the adapter see (models/vae.py)
     vae_groups = cfg.vae_norm_groups or groups
     if any(c % vae_groups for c in cfg.vae_channels):
         raise ValueError(
@@ -101,16 +104,18 @@ def build_tiny_components(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
+        vae_kwargs: dict[str, Any] = {"latent_patch": fold} if fold > 1 else {}
+        vae = (PatchedAutoencoderKL if fold > 1 else AutoencoderKL)(
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * n_vae,
             up_block_types=("UpDecoderBlock2D",) * n_vae,
             block_out_channels=tuple(cfg.vae_channels),
             layers_per_block=1,
-            latent_channels=latent,
+            latent_channels=cfg.vae_latent_channels,
             norm_num_groups=vae_groups,
             sample_size=max(height, width),
+            **vae_kwargs,
         )
         init_posterior_logvar(vae, cfg.vae_logvar_init)
         n_unet = len(cfg.unet_channels)
@@ -224,7 +229,8 @@ def model_size_multiple(cfg: ModelConfig) -> int:
     """The size multiple of the model ``cfg`` builds, from configs only: the tiny model's channel lists, or the
     ``vae/`` and ``unet/`` ``config.json`` of ``cfg.pretrained.sd_path`` (read, not the weights)."""
     if cfg.source == "tiny":
-        return size_multiple(len(cfg.tiny.vae_channels), len(cfg.tiny.unet_channels), ADAPTER_PATCH)
+        tiny = cfg.tiny
+        return size_multiple(len(tiny.vae_channels), len(tiny.unet_channels), ADAPTER_PATCH, tiny.vae_latent_patch)
     sd = Path(cfg.pretrained.sd_path).expanduser() if _is_local(cfg.pretrained.sd_path) else cfg.pretrained.sd_path
     if isinstance(sd, Path) and not sd.is_dir():
         raise FileNotFoundError(f"model.pretrained.sd_path: no such directory {cfg.pretrained.sd_path}")

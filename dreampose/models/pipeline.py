@@ -51,6 +51,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from dreampose.models.adapter import ImagePoseAdapter, install_image_attention
 from dreampose.models.guidance import BRANCHES, dual_guidance
+from dreampose.models.vae import vae_latent_channels, vae_scale_factor
 from dreampose.runtime import Runtime, place_pipeline
 
 SCHEDULERS = ("pndm", "ddim", "dpmsolver++")
@@ -147,14 +148,14 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
         # The adapter's VAE tokens get their own softmax in every cross-attention layer (exactly CLIP-only at
         # a zero VAE projection; see models/adapter.py). Not saved with the UNet, so installed on every build and load.
         install_image_attention(unet, adapter, image_encoder)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae.config)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ----- sizes ---------------------------------------------------------------------------------
 
     @property
     def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+        return vae_latent_channels(self.vae.config)
 
     @property
     def pose_channels(self) -> int:

@@ -14,13 +14,15 @@ import math
 from pathlib import Path
 
 
-def size_multiple(vae_blocks: int, unet_blocks: int, adapter_patch: int) -> int:
-    """``2 ** (vae_blocks - 1) * lcm(2 ** (unet_blocks - 1), adapter_patch)`` for block counts >= 1."""
-    if vae_blocks < 1 or unet_blocks < 1 or adapter_patch < 1:
+def size_multiple(vae_blocks: int, unet_blocks: int, adapter_patch: int, latent_patch: int = 1) -> int:
+    """``2 ** (vae_blocks - 1) * latent_patch * lcm(2 ** (unet_blocks - 1), adapter_patch)`` for block counts >= 1
+    (``latent_patch``: the VAE's space-to-depth fold, ``models.vae``)."""
+    if vae_blocks < 1 or unet_blocks < 1 or adapter_patch < 1 or latent_patch < 1:
         raise ValueError(
-            f"vae_blocks, unet_blocks and adapter_patch must be >= 1, got {vae_blocks}, {unet_blocks}, {adapter_patch}"
+            "vae_blocks, unet_blocks, adapter_patch and latent_patch must be >= 1, got "
+            f"{vae_blocks}, {unet_blocks}, {adapter_patch}, {latent_patch}"
         )
-    return 2 ** (vae_blocks - 1) * math.lcm(2 ** (unet_blocks - 1), adapter_patch)
+    return 2 ** (vae_blocks - 1) * latent_patch * math.lcm(2 ** (unet_blocks - 1), adapter_patch)
 
 
 def nearest_multiples(n: int, multiple: int) -> list[int]:
@@ -58,7 +60,12 @@ def _read_config(model_dir: Path, sub: str) -> dict:
 def saved_size_multiple(model_dir: Path) -> int:
     """The size multiple of a ``save_pretrained`` DreamPose pipeline, read from its configs (no weights loaded)."""
     vae, unet, adapter = (_read_config(model_dir, s) for s in ("vae", "unet", "adapter"))
-    return size_multiple(len(vae["block_out_channels"]), len(unet["block_out_channels"]), int(adapter["patch_size"]))
+    return size_multiple(
+        len(vae["block_out_channels"]),
+        len(unet["block_out_channels"]),
+        int(adapter["patch_size"]),
+        int(vae.get("latent_patch", 1)),
+    )
 
 
 def check_saved_model_frame_size(model_dir: Path, height: int, width: int) -> None:
