@@ -173,6 +173,11 @@ class TinyModelConfig(_Strict):
     vae_latent_channels: int = Field(
         4, ge=1, description="VAE latent channels; the UNet's input/output and the adapter's VAE tokens follow"
     )
+    vae_mid_attention: bool = Field(
+        True,
+        description="self-attention in the VAE's middle blocks (Stable Diffusion's VAE has it); at the demo's size it "
+        "is about a third of a pre-training step",
+    )
     vae_latent_patch: int = Field(
         1,
         ge=1,

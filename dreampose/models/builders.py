@@ -115,6 +115,7 @@ def build_tiny_components(
             latent_channels=cfg.vae_latent_channels,
             norm_num_groups=vae_groups,
             sample_size=max(height, width),
+            mid_block_add_attention=cfg.vae_mid_attention,
             **vae_kwargs,
         )
         init_posterior_logvar(vae, cfg.vae_logvar_init)

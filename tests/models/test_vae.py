@@ -108,3 +108,11 @@ def test_the_tiny_builder_checks_the_frame_size_against_the_fold():
         build_tiny_components(cfg, 34, 32)
     plain = build_tiny_components(TEST_CFG, 32, 32)["vae"]
     assert type(plain) is AutoencoderKL  # no fold: the plain class, so such a model saves as before
+
+
+def test_the_vae_mid_block_attention_can_be_left_out():
+    with_attn = build_tiny_components(TEST_CFG, 32, 32)["vae"]
+    without = build_tiny_components(TEST_CFG.model_copy(update={"vae_mid_attention": False}), 32, 32)["vae"]
+    assert with_attn.encoder.mid_block.attentions[0] is not None
+    assert without.encoder.mid_block.attentions[0] is None and without.decoder.mid_block.attentions[0] is None
+    assert sum(p.numel() for p in without.parameters()) < sum(p.numel() for p in with_attn.parameters())
