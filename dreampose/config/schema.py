@@ -176,7 +176,7 @@ class TinyModelConfig(_Strict):
     vae_mid_attention: bool = Field(
         True,
         description="self-attention in the VAE's middle blocks (Stable Diffusion's VAE has it); at the demo's size it "
-        "is about a third of a pre-training step",
+        "is, by a FLOP count, about a third of a pre-training step",
     )
     vae_latent_patch: int = Field(
         1,
