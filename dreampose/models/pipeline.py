@@ -51,7 +51,8 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from dreampose.models.adapter import ImagePoseAdapter, install_image_attention
 from dreampose.models.guidance import BRANCHES, dual_guidance
-from dreampose.models.vae import vae_latent_channels, vae_scale_factor
+from dreampose.models.sizes import vae_latent_channels, vae_scale_factor
+from dreampose.models.vae import PatchedAutoencoderKL
 from dreampose.runtime import Runtime, place_pipeline
 
 SCHEDULERS = ("pndm", "ddim", "dpmsolver++")
@@ -118,7 +119,8 @@ class DreamPoseOutput(BaseOutput):
 class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
     """Pose-and-image conditioned Stable Diffusion (DreamPose).
 
-    Components: ``vae`` (AutoencoderKL, AutoencoderTiny or another diffusers VAE), ``unet``
+    Components: ``vae`` (AutoencoderKL, ``models.vae.PatchedAutoencoderKL``, AutoencoderTiny or another diffusers
+    VAE; sizes from ``models.sizes.vae_scale_factor`` / ``vae_latent_channels``, which count a fold), ``unet``
     (UNet2DConditionModel with ``in_channels = latent + pose channels``), ``adapter`` (ImagePoseAdapter),
     ``image_encoder`` (CLIPVisionModelWithProjection), ``feature_extractor`` (CLIPImageProcessor, used for
     its size / mean / std only) and ``scheduler``.
@@ -129,7 +131,7 @@ class DreamPosePipeline(DiffusionPipeline, StableDiffusionMixin):
 
     def __init__(
         self,
-        vae: AutoencoderKL | AutoencoderTiny,
+        vae: AutoencoderKL | PatchedAutoencoderKL | AutoencoderTiny,
         unet: UNet2DConditionModel,
         adapter: ImagePoseAdapter,
         image_encoder: CLIPVisionModelWithProjection,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def size_multiple(vae_blocks: int, unet_blocks: int, adapter_patch: int, latent_patch: int = 1) -> int:
@@ -23,6 +25,22 @@ def size_multiple(vae_blocks: int, unet_blocks: int, adapter_patch: int, latent_
             f"{vae_blocks}, {unet_blocks}, {adapter_patch}, {latent_patch}"
         )
     return 2 ** (vae_blocks - 1) * latent_patch * math.lcm(2 ** (unet_blocks - 1), adapter_patch)
+
+
+def latent_patch(vae_config: Mapping[str, Any]) -> int:
+    """The space-to-depth fold of a VAE config (``models.vae.PatchedAutoencoderKL``, a diffusers ``FrozenDict`` or a
+    ``config.json`` read as a dict); 1 where it has none."""
+    return int(vae_config.get("latent_patch") or 1)
+
+
+def vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
+    """Pixels per latent pixel along each side: the inner downsampling times the fold."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1) * latent_patch(vae_config)
+
+
+def vae_latent_channels(vae_config: Mapping[str, Any]) -> int:
+    """Channels of the latent the diffusion model sees: the inner latent's channels times the fold squared."""
+    return int(vae_config["latent_channels"]) * latent_patch(vae_config) ** 2
 
 
 def nearest_multiples(n: int, multiple: int) -> list[int]:
@@ -64,7 +82,7 @@ def saved_size_multiple(model_dir: Path) -> int:
         len(vae["block_out_channels"]),
         len(unet["block_out_channels"]),
         int(adapter["patch_size"]),
-        int(vae.get("latent_patch", 1)),
+        latent_patch(vae),
     )
 
 

@@ -9,13 +9,11 @@ keeps the detail a x2 autoencoder keeps. The posterior is folded as it is sample
 so ``latent_dist.sample`` / ``mode`` / ``kl`` mean what they mean for the plain class.
 
 With p = 1 it computes exactly what ``AutoencoderKL`` computes; the builders use the plain class then, so a
-model without folding saves the same ``model_index.json`` as before. ``vae_scale_factor`` and
+model without folding saves the same ``model_index.json`` as before. ``models.sizes.vae_scale_factor`` and
 ``vae_latent_channels`` read either class's config (and any other diffusers VAE's, where p is 1).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +23,6 @@ from diffusers.configuration_utils import register_to_config
 # diffusers' pipeline loader finds a component's loading method by looking up the base classes it knows (ModelMixin
 # among them) by name in the component's module, so the name must be bound here for ``from_pretrained`` to load it.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
-
-
-def latent_patch(config: Any) -> int:
-    """``latent_patch`` of a VAE config (a diffusers ``FrozenDict`` or a plain dict); 1 where it has none."""
-    value = config.get("latent_patch", 1) if hasattr(config, "get") else getattr(config, "latent_patch", 1)
-    return int(value or 1)
-
-
-def vae_scale_factor(config: Any) -> int:
-    """Pixels per latent pixel along each side: the inner downsampling times the fold."""
-    return 2 ** (len(config["block_out_channels"]) - 1) * latent_patch(config)
-
-
-def vae_latent_channels(config: Any) -> int:
-    """Channels of the latent the diffusion model sees: the inner latent's channels times ``latent_patch ** 2``."""
-    return int(config["latent_channels"]) * latent_patch(config) ** 2
 
 
 class PatchedAutoencoderKL(AutoencoderKL):

@@ -10,8 +10,8 @@ from diffusers import AutoencoderKL
 from dreampose.config import ModelConfig
 from dreampose.models.builders import build_tiny_components, model_size_multiple
 from dreampose.models.pipeline import DreamPosePipeline
-from dreampose.models.sizes import saved_size_multiple
-from dreampose.models.vae import PatchedAutoencoderKL, latent_patch, vae_latent_channels, vae_scale_factor
+from dreampose.models.sizes import latent_patch, saved_size_multiple, vae_latent_channels, vae_scale_factor
+from dreampose.models.vae import PatchedAutoencoderKL
 from tests.models.conftest import TEST_CFG
 
 ARGS = {
