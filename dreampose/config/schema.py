@@ -233,7 +233,17 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or a half cosine down to 0 at max_steps"
+    )
     weight_decay: float = Field(0.0, ge=0)
+    timestep_sampling: Literal["uniform", "cubic"] = Field(
+        "uniform", description="training timesteps: uniform, or cubic (t = (1 - u^3) T: mostly the noisier half)"
+    )
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="0 = off; else the saved weights are an exponential moving average of the "
+        "trained ones with this decay (diffusers' EMAModel, its (1 + n) / (10 + n) warm-up)"
+    )  # fmt: skip
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     train_image_encoder: bool = True

@@ -7,7 +7,10 @@ Layout of ``<ckpt_dir>/step_000100/``:
 - ``rng.safetensors``: torch CPU (and CUDA) generator states
 - ``state.json``: step, run fingerprint, optimizer param groups and scalar state, LR scheduler
   state, python and numpy generator states, and the fp16 loss scaler's state (``scaler``: scale,
-  growth tracker and factors; ``null`` when the run has no scaler)
+  growth tracker and factors; ``null`` when the run has no scaler), and the weight EMA's scalar state
+  (``ema``; ``null`` when the run keeps none)
+- ``ema.safetensors`` (runs with ``ema_decay > 0``): the EMA's shadow weights, keys ``shadow.<index>`` in the
+  order of the trainable parameters
 
 A step directory appears only by ``rename`` of a fully written temporary directory, so a
 killed run never leaves a partial checkpoint that looks complete. A checkpoint that fails to
@@ -119,6 +122,16 @@ class Checkpoint:
     rng_meta: dict[str, Any]
     fingerprint: str
     scaler: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None
+
+
+def ema_state(ema: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """A diffusers ``EMAModel``'s state split into its shadow tensors and its JSON scalars; ``None`` without one."""
+    if ema is None:
+        return None
+    state = dict(ema.state_dict())
+    shadow = state.pop("shadow_params")
+    return {f"shadow.{i}": t for i, t in enumerate(shadow)}, state
 
 
 def save_checkpoint(
@@ -130,11 +143,13 @@ def save_checkpoint(
     fingerprint: str,
     keep: int = 2,
     scaler: Any = None,
+    ema: Any = None,
 ) -> Path:
     """Write ``<ckpt_dir>/step_<step>/`` atomically, then delete all but the newest ``keep``.
 
     ``scaler``: the run's ``GradScaler`` (fp16 mixed precision), whose state is saved with the step so a resumed
-    run skips and rescales exactly as the uninterrupted one. Older checkpoints are deleted only after the new
+    run skips and rescales exactly as the uninterrupted one; ``ema``: the run's ``EMAModel`` (its shadow weights
+    and step count), likewise. Older checkpoints are deleted only after the new
     one is complete, so a kill mid-write always leaves a usable one."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +162,9 @@ def save_checkpoint(
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = capture_rng()
         save_file(_tensors(rng_tensors), tmp / "rng.safetensors")
+        ema_split = ema_state(ema)
+        if ema_split is not None:
+            save_file(_tensors(ema_split[0]), tmp / "ema.safetensors")
         state = {
             "step": step,
             "fingerprint": fingerprint,
@@ -154,6 +172,7 @@ def save_checkpoint(
             "lr_scheduler": lr_scheduler.state_dict(),
             "rng": rng_meta,
             "scaler": scaler_state(scaler),
+            "ema": None if ema_split is None else ema_split[1],
         }
         (tmp / "state.json").write_text(json.dumps(state))
         if final.exists():
@@ -175,6 +194,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         model = load_file(path / "model.safetensors")
         opt_tensors = load_file(path / "optimizer.safetensors")
         rng_tensors = load_file(path / "rng.safetensors")
+        ema = state.get("ema")
+        if ema is not None:
+            shadow = load_file(path / "ema.safetensors")
+            ema = {**ema, "shadow_params": [shadow[f"shadow.{i}"] for i in range(len(shadow))]}
     except Exception as err:
         raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
     return Checkpoint(
@@ -187,6 +210,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         rng_meta=state["rng"],
         fingerprint=state["fingerprint"],
         scaler=state.get("scaler"),
+        ema=ema,
     )
 
 
@@ -220,8 +244,10 @@ def apply_checkpoint(
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,
     scaler: Any = None,
+    ema: Any = None,
 ) -> int:
-    """Load weights, optimizer, scheduler, loss-scaler and generator states; returns the step to continue from."""
+    """Load weights, optimizer, scheduler, loss-scaler, weight-EMA and generator states; returns the step to
+    continue from."""
     for name, module in modules.items():
         prefix = f"{name}."
         sub = {k[len(prefix) :]: v for k, v in ckpt.model.items() if k.startswith(prefix)}
@@ -240,5 +266,10 @@ def apply_checkpoint(
             )
         else:
             scaler.load_state_dict(ckpt.scaler)
+    if ema is not None:
+        if ckpt.ema is None:
+            raise ValueError(f"{ckpt.path}: no weight-EMA state, but the run keeps an EMA")
+        device = ema.shadow_params[0].device if ema.shadow_params else torch.device("cpu")
+        ema.load_state_dict({**ckpt.ema, "shadow_params": [t.to(device) for t in ckpt.ema["shadow_params"]]})
     restore_rng(ckpt.rng_tensors, ckpt.rng_meta)
     return ckpt.step

@@ -153,7 +153,9 @@ def finetune_base(
     data = PairDataset(manifest, root, h, w, seed=cfg.seed, color_augment=cfg.color_augment)
     held = PairDataset(heldout_manifest, root, h, w) if heldout_manifest and Path(heldout_manifest).is_file() else data
     accelerator = make_accelerator(cfg.mixed_precision, cpu=_on_cpu(device))
-    objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder).to(accelerator.device)
+    objective = DiffusionObjective(pipe, cfg.dropout, cfg.train_image_encoder, cfg.timestep_sampling).to(
+        accelerator.device
+    )
     before = _heldout(objective, held, cfg, accelerator.device)
     ckpt = ckpt_dir_for(out_dir)
     result = train(
@@ -248,10 +250,10 @@ def finetune_subject(
         from dreampose.training.lora import LoraDiffusionObjective
 
         objective: DiffusionObjective = LoraDiffusionObjective(
-            pipe, cfg.unet.dropout, cfg.lora_rank, seed=cfg.unet.seed
+            pipe, cfg.unet.dropout, cfg.lora_rank, seed=cfg.unet.seed, timestep_sampling=cfg.unet.timestep_sampling
         )
     else:
-        objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder)
+        objective = DiffusionObjective(pipe, cfg.unet.dropout, cfg.unet.train_image_encoder, cfg.unet.timestep_sampling)
     objective.to(accelerator.device)
     before = _heldout(objective, plain, cfg.unet, accelerator.device)
     # One checkpoint per subject on disk: when phase 2 already has one (a rerun after a crash in phase 2), phase 1

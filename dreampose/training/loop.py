@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import resource
 import sys
 import time
@@ -76,6 +77,19 @@ def constant_with_warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def lr_multiplier(step: int, warmup_steps: int, max_steps: int, schedule: str = "constant") -> float:
+    """LR multiplier of optimizer step ``step``: the warm-up ramp, then 1 (``constant``) or a half cosine from 1
+    after warm-up down to 0 at ``max_steps`` (``cosine``)."""
+    ramp = constant_with_warmup(step, warmup_steps)
+    if schedule == "constant":
+        return ramp
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {schedule!r} (constant or cosine)")
+    decay_steps = max(1, max_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+    return ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def tf32_supported(device_type: str, capability: tuple[int, int] | None) -> bool:
     """Whether fp32 matmuls/convolutions should run on TF32 tensor cores: CUDA devices of compute capability
     8.0 or newer (Ampere on); never on the CPU or older GPUs."""
@@ -114,6 +128,15 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     except (RuntimeError, TypeError):  # e.g. a dtype the fused kernel rejects
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_ema(params: list[torch.nn.Parameter], decay: float) -> Any:
+    """diffusers' ``EMAModel`` over ``params`` (a shadow copy on their device), or ``None`` for ``decay == 0``."""
+    if decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=decay, foreach=True)
 
 
 def run_fingerprint(cfg: TrainConfig, num_items: int, extra: str = "") -> str:
@@ -172,7 +195,10 @@ def train(
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     objective.to(accelerator.device)
     optimizer = build_optimizer(params, cfg)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: constant_with_warmup(s, cfg.lr_warmup_steps))
+    ema = make_ema(params, cfg.ema_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_schedule)
+    )
     # The scheduler is stepped here once per optimizer step; accelerate's wrapper would step it world-size times.
     model, optimizer = accelerator.prepare(objective, optimizer)
 
@@ -181,7 +207,9 @@ def train(
     if ckpt_dir is not None:
         ckpt = latest_checkpoint(ckpt_dir, fp)
         if ckpt is not None:
-            start = apply_checkpoint(ckpt, modules, optimizer.optimizer, lr_scheduler, scaler=accelerator.scaler)
+            start = apply_checkpoint(
+                ckpt, modules, optimizer.optimizer, lr_scheduler, scaler=accelerator.scaler, ema=ema
+            )
             log.info("resuming %s from %s", desc, ckpt.path)
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
 
@@ -194,6 +222,8 @@ def train(
     for step in range(start, end):
         loss = _train_step(model, optimizer, batches, cfg, accelerator, step, global_batch, params)
         lr_scheduler.step()
+        if ema is not None:
+            ema.step(params)
         samples += global_batch * cfg.grad_accum
         step_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
         result.losses.append(step_loss)
@@ -221,7 +251,7 @@ def train(
         ):  # fmt: skip
             if accelerator.is_main_process:
                 save_checkpoint(ckpt_dir, step + 1, modules, optimizer.optimizer, lr_scheduler, fp,
-                                keep=keep_checkpoints, scaler=accelerator.scaler)  # fmt: skip
+                                keep=keep_checkpoints, scaler=accelerator.scaler, ema=ema)  # fmt: skip
             accelerator.wait_for_everyone()
             last_ckpt = time.perf_counter()
         if on_step is not None:
@@ -232,9 +262,11 @@ def train(
     result.peak_memory_mb = peak_memory_mb(accelerator.device)
     accelerator.wait_for_everyone()
     model.eval()
+    if ema is not None:
+        ema.copy_to(params)  # the run's result is the averaged weights
     # Free the optimizer (its state is twice the trainable weights) and the gradients before whatever runs next.
     optimizer.zero_grad(set_to_none=True)
-    del optimizer, lr_scheduler, model, batches  # batches: the DataLoader's worker processes end with it
+    del optimizer, lr_scheduler, model, batches, ema  # batches: the DataLoader's worker processes end with it
     accelerator.free_memory()  # drops accelerate's references to them, then runs one full gc.collect()
     if accelerator.device.type == "cuda":
         torch.cuda.empty_cache()

@@ -47,9 +47,10 @@ class LoraDiffusionObjective(DiffusionObjective):
     """The diffusion objective with a frozen UNet carrying trainable LoRA layers, plus the full adapter."""
 
     def __init__(
-        self, pipeline: Any, dropout: DropoutConfig, rank: int, alpha: float | None = None, seed: int = 0
-    ) -> None:
-        super().__init__(pipeline, dropout, train_image_encoder=False)
+        self, pipeline: Any, dropout: DropoutConfig, rank: int, alpha: float | None = None, seed: int = 0,
+        timestep_sampling: str = "uniform",
+    ) -> None:  # fmt: skip
+        super().__init__(pipeline, dropout, train_image_encoder=False, timestep_sampling=timestep_sampling)
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         inject_lora(self.unet, rank, self.alpha, seed)

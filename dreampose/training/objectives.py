@@ -29,10 +29,28 @@ def latent_poses(pipeline: Any, poses: torch.Tensor) -> torch.Tensor:
     return poses_to_latent(poses, pipeline.vae_scale_factor)
 
 
-class DiffusionObjective(nn.Module):
-    """Diffusion loss of a ``DreamPosePipeline``'s UNet + adapter (+ image encoder)."""
+def sample_timesteps(
+    batch: int, num_train_timesteps: int, sampling: str, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """``(batch,)`` training timesteps: ``uniform`` over ``[0, T)``, or ``cubic``, ``t = (1 - u^3) T`` for a uniform
+    ``u`` (T2I-Adapter's schedule), which puts 79 % of the draws (``0.5 ** (1/3)``) in the noisier half, where the
+    noisy latent says least about the target and the conditioning has to."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device)
+    if sampling != "cubic":
+        raise ValueError(f"unknown timestep sampling {sampling!r} (uniform or cubic)")
+    u = torch.rand((batch,), generator=generator, device=device)
+    return ((1 - u**3) * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
 
-    def __init__(self, pipeline: Any, dropout: DropoutConfig, train_image_encoder: bool = False) -> None:
+
+class DiffusionObjective(nn.Module):
+    """Diffusion loss of a ``DreamPosePipeline``'s UNet + adapter (+ image encoder); training timesteps drawn as
+    ``timestep_sampling`` says (:func:`sample_timesteps`)."""
+
+    def __init__(
+        self, pipeline: Any, dropout: DropoutConfig, train_image_encoder: bool = False,
+        timestep_sampling: str = "uniform",
+    ) -> None:  # fmt: skip
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -48,6 +66,7 @@ class DiffusionObjective(nn.Module):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r} (epsilon or v_prediction)")
         self.dropout = dropout
         self.train_image_encoder = train_image_encoder
+        self.timestep_sampling = timestep_sampling
         self.vae.requires_grad_(False)
         self.unet.requires_grad_(True)
         self.adapter.requires_grad_(True)
@@ -102,7 +121,8 @@ class DiffusionObjective(nn.Module):
         b = batch["target_pixels"].shape[0]
         device = batch["target_pixels"].device
         drop_image, drop_pose = sample_dropout_masks(b, self.dropout, generator)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=device)
+        num_t = self.noise_scheduler.config.num_train_timesteps
+        t = sample_timesteps(b, num_t, self.timestep_sampling, generator, device)
         latent_shape = self._latent_shape(batch["target_pixels"])
         noise = torch.randn(latent_shape, generator=generator, device=device)
         return self.loss_terms(batch, noise, t, drop_image, drop_pose, latent_generator=generator).mean()

@@ -112,3 +112,26 @@ def test_the_loss_scaler_state_round_trips(tmp_path):
     bare = save_checkpoint(tmp_path, 5, {"net": model}, opt, sched, fingerprint="f")
     with pytest.warns(RuntimeWarning, match="not exact"):
         apply_checkpoint(load_checkpoint(bare), {"net": model2}, opt2, sched2, scaler=torch.amp.GradScaler("cpu"))
+
+
+def test_the_weight_ema_round_trips(tmp_path):
+    """Runs with ``ema_decay``: the shadow weights and the EMA's step count (its warm-up) come back exactly."""
+    from dreampose.training.loop import make_ema
+
+    model, opt, sched = _setup()
+    ema = make_ema(list(model.parameters()), 0.9)
+    for _ in range(3):
+        _step(model, opt, sched)
+        ema.step(model.parameters())
+    path = save_checkpoint(tmp_path, 3, {"net": model}, opt, sched, fingerprint="f", ema=ema)
+
+    model2, opt2, sched2 = _setup(seed=1)
+    fresh = make_ema(list(model2.parameters()), 0.9)
+    apply_checkpoint(load_checkpoint(path), {"net": model2}, opt2, sched2, ema=fresh)
+    assert fresh.optimization_step == 3
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, fresh.shadow_params, strict=True))
+    assert not torch.equal(fresh.shadow_params[0], model2[0].weight)  # the shadow, not the weights
+
+    bare = save_checkpoint(tmp_path, 4, {"net": model}, opt, sched, fingerprint="f")
+    with pytest.raises(ValueError, match="no weight-EMA state"):
+        apply_checkpoint(load_checkpoint(bare), {"net": model2}, opt2, sched2, ema=fresh)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreampose.config import DropoutConfig, TrainConfig
-from dreampose.training.loop import constant_with_warmup, make_accelerator, run_fingerprint, train
+from dreampose.training.loop import constant_with_warmup, lr_multiplier, make_accelerator, run_fingerprint, train
 from dreampose.training.objectives import DiffusionObjective, heldout_loss
 from tests.training.tiny import TinyPairs, tiny_pipeline
 
@@ -30,6 +31,18 @@ class ListLogger:
 def test_constant_with_warmup():
     assert [constant_with_warmup(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert constant_with_warmup(0, 0) == 1.0
+
+
+def test_lr_multiplier_cosine_decays_to_zero_after_warmup():
+    assert [lr_multiplier(s, 2, 10) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]  # constant: the warm-up ramp only
+    cos = [lr_multiplier(s, 2, 10, "cosine") for s in range(11)]
+    assert cos[0] == 0.5 and cos[2] == 1.0  # the ramp, then the top of the half cosine
+    assert cos[6] == pytest.approx(0.5)  # half way through the 8 decay steps
+    assert cos[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(cos[2:]))  # never rises after warm-up
+    assert lr_multiplier(50, 0, 10, "cosine") == pytest.approx(0.0, abs=1e-12)  # past max_steps (stop_after)
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_multiplier(0, 0, 10, "linear")
 
 
 def test_fingerprint_changes_with_settings():
@@ -65,8 +78,34 @@ def test_gradient_accumulation_updates_once_per_step():
     assert [m["train/lr"] for _, m in logger.rows] == pytest.approx([5e-4, 7.5e-4])
 
 
-def test_stop_after_then_resume_equals_one_run(tmp_path):
-    cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-3, checkpoint_every=2, seed=1)
+def test_cosine_schedule_reaches_zero_at_max_steps():
+    cfg = TrainConfig(max_steps=4, batch_size=4, lr=1e-3, lr_schedule="cosine", log_every=1)
+    logger = ListLogger()
+    train(DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout), TinyPairs(8), cfg,
+          accelerator=make_accelerator("no"), logger=logger)  # fmt: skip
+    # logged after each step: the rate the next step will use
+    assert [m["train/lr"] for _, m in logger.rows] == pytest.approx([8.536e-4, 5e-4, 1.464e-4, 0.0], abs=1e-7)
+
+
+def test_ema_saves_the_moving_average_of_the_weights():
+    """With ``ema_decay`` the trained module ends holding the EMA of the per-step weights (diffusers' warm-up:
+    the first update copies, then decay min(d, n / (9 + n)) at update n), not the last step's weights."""
+    cfg = TrainConfig(max_steps=5, batch_size=4, lr=1e-2, ema_decay=0.5)
+    obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout)
+    seen: list[torch.Tensor] = []
+    train(obj, TinyPairs(8), cfg, accelerator=make_accelerator("no"),
+          on_step=lambda s, loss: seen.append(obj.unet.conv_in.weight.detach().clone()))  # fmt: skip
+    shadow = seen[0]
+    for n, w in enumerate(seen[1:], start=2):
+        d = min(0.5, n / (9 + n))
+        shadow = d * shadow + (1 - d) * w
+    assert torch.allclose(obj.unet.conv_in.weight, shadow, atol=1e-6)
+    assert not torch.allclose(obj.unet.conv_in.weight, seen[-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9, "lr_schedule": "cosine"}], ids=["plain", "ema_cosine"])
+def test_stop_after_then_resume_equals_one_run(tmp_path, extra):
+    cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-3, checkpoint_every=2, seed=1, **extra)
 
     def run(ckpt: Path, stop_after: int | None = None):
         obj = DiffusionObjective(tiny_pipeline(seed=0), cfg.dropout)

@@ -5,7 +5,7 @@ import torch
 
 from dreampose.config import DropoutConfig
 from dreampose.training.loop import load_batch
-from dreampose.training.objectives import DecoderObjective, DiffusionObjective
+from dreampose.training.objectives import DecoderObjective, DiffusionObjective, sample_timesteps
 from dreampose.training.sampling import batch_indices
 from tests.training.tiny import TinyPairs, tiny_pipeline
 
@@ -90,3 +90,30 @@ def test_decoder_objective_trains_only_the_decoder():
     loss.backward()
     assert pipe.vae.decoder.conv_out.weight.grad is not None
     assert all(p.grad is None for p in pipe.vae.encoder.parameters())
+
+
+def test_cubic_timesteps_favour_the_noisy_half():
+    g = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20000, 1000, "uniform", g, torch.device("cpu"))
+    cubic = sample_timesteps(20000, 1000, "cubic", g, torch.device("cpu"))
+    for t in (uniform, cubic):
+        assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert (uniform >= 500).float().mean() == pytest.approx(0.5, abs=0.02)
+    assert (cubic >= 500).float().mean() == pytest.approx(0.5 ** (1 / 3), abs=0.02)  # P(u^3 <= 1/2)
+    assert (cubic < 100).float().mean() == pytest.approx(1 - 0.9 ** (1 / 3), abs=0.01)
+    with pytest.raises(ValueError, match="unknown timestep sampling"):
+        sample_timesteps(2, 1000, "logit", g, torch.device("cpu"))
+
+
+def test_the_objective_draws_its_timesteps_as_configured(monkeypatch):
+    """``timestep_sampling`` reaches the draw the training loss uses."""
+    import dreampose.training.objectives as objectives
+
+    seen: list[str] = []
+    real = objectives.sample_timesteps
+    monkeypatch.setattr(
+        objectives, "sample_timesteps", lambda b, n, mode, g, d: seen.append(mode) or real(b, n, mode, g, d)
+    )
+    obj = DiffusionObjective(tiny_pipeline(seed=0), DropoutConfig(), timestep_sampling="cubic")
+    loss = obj(load_batch(TinyPairs(4), [0, 1, 2, 3]), torch.Generator().manual_seed(0))
+    assert seen == ["cubic"] and torch.isfinite(loss)
