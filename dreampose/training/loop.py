@@ -7,10 +7,11 @@ of the global batch ``batch_indices(seed, step)`` from a DataLoader (``training/
 uint8 where they can, and are expanded to float32 on the training device), seeds every
 generator from ``(seed, step, micro-batch, rank)`` and accumulates ``grad_accum`` micro-batches, so a run
 resumed from a checkpoint continues exactly as an uninterrupted run would (the fp16 loss scaler's
-state is checkpointed too). Gradients are clipped to ``max_grad_norm`` when set; on CUDA devices
-with TF32 tensor cores, fp32 matmuls and convolutions use them. When the loop returns, the
-optimizer, its state and the gradients are released, so what runs next (an evaluation, the next
-phase) has the memory back.
+state and the weight EMA are checkpointed too). The learning rate follows :func:`lr_multiplier`; with
+``ema_decay`` the run ends holding the moving average of the weights. Gradients are clipped to
+``max_grad_norm`` when set; on CUDA devices with TF32 tensor cores, fp32 matmuls and convolutions use
+them. When the loop returns, the optimizer, its state and the gradients are released, so what runs next
+(an evaluation, the next phase) has the memory back.
 """
 
 from __future__ import annotations
