@@ -272,7 +272,8 @@ class SubjectConfig(_Strict):
 
     A subject keeps at most one checkpoint on disk (phase 1's are removed when it ends); ``unet.checkpoint_every_s``
     (wall time) applies to both phases, ``unet.checkpoint_every`` to phase 1 and ``decoder_checkpoint_every`` to
-    phase 2. ``unet.gradient_checkpointing`` and ``unet.max_grad_norm`` apply to both phases.
+    phase 2. ``unet.gradient_checkpointing`` and ``unet.max_grad_norm`` apply to both phases; ``unet.lr_schedule``,
+    ``unet.ema_decay`` and ``unet.timestep_sampling`` to phase 1 only.
     """
 
     unet: TrainConfig = TrainConfig(max_steps=50, batch_size=8, lr=3e-4, checkpoint_every=25)

@@ -283,10 +283,12 @@ def finetune_subject(
     }
     if cfg.decoder_steps > 0:
         frames = _SubjectFrames(plain)
-        # Its own step interval (wall-time interval, gradient checkpointing and clipping as the subject's).
+        # Its own step interval (wall-time interval, gradient checkpointing and clipping as the subject's); the UNet
+        # phase's LR schedule and weight EMA are phase 1's alone.
         dec_cfg = cfg.unet.model_copy(
             update={"max_steps": cfg.decoder_steps, "lr": cfg.decoder_lr, "batch_size": cfg.decoder_batch_size,
-                    "grad_accum": 1, "lr_warmup_steps": 0, "checkpoint_every": cfg.decoder_checkpoint_every}
+                    "grad_accum": 1, "lr_warmup_steps": 0, "lr_schedule": "constant", "ema_decay": 0.0,
+                    "checkpoint_every": cfg.decoder_checkpoint_every}
         )  # fmt: skip
         dec = DecoderObjective(pipe.vae)
         # Phase 1's last checkpoint stays (a crash here resumes phase 1 from it) until phase 2 has its own.

@@ -199,3 +199,15 @@ def test_the_decoder_phase_has_its_own_checkpoint_interval(ws, monkeypatch):
     finetune_subject(cfg, ws / "pretrained", ws / "manifests" / "pairs.parquet", "syn_0", ws,
                      ws / "models" / "subjects" / "syn_0", size=(H, W))  # fmt: skip
     assert steps == [("unet", 1), ("unet", 2)]  # decoder_checkpoint_every 0: none in phase 2
+
+
+def test_the_unet_phase_schedule_and_ema_stay_out_of_the_decoder_phase(ws, monkeypatch):
+    from dreampose.training import finetune as ft
+
+    seen: list[TrainConfig] = []
+    real_train = ft.train
+    monkeypatch.setattr(ft, "train", lambda obj, data, cfg, **kw: seen.append(cfg) or real_train(obj, data, cfg, **kw))
+    unet = TrainConfig(max_steps=2, batch_size=2, checkpoint_every=0, lr_schedule="cosine", ema_decay=0.9)
+    finetune_subject(SubjectConfig(unet=unet, decoder_steps=2), ws / "pretrained", ws / "manifests" / "pairs.parquet",
+                     "syn_0", ws, ws / "models" / "subjects" / "syn_0", size=(H, W))  # fmt: skip
+    assert [(c.lr_schedule, c.ema_decay) for c in seen] == [("cosine", 0.9), ("constant", 0.0)]
