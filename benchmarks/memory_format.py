@@ -16,20 +16,18 @@ import time
 import torch
 
 from benchmarks.common import emit
+from benchmarks.train import build_pipeline, random_batch
 
 ROUNDS, WARMUP = 12, 2
 H, W, BATCH = 64, 48, 32
 
 
 def _objective(channels_last: bool):
-    from dreampose.config import DropoutConfig, TinyModelConfig
-    from dreampose.models.builders import build_tiny_components
-    from dreampose.models.pipeline import DreamPosePipeline
+    from dreampose.config import DropoutConfig
     from dreampose.training.objectives import DiffusionObjective
 
     torch.manual_seed(0)
-    pipe = DreamPosePipeline(**build_tiny_components(TinyModelConfig(), H, W, "v_prediction", 0, 10))
-    obj = DiffusionObjective(pipe, DropoutConfig(), train_image_encoder=True)
+    obj = DiffusionObjective(build_pipeline("tiny", H, W), DropoutConfig(), train_image_encoder=True)
     if channels_last:
         obj.unet.to(memory_format=torch.channels_last)
     obj.train()
@@ -38,13 +36,8 @@ def _objective(channels_last: bool):
 
 
 def main() -> None:
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "input_pixels": torch.rand(BATCH, 3, H, W, generator=g) * 2 - 1,
-        "target_pixels": torch.rand(BATCH, 3, H, W, generator=g) * 2 - 1,
-    }
     models = {"nchw": _objective(False), "nhwc": _objective(True)}
-    batch["poses"] = torch.rand(BATCH, models["nchw"][0]._pipeline.pose_channels, H, W, generator=g) * 2 - 1
+    batch = random_batch(models["nchw"][0]._pipeline, BATCH, H, W)
 
     def step(name: str, seed: int) -> tuple[float, float]:
         obj, opt = models[name]

@@ -79,6 +79,16 @@ def build_pipeline(model: str, height: int, width: int):
     return DreamPosePipeline(**sd_components(height, width))
 
 
+def random_batch(pipe, batch: int, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded training batch of ``pipe``'s shapes, values in [-1, 1): photos, targets and pose channels."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_pixels": torch.rand(batch, 3, height, width, generator=g) * 2 - 1,
+        "target_pixels": torch.rand(batch, 3, height, width, generator=g) * 2 - 1,
+        "poses": torch.rand(batch, pipe.pose_channels, height, width, generator=g) * 2 - 1,
+    }
+
+
 def measure(model: str, checkpointing: bool) -> dict:
     """The first step's peak memory (MiB) of one configuration in this process; with ``checkpointing``
     also the step times (s) without and with it, alternating."""
@@ -99,13 +109,7 @@ def measure(model: str, checkpointing: bool) -> dict:
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-4)
     else:
         opt = torch.optim.SGD(params, lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "input_pixels": torch.rand(b, 3, h, w, generator=g) * 2 - 1,
-        "target_pixels": torch.rand(b, 3, h, w, generator=g) * 2 - 1,
-        "poses": torch.rand(b, pipe.pose_channels, h, w, generator=g) * 2 - 1,
-    }
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in random_batch(pipe, b, h, w).items()}
 
     def step(seed: int) -> float:
         loss = obj(batch, torch.Generator(device).manual_seed(seed))
